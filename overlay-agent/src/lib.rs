@@ -1,0 +1,13 @@
+//! The overlay agent as a library: everything the `overlay-agent` binary,
+//! the tests and `xtask` need is reachable from here.
+//!
+//! - [`datapath`]: load the eBPF object, pin maps and TC links, attach and
+//!   detach, uninstall;
+//! - [`maps`]: typed access to the pinned maps;
+//! - [`netns`]: run work inside another network namespace on its own thread;
+//! - [`paths`]: every filesystem path the agent uses.
+
+pub mod datapath;
+pub mod maps;
+pub mod netns;
+pub mod paths;

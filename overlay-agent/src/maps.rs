@@ -1,0 +1,253 @@
+//! Typed access to the pinned maps.
+//!
+//! [`Maps::open`] works from the pins alone, so the agent, the CLI's
+//! `status`, and tests all read and write the same kernel state without
+//! loading any program.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
+use ipnet::Ipv4Net;
+use overlay_common::{
+    Endpoint, Ipv4Bytes, MAP_CONFIG, MAP_ENDPOINTS, MAP_PEERS, MAP_ROUTES, MAP_STATS, NodeConfig,
+    PEER_F_ACTIVE, Peer, Route, Stat,
+};
+
+/// A map operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    /// A pinned map could not be opened (not pinned, or not ours).
+    #[error("opening pinned map {path} (is the datapath loaded?)")]
+    Open {
+        /// Pin path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// Reading or writing an entry failed.
+    #[error("{op} in map {map}")]
+    Access {
+        /// What was being done.
+        op: &'static str,
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: Box<MapError>,
+    },
+}
+
+/// One pod on this node, as the datapath delivers to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointEntry {
+    /// The pod's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// How to reach it.
+    pub endpoint: Endpoint,
+}
+
+/// Counter totals across CPUs, by [`Stat`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub BTreeMap<&'static str, u64>);
+
+impl Counters {
+    /// The total of one counter.
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.0.get(stat.name()).copied().unwrap_or(0)
+    }
+
+    /// Sum of every drop counter.
+    pub fn drops(&self) -> u64 {
+        Stat::ALL
+            .iter()
+            .filter(|s| s.is_drop())
+            .map(|s| self.get(*s))
+            .sum()
+    }
+
+    /// `self - earlier`, counter by counter.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters(
+            self.0
+                .iter()
+                .map(|(k, v)| (*k, v.saturating_sub(earlier.0.get(k).copied().unwrap_or(0))))
+                .collect(),
+        )
+    }
+}
+
+/// The five pinned maps of one node.
+pub struct Maps {
+    config: Array<MapData, NodeConfig>,
+    routes: LpmTrie<MapData, Ipv4Bytes, Route>,
+    endpoints: HashMap<MapData, Ipv4Bytes, Endpoint>,
+    peers: HashMap<MapData, Ipv4Bytes, Peer>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+fn open<T>(dir: &Path, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = dir.join(name);
+    let err = |e: MapError| MapsError::Open {
+        path: path.clone(),
+        source: Box::new(e),
+    };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    let map = Map::from_map_data(data).map_err(err)?;
+    T::try_from(map).map_err(err)
+}
+
+fn access(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |e| MapsError::Access {
+        op,
+        map,
+        source: Box::new(e),
+    }
+}
+
+fn not_found(e: &MapError) -> bool {
+    matches!(e, MapError::KeyNotFound)
+        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+impl Maps {
+    /// Opens the maps pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, MapsError> {
+        Ok(Self {
+            config: open(pin_dir, MAP_CONFIG)?,
+            routes: open(pin_dir, MAP_ROUTES)?,
+            endpoints: open(pin_dir, MAP_ENDPOINTS)?,
+            peers: open(pin_dir, MAP_PEERS)?,
+            stats: open(pin_dir, MAP_STATS)?,
+        })
+    }
+
+    /// Writes this node's configuration.
+    pub fn set_config(&mut self, cfg: &NodeConfig) -> Result<(), MapsError> {
+        self.config
+            .set(0, cfg, 0)
+            .map_err(access("writing the node configuration", MAP_CONFIG))
+    }
+
+    /// Reads this node's configuration.
+    pub fn config(&self) -> Result<NodeConfig, MapsError> {
+        self.config
+            .get(&0, 0)
+            .map_err(access("reading the node configuration", MAP_CONFIG))
+    }
+
+    /// Routes `block` to the node at `node_ip`.
+    pub fn upsert_route(&mut self, block: Ipv4Net, node_ip: Ipv4Addr) -> Result<(), MapsError> {
+        let route = Route {
+            node_ip: node_ip.octets(),
+            flags: 0,
+        };
+        self.routes
+            .insert(&route_key(block), route, 0)
+            .map_err(access("inserting a route", MAP_ROUTES))
+    }
+
+    /// Removes the route for exactly `block`. Idempotent.
+    pub fn remove_route(&mut self, block: Ipv4Net) -> Result<(), MapsError> {
+        match self.routes.remove(&route_key(block)) {
+            Err(e) if not_found(&e) => Ok(()),
+            r => r.map_err(access("removing a route", MAP_ROUTES)),
+        }
+    }
+
+    /// Every route: block → owning node.
+    pub fn routes(&self) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, MapsError> {
+        let mut out = BTreeMap::new();
+        for entry in self.routes.iter() {
+            let (key, route) = entry.map_err(access("listing routes", MAP_ROUTES))?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
+                .expect("the kernel only stores prefix lengths we inserted (<= 32)");
+            out.insert(net, Ipv4Addr::from(route.node_ip));
+        }
+        Ok(out)
+    }
+
+    /// Records a pod on this node.
+    pub fn upsert_endpoint(&mut self, ip: Ipv4Addr, ep: &Endpoint) -> Result<(), MapsError> {
+        self.endpoints
+            .insert(ip.octets(), ep, 0)
+            .map_err(access("inserting an endpoint", MAP_ENDPOINTS))
+    }
+
+    /// Forgets a pod. Idempotent.
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
+        match self.endpoints.remove(&ip.octets()) {
+            Err(e) if not_found(&e) => Ok(()),
+            r => r.map_err(access("removing an endpoint", MAP_ENDPOINTS)),
+        }
+    }
+
+    /// Every pod on this node.
+    pub fn endpoints(&self) -> Result<Vec<EndpointEntry>, MapsError> {
+        let mut out = Vec::new();
+        for entry in self.endpoints.iter() {
+            let (ip, endpoint) = entry.map_err(access("listing endpoints", MAP_ENDPOINTS))?;
+            out.push(EndpointEntry {
+                ip: Ipv4Addr::from(ip),
+                endpoint,
+            });
+        }
+        out.sort_by_key(|e| e.ip);
+        Ok(out)
+    }
+
+    /// Allows the node at `ip` to send us VXLAN.
+    pub fn upsert_peer(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
+        let peer = Peer {
+            flags: PEER_F_ACTIVE,
+        };
+        self.peers
+            .insert(ip.octets(), peer, 0)
+            .map_err(access("inserting a peer", MAP_PEERS))
+    }
+
+    /// Stops accepting VXLAN from `ip`. Idempotent.
+    pub fn remove_peer(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
+        match self.peers.remove(&ip.octets()) {
+            Err(e) if not_found(&e) => Ok(()),
+            r => r.map_err(access("removing a peer", MAP_PEERS)),
+        }
+    }
+
+    /// Every node allowed to send us VXLAN.
+    pub fn peers(&self) -> Result<Vec<Ipv4Addr>, MapsError> {
+        let mut out = Vec::new();
+        for key in self.peers.keys() {
+            out.push(Ipv4Addr::from(key.map_err(access("listing peers", MAP_PEERS))?));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, MapsError> {
+        let mut out = BTreeMap::new();
+        for stat in Stat::ALL {
+            let per_cpu = self
+                .stats
+                .get(&(stat as u32), 0)
+                .map_err(access("reading counters", MAP_STATS))?;
+            out.insert(stat.name(), per_cpu.iter().sum());
+        }
+        Ok(Counters(out))
+    }
+}
+
+fn route_key(block: Ipv4Net) -> Key<Ipv4Bytes> {
+    Key::new(u32::from(block.prefix_len()), block.network().octets())
+}

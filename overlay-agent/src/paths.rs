@@ -1,0 +1,12 @@
+//! Every filesystem path the agent touches, in one place.
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Default directory for our pinned maps and links (see
+/// [`overlay_common::DEFAULT_PIN_DIR`]).
+pub const PIN_DIR: &str = overlay_common::DEFAULT_PIN_DIR;
+
+/// Sub-directory of the pin directory holding one pinned TC link per
+/// attachment, named `<program>@<interface>`.
+pub const LINKS_SUBDIR: &str = "links";

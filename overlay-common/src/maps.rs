@@ -1,0 +1,116 @@
+//! Map names, sizes, keys and values.
+//!
+//! IPv4 addresses are stored as `[u8; 4]` in network byte order: the bytes as
+//! they appear on the wire, which `bpftool map dump` prints readably.
+
+/// Directory under bpffs where the agent pins maps and links by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/overlay";
+
+/// Name of the node configuration map (array of one [`NodeConfig`]).
+pub const MAP_CONFIG: &str = "ovl_config_v1";
+/// Name of the route map (LPM trie: pod block → [`Route`]).
+pub const MAP_ROUTES: &str = "ovl_routes_v1";
+/// Name of the local endpoint map (hash: pod IPv4 → [`Endpoint`]).
+pub const MAP_ENDPOINTS: &str = "ovl_endpoints_v1";
+/// Name of the peer map (hash: node IPv4 → [`Peer`]).
+pub const MAP_PEERS: &str = "ovl_peers_v1";
+/// Name of the counter map (per-CPU array of `u64`, indexed by [`crate::Stat`]).
+pub const MAP_STATS: &str = "ovl_stats_v1";
+
+/// Every map the programs use, in a fixed order.
+pub const ALL_MAPS: [&str; 5] = [MAP_CONFIG, MAP_ROUTES, MAP_ENDPOINTS, MAP_PEERS, MAP_STATS];
+
+/// Name of the program attached at TC ingress of each pod's host-side veth.
+pub const PROG_FROM_POD: &str = "from_pod";
+/// Name of the program attached at TC ingress of the node's uplink.
+pub const PROG_FROM_UPLINK: &str = "from_uplink";
+
+/// Capacity of [`MAP_ROUTES`]: pod blocks in the cluster.
+pub const MAX_ROUTES: u32 = 16384;
+/// Capacity of [`MAP_ENDPOINTS`]: pods on one node.
+pub const MAX_ENDPOINTS: u32 = 4096;
+/// Capacity of [`MAP_PEERS`]: nodes in the cluster.
+pub const MAX_PEERS: u32 = 16384;
+
+/// An IPv4 address in network byte order.
+pub type Ipv4Bytes = [u8; 4];
+
+/// Bit in [`NodeConfig::flags`]: the configuration has been written. The
+/// programs pass every packet untouched until it is set.
+pub const CONFIG_F_READY: u32 = 1 << 0;
+
+/// Value of [`MAP_CONFIG`] at index 0: who this node is on the underlay.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's underlay IPv4 address (network byte order).
+    pub node_ip: Ipv4Bytes,
+    /// Interface index of the uplink (host byte order).
+    pub uplink_ifindex: u32,
+    /// VXLAN UDP destination port (host byte order).
+    pub vxlan_port: u16,
+    /// Explicit padding; always zero.
+    pub _pad0: u16,
+    /// VXLAN network identifier, 24 bits (host byte order).
+    pub vni: u32,
+    /// Pod MTU (host byte order).
+    pub mtu: u32,
+    /// `CONFIG_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<NodeConfig>() == 24);
+
+/// Value of [`MAP_ROUTES`]: the node that owns a pod block.
+///
+/// The key is an LPM trie key: prefix length in bits (host byte order)
+/// followed by the block's [`Ipv4Bytes`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Underlay IPv4 address of the owning node (network byte order).
+    pub node_ip: Ipv4Bytes,
+    /// Reserved for route flags; always zero for now.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Route>() == 8);
+
+/// Value of [`MAP_ENDPOINTS`]: how to deliver to a pod on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Interface index of the pod's host-side veth (host byte order);
+    /// `bpf_redirect_peer` to it lands in the pod's netns.
+    pub ifindex: u32,
+    /// MAC address of the pod's interface.
+    pub pod_mac: [u8; 6],
+    /// MAC address of the host-side veth (the pod's gateway).
+    pub host_mac: [u8; 6],
+    /// Reserved for endpoint flags; always zero for now.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Endpoint>() == 20);
+
+/// Bit in [`Peer::flags`]: the peer is alive and may send us VXLAN.
+pub const PEER_F_ACTIVE: u32 = 1 << 0;
+
+/// Value of [`MAP_PEERS`]: a node allowed to send us VXLAN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// `PEER_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Peer>() == 4);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made of integers and byte
+    // arrays only, with every padding byte written out as a field.
+    unsafe impl aya::Pod for super::NodeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Route {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Peer {}
+}

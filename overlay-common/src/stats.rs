@@ -1,0 +1,105 @@
+//! Datapath counters: one slot per verdict and one per drop reason.
+
+/// Index into [`crate::MAP_STATS`]. Every packet a program sees bumps
+/// exactly one of these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stat {
+    /// `from_pod`: not ours (ARP, IPv6, host or outside traffic); passed on.
+    FromPodPassed = 0,
+    /// `from_pod`: delivered to a pod on this node.
+    FromPodLocal = 1,
+    /// `from_pod`: encapsulated and sent to another node.
+    FromPodEncapsulated = 2,
+    /// `from_uplink`: not VXLAN for us; passed on untouched.
+    FromUplinkPassed = 3,
+    /// `from_uplink`: decapsulated and delivered to a pod.
+    FromUplinkDecapsulated = 4,
+    /// Dropped: the packet ended before the headers it claims to carry.
+    DropTruncated = 5,
+    /// Dropped: a header is invalid (IP options or bad version on the outer
+    /// header, VXLAN `I` flag missing, inner header not IPv4).
+    DropMalformed = 6,
+    /// Dropped: VXLAN from a node that is not in the peer map.
+    DropUnknownPeer = 7,
+    /// Dropped: VXLAN with a VNI other than ours.
+    DropWrongVni = 8,
+    /// Dropped: decapsulated packet for an address that is not a pod here.
+    DropNoEndpoint = 9,
+    /// Dropped: inner source address not in a block of the sending node.
+    DropSpoofedSource = 10,
+    /// Dropped: outer packet fragmented (our encapsulation never fragments).
+    DropFragmented = 11,
+    /// Dropped: no underlay route or neighbour to the destination node.
+    DropNoRouteToPeer = 12,
+    /// Dropped: growing the packet for the outer headers failed.
+    DropEncapFailed = 13,
+    /// Dropped: shrinking the packet to the inner frame failed.
+    DropDecapFailed = 14,
+    /// Dropped: a redirect helper refused the packet.
+    DropRedirectFailed = 15,
+    /// Passed: the node configuration is not written yet.
+    NotConfigured = 16,
+}
+
+/// Number of slots in [`crate::MAP_STATS`].
+pub const STATS_LEN: u32 = 17;
+
+impl Stat {
+    /// Every counter, in index order.
+    pub const ALL: [Stat; STATS_LEN as usize] = [
+        Stat::FromPodPassed,
+        Stat::FromPodLocal,
+        Stat::FromPodEncapsulated,
+        Stat::FromUplinkPassed,
+        Stat::FromUplinkDecapsulated,
+        Stat::DropTruncated,
+        Stat::DropMalformed,
+        Stat::DropUnknownPeer,
+        Stat::DropWrongVni,
+        Stat::DropNoEndpoint,
+        Stat::DropSpoofedSource,
+        Stat::DropFragmented,
+        Stat::DropNoRouteToPeer,
+        Stat::DropEncapFailed,
+        Stat::DropDecapFailed,
+        Stat::DropRedirectFailed,
+        Stat::NotConfigured,
+    ];
+
+    /// Stable snake-case name, used in `status` output and metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::FromPodPassed => "from_pod_passed",
+            Stat::FromPodLocal => "from_pod_local",
+            Stat::FromPodEncapsulated => "from_pod_encapsulated",
+            Stat::FromUplinkPassed => "from_uplink_passed",
+            Stat::FromUplinkDecapsulated => "from_uplink_decapsulated",
+            Stat::DropTruncated => "drop_truncated",
+            Stat::DropMalformed => "drop_malformed",
+            Stat::DropUnknownPeer => "drop_unknown_peer",
+            Stat::DropWrongVni => "drop_wrong_vni",
+            Stat::DropNoEndpoint => "drop_no_endpoint",
+            Stat::DropSpoofedSource => "drop_spoofed_source",
+            Stat::DropFragmented => "drop_fragmented",
+            Stat::DropNoRouteToPeer => "drop_no_route_to_peer",
+            Stat::DropEncapFailed => "drop_encap_failed",
+            Stat::DropDecapFailed => "drop_decap_failed",
+            Stat::DropRedirectFailed => "drop_redirect_failed",
+            Stat::NotConfigured => "not_configured",
+        }
+    }
+
+    /// Whether this counter counts dropped packets.
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= (Stat::DropTruncated as u32) && (self as u32) <= (Stat::DropRedirectFailed as u32)
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Stat::ALL.len() {
+        assert!(Stat::ALL[i] as usize == i);
+        i += 1;
+    }
+};

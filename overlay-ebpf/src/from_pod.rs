@@ -1,0 +1,175 @@
+//! `from_pod`: attached at TC **ingress of each pod's host-side veth**, so it
+//! sees every frame a pod sends.
+//!
+//! - destination is a pod on this node → rewrite MACs, `bpf_redirect_peer`
+//!   straight into that pod's netns;
+//! - destination is in another node's block → VXLAN-encapsulate and send out
+//!   of the underlay device towards that node;
+//! - anything else (ARP, IPv6, the node itself, the outside world) →
+//!   `OK`, untouched, for the host stack (masquerade, etc.).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+    },
+    helpers::generated::{
+        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh,
+        bpf_redirect_peer,
+    },
+    macros::classifier,
+    programs::TcContext,
+};
+use overlay_common::{ETH_HLEN, Endpoint, NodeConfig, Stat, VXLAN_HLEN, VXLAN_OVERHEAD};
+
+use crate::{
+    maps::{ENDPOINTS, config, route},
+    packet::{self, L3},
+    verdict::{OK, Verdict, finish, redirected},
+    vxlan,
+};
+
+const AF_INET: u8 = 2;
+
+/// `adjust_room` flags for VXLAN: IPv4 + UDP outer headers followed by an
+/// L2 "tunnel header" of VXLAN (8) + inner Ethernet (14), keeping gso_size
+/// (the pod MTU already leaves room for the 50 bytes). Same recipe as the
+/// kernel selftest `progs/test_tc_tunnel.c` (v5.12+).
+const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    | (((VXLAN_HLEN + ETH_HLEN) as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
+
+/// Entry point: one counter per packet, one exit for drops.
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    finish(try_from_pod(&ctx))
+}
+
+#[inline(always)]
+fn try_from_pod(ctx: &TcContext) -> Verdict {
+    let Some(cfg) = config() else {
+        return Ok((OK, Stat::NotConfigured));
+    };
+    if !packet::is_ipv4(ctx, 0)? {
+        return Ok((OK, Stat::FromPodPassed));
+    }
+    let ip = packet::ipv4(ctx, L3)?;
+
+    if let Some(ep) = ENDPOINTS.get_ptr(ip.dst) {
+        // SAFETY: the pointer comes from a successful lookup; copy out at once.
+        let ep = unsafe { *ep };
+        return deliver_local(ctx, &ep).map(|a| (a, Stat::FromPodLocal));
+    }
+
+    let Some(r) = route(ip.dst) else {
+        return Ok((OK, Stat::FromPodPassed));
+    };
+    let peer = r.node_ip;
+    if peer == cfg.node_ip {
+        // Our own block but no such pod: let the host stack answer.
+        return Ok((OK, Stat::FromPodPassed));
+    }
+    encapsulate(ctx, cfg, peer, ip.tos).map(|a| (a, Stat::FromPodEncapsulated))
+}
+
+/// Hands the frame to a pod on this node: MACs as if the gateway routed it,
+/// then straight into the pod's netns (skips the host stack and the veth's
+/// backlog queue).
+#[inline(always)]
+pub fn deliver_local(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stat> {
+    let mut macs = [0u8; 12];
+    macs[0..6].copy_from_slice(&ep.pod_mac);
+    macs[6..12].copy_from_slice(&ep.host_mac);
+    ctx.store(0, &macs, 0).map_err(|_| Stat::DropRedirectFailed)?;
+    // SAFETY: plain helper call.
+    redirected(unsafe { bpf_redirect_peer(ep.ifindex, 0) })
+}
+
+/// Where and how to send an encapsulated packet on the underlay.
+struct NextHop {
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    /// The neighbour is not resolved yet: let `bpf_redirect_neigh` resolve it.
+    resolve: bool,
+}
+
+#[inline(always)]
+fn next_hop(ctx: &TcContext, cfg: &NodeConfig, peer: [u8; 4]) -> Result<NextHop, Stat> {
+    // SAFETY: all-zero is a valid `bpf_fib_lookup`.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = overlay_common::IPPROTO_UDP;
+    p.ifindex = cfg.uplink_ifindex;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.node_ip);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(peer);
+    // SAFETY: `p` lives on our stack for the duration of the call.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut c_void,
+            &mut p,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+            resolve: false,
+        }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(NextHop {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+            resolve: true,
+        }),
+        // Forwarding off on the uplink: the kernel's own route + neighbour
+        // lookup in `bpf_redirect_neigh` still works.
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Ok(NextHop {
+            ifindex: cfg.uplink_ifindex,
+            smac: [0; 6],
+            dmac: [0; 6],
+            resolve: true,
+        }),
+        _ => Err(Stat::DropNoRouteToPeer),
+    }
+}
+
+#[inline(always)]
+fn encapsulate(ctx: &TcContext, cfg: &NodeConfig, peer: [u8; 4], tos: u8) -> Result<i32, Stat> {
+    let hop = next_hop(ctx, cfg, peer)?;
+    let inner_ip_len = (ctx.len() as usize).saturating_sub(ETH_HLEN) as u16;
+    // SAFETY: plain helper call on our own skb.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let hdr = vxlan::headers(&vxlan::Encap {
+        dmac: hop.dmac,
+        smac: hop.smac,
+        src_ip: cfg.node_ip,
+        dst_ip: peer,
+        tos,
+        inner_ip_len,
+        sport: vxlan::source_port(hash),
+        dport: cfg.vxlan_port,
+        vni: cfg.vni,
+    });
+
+    ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .map_err(|_| Stat::DropEncapFailed)?;
+    ctx.store(0, &hdr, 0).map_err(|_| Stat::DropEncapFailed)?;
+
+    // SAFETY: plain helper calls.
+    let rc = if hop.resolve {
+        unsafe { bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0) }
+    } else {
+        unsafe { bpf_redirect(hop.ifindex, 0) }
+    };
+    redirected(rc)
+}

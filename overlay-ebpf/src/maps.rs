@@ -1,0 +1,49 @@
+//! The pinned maps shared by every program (names and layouts come from
+//! `overlay-common`).
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    macros::btf_map,
+};
+use overlay_common::{
+    Endpoint, Ipv4Bytes, MAX_ENDPOINTS, MAX_PEERS, MAX_ROUTES, NodeConfig, Peer, Route,
+    STATS_LEN, Stat,
+};
+
+#[btf_map(name = "ovl_config_v1")]
+pub static CONFIG: Array<NodeConfig, 1> = Array::new();
+
+#[btf_map(name = "ovl_routes_v1")]
+pub static ROUTES: LpmTrie<Ipv4Bytes, Route, { MAX_ROUTES as usize }> = LpmTrie::new();
+
+#[btf_map(name = "ovl_endpoints_v1")]
+pub static ENDPOINTS: HashMap<Ipv4Bytes, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+#[btf_map(name = "ovl_peers_v1")]
+pub static PEERS: HashMap<Ipv4Bytes, Peer, { MAX_PEERS as usize }> = HashMap::new();
+
+#[btf_map(name = "ovl_stats_v1")]
+pub static STATS: PerCpuArray<u64, { STATS_LEN as usize }> = PerCpuArray::new();
+
+/// This node's configuration, once the agent has written it.
+#[inline(always)]
+pub fn config() -> Option<&'static NodeConfig> {
+    CONFIG
+        .get(0)
+        .filter(|c| c.flags & overlay_common::CONFIG_F_READY != 0)
+}
+
+/// The node owning the block that contains `ip`.
+#[inline(always)]
+pub fn route(ip: Ipv4Bytes) -> Option<&'static Route> {
+    ROUTES.get(&Key::new(32, ip))
+}
+
+/// Bumps one counter.
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,1 +1,17 @@
-//! Test harness.
+//! Shared harness for the privileged tests, `cargo xtask lab` and
+//! `cargo xtask bench`: network namespaces as nodes and pods, joined by veth
+//! pairs, with the overlay datapath loaded through the agent library.
+//!
+//! Everything created here is uniquely named (pid + counter) and removed on
+//! drop; processes started here are killed by PID on drop. Traffic only ever
+//! flows between namespaces created here.
+
+pub mod cmd;
+pub mod lab;
+pub mod netns;
+pub mod privileged;
+
+pub use cmd::{run, run_ok, sh};
+pub use lab::{Lab, LabOptions, Mode, Pod};
+pub use netns::{Netns, Process};
+pub use privileged::require_privileges;

@@ -1,0 +1,359 @@
+//! A cluster in network namespaces: nodes joined by an underlay, pods wired
+//! to their node by veth pairs, and one of several ways of carrying pod
+//! traffic between nodes (ours, the kernel's VXLAN device, plain routes).
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+use overlay_agent::{datapath::Datapath, maps::Maps};
+use overlay_common::{
+    CONFIG_F_READY, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Endpoint, NodeConfig, POD_GATEWAY,
+    VXLAN_OVERHEAD, vtep_mac,
+};
+
+use crate::netns::{Netns, unique_tag};
+
+/// Name of every node's underlay interface.
+pub const UPLINK: &str = "ul0";
+/// Underlay MTU.
+pub const UNDERLAY_MTU: u32 = 1500;
+/// Name of the kernel VXLAN device in [`Mode::KernelVxlan`].
+pub const KERNEL_VXLAN_DEV: &str = "vxlan0";
+
+/// How a node carries pod traffic to other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Our eBPF datapath (TC programs, pinned maps).
+    Overlay,
+    /// A Linux `vxlan` device with static FDB and neighbour entries, pods
+    /// routed through it (Flannel's VXLAN backend). Port and VNI as ours,
+    /// device MAC = the node's VTEP MAC, so it interoperates with `Overlay`.
+    KernelVxlan,
+    /// Plain routes to the other nodes' blocks via their underlay address,
+    /// no encapsulation, full MTU.
+    PlainRouting,
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// One entry per node.
+    pub modes: Vec<Mode>,
+    /// Pods on each node.
+    pub pods_per_node: usize,
+    /// Leave the `from_pod`/`from_uplink` attachments and map entries to the
+    /// caller (for tests that install the datapath another way).
+    pub skip_datapath: bool,
+}
+
+impl LabOptions {
+    /// `nodes` nodes all in `mode`, `pods` pods each.
+    pub fn uniform(mode: Mode, nodes: usize, pods: usize) -> Self {
+        Self {
+            modes: vec![mode; nodes],
+            pods_per_node: pods,
+            skip_datapath: false,
+        }
+    }
+}
+
+/// A pod: its own netns with `eth0`, wired to its node.
+pub struct Pod {
+    /// The pod's namespace.
+    pub ns: Netns,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Host-side veth name in the node's namespace.
+    pub host_if: String,
+    /// MAC of the pod's `eth0`.
+    pub mac: [u8; 6],
+    /// MAC of the host-side veth.
+    pub host_mac: [u8; 6],
+    /// Index of its node in [`Lab::nodes`].
+    pub node: usize,
+}
+
+/// A node: a namespace with the uplink, its block and its pods.
+pub struct Node {
+    /// The node's namespace.
+    pub ns: Netns,
+    /// Underlay address.
+    pub ip: Ipv4Addr,
+    /// The node's pod block.
+    pub block: Ipv4Net,
+    /// How it carries pod traffic.
+    pub mode: Mode,
+    /// Pin directory of its datapath (used in [`Mode::Overlay`]).
+    pub pin_dir: PathBuf,
+    /// Its pods.
+    pub pods: Vec<Pod>,
+}
+
+/// The whole topology; dropping it removes every namespace and pin.
+pub struct Lab {
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The underlay switch when there are more than two nodes.
+    pub switch: Option<Netns>,
+    /// Unique tag of this lab's names.
+    pub tag: String,
+}
+
+/// Address of node `i` (0-based) on the underlay.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(172, 31, 0, 1 + i as u8)
+}
+
+/// Pod block of node `i`.
+pub fn node_block(i: usize) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 32, 1 + i as u8, 0), 24).expect("valid /24")
+}
+
+/// Address of pod `j` on node `i`.
+pub fn pod_ip(i: usize, j: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 32, 1 + i as u8, 10 + j as u8)
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Lab {
+    /// Builds the topology and, for [`Mode::Overlay`] nodes, loads and fills
+    /// the datapath through the agent library.
+    pub fn new(opts: &LabOptions) -> Self {
+        let tag = unique_tag();
+        let mut lab = Lab {
+            nodes: Vec::new(),
+            switch: None,
+            tag: tag.clone(),
+        };
+        for (i, mode) in opts.modes.iter().enumerate() {
+            let ns = Netns::new(&tag, &format!("n{}", i + 1));
+            ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            lab.nodes.push(Node {
+                ns,
+                ip: node_ip(i),
+                block: node_block(i),
+                mode: *mode,
+                pin_dir: PathBuf::from(format!("/sys/fs/bpf/ovl-{tag}-n{}", i + 1)),
+                pods: Vec::new(),
+            });
+        }
+        lab.wire_underlay();
+        for i in 0..lab.nodes.len() {
+            for j in 0..opts.pods_per_node {
+                lab.add_pod(i, j);
+            }
+        }
+        for i in 0..lab.nodes.len() {
+            match lab.nodes[i].mode {
+                Mode::Overlay if !opts.skip_datapath => lab.install_overlay(i),
+                Mode::Overlay => {}
+                Mode::KernelVxlan => lab.install_kernel_vxlan(i),
+                Mode::PlainRouting => lab.install_plain_routes(i),
+            }
+        }
+        lab
+    }
+
+    fn wire_underlay(&mut self) {
+        let n = self.nodes.len();
+        if n == 2 {
+            let (a, b) = (&self.nodes[0].ns.name, &self.nodes[1].ns.name);
+            crate::run_ok(&[
+                "ip", "link", "add", UPLINK, "netns", a, "type", "veth", "peer", "name", UPLINK,
+                "netns", b,
+            ]);
+        } else {
+            let sw = Netns::new(&self.tag, "sw");
+            sw.ip(&["link", "add", "br0", "type", "bridge"]);
+            sw.ip(&["link", "set", "br0", "up"]);
+            for (i, node) in self.nodes.iter().enumerate() {
+                let port = format!("p{}", i + 1);
+                crate::run_ok(&[
+                    "ip", "link", "add", UPLINK, "netns", &node.ns.name, "type", "veth", "peer",
+                    "name", &port, "netns", &sw.name,
+                ]);
+                sw.ip(&["link", "set", &port, "master", "br0"]);
+                sw.ip(&["link", "set", &port, "up"]);
+            }
+            self.switch = Some(sw);
+        }
+        for node in &self.nodes {
+            node.ns
+                .ip(&["addr", "add", &format!("{}/24", node.ip), "dev", UPLINK]);
+            node.ns.ip(&["link", "set", UPLINK, "up"]);
+        }
+    }
+
+    /// Pod MTU for a node's mode.
+    pub fn pod_mtu(mode: Mode) -> u32 {
+        match mode {
+            Mode::PlainRouting => UNDERLAY_MTU,
+            Mode::Overlay | Mode::KernelVxlan => UNDERLAY_MTU - VXLAN_OVERHEAD,
+        }
+    }
+
+    fn add_pod(&mut self, i: usize, j: usize) {
+        let node = &self.nodes[i];
+        let ip = pod_ip(i, j);
+        let o = ip.octets();
+        let mac = [0x02, 0x50, o[0], o[1], o[2], o[3]];
+        let host_mac = [0x02, 0x48, o[0], o[1], o[2], o[3]];
+        let host_if = format!("ovlp{}", j + 1);
+        let ns = Netns::new(&self.tag, &format!("n{}p{}", i + 1, j + 1));
+        let mtu = Self::pod_mtu(node.mode).to_string();
+        crate::run_ok(&[
+            "ip", "link", "add", &host_if, "netns", &node.ns.name, "address", &mac_str(host_mac),
+            "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &ns.name, "address",
+            &mac_str(mac), "mtu", &mtu,
+        ]);
+        let gw = Ipv4Addr::from(POD_GATEWAY).to_string();
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"]);
+        ns.ip(&["route", "add", "default", "via", &gw, "dev", "eth0"]);
+        ns.ip(&[
+            "neigh", "add", &gw, "lladdr", &mac_str(host_mac), "dev", "eth0", "nud", "permanent",
+        ]);
+        node.ns.ip(&["link", "set", &host_if, "up"]);
+        node.ns
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if]);
+        self.nodes[i].pods.push(Pod {
+            ns,
+            ip,
+            host_if,
+            mac,
+            host_mac,
+            node: i,
+        });
+    }
+
+    /// This node's datapath configuration.
+    pub fn node_config(&self, i: usize) -> NodeConfig {
+        let node = &self.nodes[i];
+        NodeConfig {
+            node_ip: node.ip.octets(),
+            uplink_ifindex: node.ns.ifindex(UPLINK),
+            vxlan_port: DEFAULT_VXLAN_PORT,
+            _pad0: 0,
+            vni: DEFAULT_VNI,
+            mtu: Self::pod_mtu(node.mode),
+            flags: CONFIG_F_READY,
+        }
+    }
+
+    /// Loads the datapath of node `i`, attaches it and fills its maps:
+    /// config, every node's block, every other node as peer, local pods.
+    pub fn install_overlay(&self, i: usize) {
+        let node = &self.nodes[i];
+        let pods: Vec<&str> = node.pods.iter().map(|p| p.host_if.as_str()).collect();
+        overlay_agent::netns::run_in(&node.ns.path(), || {
+            let mut dp = Datapath::load(&node.pin_dir).expect("load datapath");
+            dp.attach_uplink(UPLINK).expect("attach from_uplink");
+            for p in &pods {
+                dp.attach_pod(p).expect("attach from_pod");
+            }
+        })
+        .expect("enter node netns");
+        self.fill_maps(i);
+    }
+
+    /// Writes node `i`'s maps (used after installing the datapath).
+    pub fn fill_maps(&self, i: usize) {
+        let node = &self.nodes[i];
+        let mut maps = Maps::open(&node.pin_dir).expect("open pinned maps");
+        maps.set_config(&self.node_config(i)).expect("config");
+        for (k, other) in self.nodes.iter().enumerate() {
+            maps.upsert_route(other.block, other.ip).expect("route");
+            if k != i {
+                maps.upsert_peer(other.ip).expect("peer");
+            }
+        }
+        for pod in &node.pods {
+            let ep = Endpoint {
+                ifindex: node.ns.ifindex(&pod.host_if),
+                pod_mac: pod.mac,
+                host_mac: pod.host_mac,
+                flags: 0,
+            };
+            maps.upsert_endpoint(pod.ip, &ep).expect("endpoint");
+        }
+    }
+
+    /// The maps of node `i`.
+    pub fn maps(&self, i: usize) -> Maps {
+        Maps::open(&self.nodes[i].pin_dir).expect("open pinned maps")
+    }
+
+    fn install_kernel_vxlan(&self, i: usize) {
+        let node = &self.nodes[i];
+        let ns = &node.ns;
+        let port = DEFAULT_VXLAN_PORT.to_string();
+        let vni = DEFAULT_VNI.to_string();
+        let mtu = (UNDERLAY_MTU - VXLAN_OVERHEAD).to_string();
+        ns.ip(&[
+            "link", "add", KERNEL_VXLAN_DEV, "type", "vxlan", "id", &vni, "local",
+            &node.ip.to_string(), "dev", UPLINK, "dstport", &port, "nolearning",
+        ]);
+        ns.ip(&[
+            "link", "set", KERNEL_VXLAN_DEV, "address", &mac_str(vtep_mac(node.ip.octets())),
+            "mtu", &mtu, "up",
+        ]);
+        ns.ip(&[
+            "addr", "add", &format!("{}/32", node.block.network()), "dev", KERNEL_VXLAN_DEV,
+        ]);
+        for (k, other) in self.nodes.iter().enumerate() {
+            if k == i {
+                continue;
+            }
+            let gw = other.block.network().to_string();
+            let mac = mac_str(vtep_mac(other.ip.octets()));
+            ns.ip(&[
+                "route", "add", &other.block.to_string(), "via", &gw, "dev", KERNEL_VXLAN_DEV,
+                "onlink",
+            ]);
+            ns.ip(&[
+                "neigh", "add", &gw, "lladdr", &mac, "dev", KERNEL_VXLAN_DEV, "nud", "permanent",
+            ]);
+            ns.exec(&[
+                "bridge", "fdb", "append", &mac, "dev", KERNEL_VXLAN_DEV, "dst",
+                &other.ip.to_string(),
+            ]);
+        }
+    }
+
+    fn install_plain_routes(&self, i: usize) {
+        for (k, other) in self.nodes.iter().enumerate() {
+            if k != i {
+                self.nodes[i].ns.ip(&[
+                    "route", "add", &other.block.to_string(), "via", &other.ip.to_string(),
+                    "dev", UPLINK,
+                ]);
+            }
+        }
+    }
+
+    /// Every pod, node by node.
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.nodes.iter().flat_map(|n| n.pods.iter())
+    }
+
+    /// Pod `j` of node `i`.
+    pub fn pod(&self, i: usize, j: usize) -> &Pod {
+        &self.nodes[i].pods[j]
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let _ = overlay_agent::datapath::uninstall(&node.pin_dir);
+        }
+        // Namespaces go with their `Netns` guards.
+    }
+}

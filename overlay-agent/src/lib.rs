@@ -5,9 +5,11 @@
 //!   detach, uninstall;
 //! - [`maps`]: typed access to the pinned maps;
 //! - [`netns`]: run work inside another network namespace on its own thread;
-//! - [`paths`]: every filesystem path the agent uses.
+//! - [`paths`]: every filesystem path the agent uses;
+//! - [`status`]: the human-readable view of a node's datapath.
 
 pub mod datapath;
 pub mod maps;
 pub mod netns;
 pub mod paths;
+pub mod status;

@@ -136,6 +136,12 @@ impl Datapath {
         })
     }
 
+    /// One of the loaded programs (`overlay_common::PROG_*`), e.g. to run it
+    /// on a crafted packet with `test_run`.
+    pub fn program(&mut self, prog: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        classifier(&mut self.ebpf, prog)
+    }
+
     /// The pin directory.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir

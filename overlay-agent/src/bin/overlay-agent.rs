@@ -1,0 +1,234 @@
+//! `overlay-agent`: administers the overlay's eBPF datapath on this node.
+//!
+//! A thin shell over the `overlay_agent` library: parse, call, print.
+//! Errors print their whole cause chain and exit 1; bad arguments exit 64
+//! (EX_USAGE) through clap.
+
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use ipnet::Ipv4Net;
+use overlay_agent::{datapath, maps::Maps, paths};
+use overlay_common::{
+    CONFIG_F_READY, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Endpoint, MAX_VNI, NodeConfig, VXLAN_OVERHEAD,
+};
+
+/// Administer the overlay's eBPF datapath (TC programs and pinned maps) on
+/// this node.
+///
+/// Everything lives under one bpffs directory (--pin-dir): the maps
+/// ovl_config_v1, ovl_routes_v1, ovl_endpoints_v1, ovl_peers_v1,
+/// ovl_stats_v1 and one pinned TC link per attached interface under links/.
+/// Pinned state outlives this process: traffic keeps flowing after it exits,
+/// and running a command again re-uses what is pinned instead of
+/// duplicating it.
+#[derive(Parser, Debug)]
+#[command(name = "overlay-agent", version, about, long_about)]
+struct Cli {
+    /// bpffs directory holding the pinned maps and links.
+    #[arg(long, env = "OVERLAY_PIN_DIR", default_value = paths::PIN_DIR, global = true)]
+    pin_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load the programs, create (or re-open) the pinned maps, write this
+    /// node's configuration and attach `from_uplink` to the uplink.
+    Install {
+        /// The node's underlay interface (VXLAN arrives and leaves here).
+        #[arg(long, env = "OVERLAY_UPLINK")]
+        uplink: String,
+        /// This node's underlay IPv4 address (VXLAN source, and the
+        /// destination that `from_uplink` accepts).
+        #[arg(long, env = "OVERLAY_NODE_IP")]
+        node_ip: Ipv4Addr,
+        /// UDP destination port of VXLAN traffic.
+        #[arg(long, env = "OVERLAY_VXLAN_PORT", default_value_t = DEFAULT_VXLAN_PORT)]
+        vxlan_port: u16,
+        /// VXLAN network identifier (0 to 16777215); every node must agree.
+        #[arg(long, env = "OVERLAY_VNI", default_value_t = DEFAULT_VNI)]
+        vni: u32,
+        /// Pod MTU; defaults to the uplink's MTU minus the 50 bytes of VXLAN.
+        #[arg(long, env = "OVERLAY_MTU")]
+        mtu: Option<u32>,
+    },
+    /// Attach `from_pod` at TC ingress of a pod's host-side veth.
+    AttachPod {
+        /// Host-side veth name.
+        iface: String,
+    },
+    /// Detach our program from an interface (no-op if none is attached).
+    Detach {
+        /// Interface name.
+        iface: String,
+    },
+    /// Add or replace the route of a pod block to the node that owns it.
+    RouteAdd {
+        /// The block, e.g. 10.32.1.0/24.
+        block: Ipv4Net,
+        /// Underlay address of the owning node.
+        node_ip: Ipv4Addr,
+    },
+    /// Remove a block's route (no-op if absent).
+    RouteDel {
+        /// The block.
+        block: Ipv4Net,
+    },
+    /// Allow a node to send us VXLAN.
+    PeerAdd {
+        /// The node's underlay address.
+        node_ip: Ipv4Addr,
+    },
+    /// Stop accepting VXLAN from a node (no-op if absent).
+    PeerDel {
+        /// The node's underlay address.
+        node_ip: Ipv4Addr,
+    },
+    /// Record a local pod so traffic is delivered straight into it.
+    EndpointAdd {
+        /// The pod's IPv4 address.
+        ip: Ipv4Addr,
+        /// Host-side veth name of the pod.
+        #[arg(long)]
+        iface: String,
+        /// MAC address of the pod's interface (aa:bb:cc:dd:ee:ff).
+        #[arg(long, value_parser = parse_mac)]
+        pod_mac: [u8; 6],
+    },
+    /// Forget a local pod (no-op if absent).
+    EndpointDel {
+        /// The pod's IPv4 address.
+        ip: Ipv4Addr,
+    },
+    /// Show configuration, attachments, routes, peers, endpoints, counters.
+    Status,
+    /// Detach everything and remove every pin: the node is left as before
+    /// `install`.
+    Uninstall,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || format!("{s:?} is not a MAC address like 02:00:00:00:00:01");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
+}
+
+fn sysfs_read(iface: &str, attr: &str) -> anyhow::Result<String> {
+    let path = format!("/sys/class/net/{iface}/{attr}");
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (does interface {iface} exist?)"))?
+        .trim()
+        .to_owned())
+}
+
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    sysfs_read(iface, "ifindex")?
+        .parse()
+        .with_context(|| format!("ifindex of {iface}"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let pin = cli.pin_dir.as_path();
+    match cli.command {
+        Command::Install {
+            uplink,
+            node_ip,
+            vxlan_port,
+            vni,
+            mtu,
+        } => {
+            if vni > MAX_VNI {
+                bail!("--vni {vni} does not fit VXLAN's 24 bits (max {MAX_VNI})");
+            }
+            let uplink_ifindex = ifindex(&uplink)?;
+            let mtu = match mtu {
+                Some(m) => m,
+                None => {
+                    let m: u32 = sysfs_read(&uplink, "mtu")?.parse().context("uplink MTU")?;
+                    m.checked_sub(VXLAN_OVERHEAD)
+                        .with_context(|| format!("uplink MTU {m} is smaller than the overhead"))?
+                }
+            };
+            let mut dp = datapath::Datapath::load(pin)?;
+            let mut maps = Maps::open(pin)?;
+            maps.set_config(&NodeConfig {
+                node_ip: node_ip.octets(),
+                uplink_ifindex,
+                vxlan_port,
+                _pad0: 0,
+                vni,
+                mtu,
+                flags: CONFIG_F_READY,
+            })?;
+            dp.attach_uplink(&uplink)?;
+            println!(
+                "datapath installed at {}: node {node_ip}, uplink {uplink}, port {vxlan_port}, VNI {vni}, pod MTU {mtu}",
+                pin.display()
+            );
+        }
+        Command::AttachPod { iface } => {
+            let mut dp = datapath::Datapath::load(pin)?;
+            dp.attach_pod(&iface)?;
+            println!("from_pod attached to {iface}");
+        }
+        Command::Detach { iface } => {
+            datapath::detach(pin, &iface)?;
+            println!("detached from {iface}");
+        }
+        Command::RouteAdd { block, node_ip } => Maps::open(pin)?.upsert_route(block, node_ip)?,
+        Command::RouteDel { block } => Maps::open(pin)?.remove_route(block)?,
+        Command::PeerAdd { node_ip } => Maps::open(pin)?.upsert_peer(node_ip)?,
+        Command::PeerDel { node_ip } => Maps::open(pin)?.remove_peer(node_ip)?,
+        Command::EndpointAdd { ip, iface, pod_mac } => {
+            let host_mac = parse_mac(&sysfs_read(&iface, "address")?)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("MAC of {iface}"))?;
+            let ep = Endpoint {
+                ifindex: ifindex(&iface)?,
+                pod_mac,
+                host_mac,
+                flags: 0,
+            };
+            Maps::open(pin)?.upsert_endpoint(ip, &ep)?;
+        }
+        Command::EndpointDel { ip } => Maps::open(pin)?.remove_endpoint(ip)?,
+        Command::Status => print!("{}", overlay_agent::status::render(pin)?),
+        Command::Uninstall => {
+            datapath::uninstall(pin)?;
+            println!("removed {}", pin.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(64),
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlay-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

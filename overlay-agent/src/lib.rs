@@ -3,12 +3,14 @@
 //!
 //! - [`datapath`]: load the eBPF object, pin maps and TC links, attach and
 //!   detach, uninstall;
+//! - [`link`]: interface index, MTU and MAC of the caller's namespace;
 //! - [`maps`]: typed access to the pinned maps;
 //! - [`netns`]: run work inside another network namespace on its own thread;
 //! - [`paths`]: every filesystem path the agent uses;
 //! - [`status`]: the human-readable view of a node's datapath.
 
 pub mod datapath;
+pub mod link;
 pub mod maps;
 pub mod netns;
 pub mod paths;

@@ -89,6 +89,17 @@ pub struct Node {
     pub pods: Vec<Pod>,
 }
 
+impl Node {
+    /// Short name of the node's mode.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Overlay => "eBPF overlay",
+            Mode::KernelVxlan => "kernel vxlan",
+            Mode::PlainRouting => "plain routing",
+        }
+    }
+}
+
 /// The whole topology; dropping it removes every namespace and pin.
 pub struct Lab {
     /// The nodes.
@@ -175,8 +186,19 @@ impl Lab {
             for (i, node) in self.nodes.iter().enumerate() {
                 let port = format!("p{}", i + 1);
                 crate::run_ok(&[
-                    "ip", "link", "add", UPLINK, "netns", &node.ns.name, "type", "veth", "peer",
-                    "name", &port, "netns", &sw.name,
+                    "ip",
+                    "link",
+                    "add",
+                    UPLINK,
+                    "netns",
+                    &node.ns.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &port,
+                    "netns",
+                    &sw.name,
                 ]);
                 sw.ip(&["link", "set", &port, "master", "br0"]);
                 sw.ip(&["link", "set", &port, "up"]);
@@ -208,9 +230,27 @@ impl Lab {
         let ns = Netns::new(&self.tag, &format!("n{}p{}", i + 1, j + 1));
         let mtu = Self::pod_mtu(node.mode).to_string();
         crate::run_ok(&[
-            "ip", "link", "add", &host_if, "netns", &node.ns.name, "address", &mac_str(host_mac),
-            "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &ns.name, "address",
-            &mac_str(mac), "mtu", &mtu,
+            "ip",
+            "link",
+            "add",
+            &host_if,
+            "netns",
+            &node.ns.name,
+            "address",
+            &mac_str(host_mac),
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+            "address",
+            &mac_str(mac),
+            "mtu",
+            &mtu,
         ]);
         let gw = Ipv4Addr::from(POD_GATEWAY).to_string();
         ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
@@ -218,7 +258,15 @@ impl Lab {
         ns.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"]);
         ns.ip(&["route", "add", "default", "via", &gw, "dev", "eth0"]);
         ns.ip(&[
-            "neigh", "add", &gw, "lladdr", &mac_str(host_mac), "dev", "eth0", "nud", "permanent",
+            "neigh",
+            "add",
+            &gw,
+            "lladdr",
+            &mac_str(host_mac),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
         ]);
         node.ns.ip(&["link", "set", &host_if, "up"]);
         node.ns
@@ -297,15 +345,37 @@ impl Lab {
         let vni = DEFAULT_VNI.to_string();
         let mtu = (UNDERLAY_MTU - VXLAN_OVERHEAD).to_string();
         ns.ip(&[
-            "link", "add", KERNEL_VXLAN_DEV, "type", "vxlan", "id", &vni, "local",
-            &node.ip.to_string(), "dev", UPLINK, "dstport", &port, "nolearning",
+            "link",
+            "add",
+            KERNEL_VXLAN_DEV,
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "local",
+            &node.ip.to_string(),
+            "dev",
+            UPLINK,
+            "dstport",
+            &port,
+            "nolearning",
         ]);
         ns.ip(&[
-            "link", "set", KERNEL_VXLAN_DEV, "address", &mac_str(vtep_mac(node.ip.octets())),
-            "mtu", &mtu, "up",
+            "link",
+            "set",
+            KERNEL_VXLAN_DEV,
+            "address",
+            &mac_str(vtep_mac(node.ip.octets())),
+            "mtu",
+            &mtu,
+            "up",
         ]);
         ns.ip(&[
-            "addr", "add", &format!("{}/32", node.block.network()), "dev", KERNEL_VXLAN_DEV,
+            "addr",
+            "add",
+            &format!("{}/32", node.block.network()),
+            "dev",
+            KERNEL_VXLAN_DEV,
         ]);
         for (k, other) in self.nodes.iter().enumerate() {
             if k == i {
@@ -314,14 +384,34 @@ impl Lab {
             let gw = other.block.network().to_string();
             let mac = mac_str(vtep_mac(other.ip.octets()));
             ns.ip(&[
-                "route", "add", &other.block.to_string(), "via", &gw, "dev", KERNEL_VXLAN_DEV,
+                "route",
+                "add",
+                &other.block.to_string(),
+                "via",
+                &gw,
+                "dev",
+                KERNEL_VXLAN_DEV,
                 "onlink",
             ]);
             ns.ip(&[
-                "neigh", "add", &gw, "lladdr", &mac, "dev", KERNEL_VXLAN_DEV, "nud", "permanent",
+                "neigh",
+                "add",
+                &gw,
+                "lladdr",
+                &mac,
+                "dev",
+                KERNEL_VXLAN_DEV,
+                "nud",
+                "permanent",
             ]);
             ns.exec(&[
-                "bridge", "fdb", "append", &mac, "dev", KERNEL_VXLAN_DEV, "dst",
+                "bridge",
+                "fdb",
+                "append",
+                &mac,
+                "dev",
+                KERNEL_VXLAN_DEV,
+                "dst",
                 &other.ip.to_string(),
             ]);
         }
@@ -331,8 +421,13 @@ impl Lab {
         for (k, other) in self.nodes.iter().enumerate() {
             if k != i {
                 self.nodes[i].ns.ip(&[
-                    "route", "add", &other.block.to_string(), "via", &other.ip.to_string(),
-                    "dev", UPLINK,
+                    "route",
+                    "add",
+                    &other.block.to_string(),
+                    "via",
+                    &other.ip.to_string(),
+                    "dev",
+                    UPLINK,
                 ]);
             }
         }

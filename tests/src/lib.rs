@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod lab;
 pub mod netns;
 pub mod privileged;
+pub mod traffic;
 
 pub use cmd::{run, run_ok, sh};
 pub use lab::{Lab, LabOptions, Mode, Pod};

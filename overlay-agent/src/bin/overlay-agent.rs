@@ -9,7 +9,7 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
-use overlay_agent::{datapath, maps::Maps, paths};
+use overlay_agent::{datapath, link, maps::Maps, paths};
 use overlay_common::{
     CONFIG_F_READY, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Endpoint, MAX_VNI, NodeConfig, VXLAN_OVERHEAD,
 };
@@ -123,20 +123,6 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-fn sysfs_read(iface: &str, attr: &str) -> anyhow::Result<String> {
-    let path = format!("/sys/class/net/{iface}/{attr}");
-    Ok(std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {path} (does interface {iface} exist?)"))?
-        .trim()
-        .to_owned())
-}
-
-fn ifindex(iface: &str) -> anyhow::Result<u32> {
-    sysfs_read(iface, "ifindex")?
-        .parse()
-        .with_context(|| format!("ifindex of {iface}"))
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let pin = cli.pin_dir.as_path();
     match cli.command {
@@ -150,11 +136,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if vni > MAX_VNI {
                 bail!("--vni {vni} does not fit VXLAN's 24 bits (max {MAX_VNI})");
             }
-            let uplink_ifindex = ifindex(&uplink)?;
+            let uplink_ifindex = link::ifindex(&uplink)?;
             let mtu = match mtu {
                 Some(m) => m,
                 None => {
-                    let m: u32 = sysfs_read(&uplink, "mtu")?.parse().context("uplink MTU")?;
+                    let m = link::mtu(&uplink)?;
                     m.checked_sub(VXLAN_OVERHEAD)
                         .with_context(|| format!("uplink MTU {m} is smaller than the overhead"))?
                 }
@@ -190,13 +176,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PeerAdd { node_ip } => Maps::open(pin)?.upsert_peer(node_ip)?,
         Command::PeerDel { node_ip } => Maps::open(pin)?.remove_peer(node_ip)?,
         Command::EndpointAdd { ip, iface, pod_mac } => {
-            let host_mac = parse_mac(&sysfs_read(&iface, "address")?)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("MAC of {iface}"))?;
             let ep = Endpoint {
-                ifindex: ifindex(&iface)?,
+                ifindex: link::ifindex(&iface)?,
+                host_mac: link::mac(&iface)?,
                 pod_mac,
-                host_mac,
                 flags: 0,
             };
             Maps::open(pin)?.upsert_endpoint(ip, &ep)?;

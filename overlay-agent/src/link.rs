@@ -1,0 +1,102 @@
+//! Facts about a network interface, asked of the kernel through a socket of
+//! the calling thread's network namespace.
+//!
+//! Not through `/sys/class/net`: sysfs shows the namespace of whoever
+//! mounted it, which is not the caller's under `nsenter --net` or in a
+//! thread that entered another namespace with [`crate::netns::run_in`].
+
+use std::{io, os::fd::AsRawFd as _};
+
+/// An interface query that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} of interface {iface:?}")]
+pub struct LinkError {
+    /// What was asked.
+    pub op: &'static str,
+    /// The interface.
+    pub iface: String,
+    /// The kernel's answer.
+    #[source]
+    pub source: io::Error,
+}
+
+fn ifreq(iface: &str, op: &'static str) -> Result<libc::ifreq, LinkError> {
+    let err = |source| LinkError {
+        op,
+        iface: iface.to_owned(),
+        source,
+    };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = iface.as_bytes();
+    if bytes.is_empty() || bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface names are 1 to 15 bytes without NUL",
+        )));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn ioctl(iface: &str, op: &'static str, request: libc::c_ulong) -> Result<libc::ifreq, LinkError> {
+    let mut req = ifreq(iface, op)?;
+    let err = |source| LinkError {
+        op,
+        iface: iface.to_owned(),
+        source,
+    };
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .map_err(err)?;
+    // SAFETY: `req` is a valid ifreq for these SIOCGIF* requests, which
+    // only write inside it.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) };
+    if rc < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(req)
+}
+
+/// Interface index.
+pub fn ifindex(iface: &str) -> Result<u32, LinkError> {
+    let req = ioctl(iface, "index", libc::SIOCGIFINDEX)?;
+    // SAFETY: SIOCGIFINDEX fills the ifindex member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+}
+
+/// MTU.
+pub fn mtu(iface: &str) -> Result<u32, LinkError> {
+    let req = ioctl(iface, "MTU", libc::SIOCGIFMTU)?;
+    // SAFETY: SIOCGIFMTU fills the mtu member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// Hardware (MAC) address.
+pub fn mac(iface: &str) -> Result<[u8; 6], LinkError> {
+    let req = ioctl(iface, "MAC address", libc::SIOCGIFHWADDR)?;
+    // SAFETY: SIOCGIFHWADDR fills the hwaddr member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut out = [0u8; 6];
+    for (d, s) in out.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_found_and_bad_names_are_refused() {
+        assert!(ifindex("lo").expect("lo exists") >= 1);
+        assert!(mtu("lo").expect("lo has an MTU") >= 1280);
+        let e = ifindex("no-such-if0").expect_err("must not exist");
+        assert!(e.to_string().contains("no-such-if0"), "{e}");
+        assert!(ifindex("a-name-that-is-too-long").is_err());
+        assert!(ifindex("").is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! End to end over network namespaces: two nodes joined by an underlay veth,
+//! pods on each, our datapath loaded and filled through the agent library
+//! (no gossip yet), real traffic.
+
+use std::{path::PathBuf, time::Duration};
+
+use overlay_common::Stat;
+use overlay_tests::{
+    Lab, LabOptions, Mode, Netns,
+    lab::{UPLINK, node_block, node_ip},
+    require_privileges,
+    traffic::{Payload, connectivity_table, send_file},
+};
+
+const MIB: u64 = 1 << 20;
+
+fn overlay_lab(pods: usize) -> Lab {
+    Lab::new(&LabOptions::uniform(Mode::Overlay, 2, pods))
+}
+
+#[test]
+fn pods_ping_each_other_across_nodes_and_on_one_node() {
+    if !require_privileges("pods_ping_each_other_across_nodes_and_on_one_node") {
+        return;
+    }
+    let lab = overlay_lab(2);
+    let (table, all) = connectivity_table(&lab);
+    assert!(all, "some pods cannot reach each other:\n{table}");
+
+    let n1 = lab.maps(0).counters().expect("counters");
+    let n2 = lab.maps(1).counters().expect("counters");
+    for (name, c) in [("node 1", &n1), ("node 2", &n2)] {
+        assert!(
+            c.get(Stat::FromPodEncapsulated) > 0,
+            "{name} never encapsulated: {c:?}"
+        );
+        assert!(
+            c.get(Stat::FromUplinkDecapsulated) > 0,
+            "{name} never decapsulated: {c:?}"
+        );
+        assert!(
+            c.get(Stat::FromPodLocal) > 0,
+            "{name} never delivered locally: {c:?}"
+        );
+        assert_eq!(c.drops(), 0, "{name} dropped packets: {c:?}");
+    }
+}
+
+fn assert_bulk_transfer(lab: &Lab, from: (usize, usize), to: (usize, usize), payload: &Payload) {
+    let (src, dst) = (lab.pod(from.0, from.1), lab.pod(to.0, to.1));
+    let t = send_file(&src.ns, &dst.ns, dst.ip, payload, Duration::from_secs(120));
+    assert_eq!(
+        t.received,
+        std::fs::metadata(&payload.path).expect("payload").len(),
+        "{} -> {}: bytes lost",
+        src.ip,
+        dst.ip
+    );
+    assert_eq!(
+        t.sha256, payload.sha256,
+        "{} -> {}: content changed",
+        src.ip, dst.ip
+    );
+    eprintln!(
+        "{} -> {}: {} MiB in {:?}",
+        src.ip,
+        dst.ip,
+        t.received / MIB,
+        t.elapsed
+    );
+}
+
+#[test]
+fn bulk_tcp_crosses_the_overlay_intact_in_both_directions_with_gso() {
+    if !require_privileges("bulk_tcp_crosses_the_overlay_intact_in_both_directions_with_gso") {
+        return;
+    }
+    let lab = overlay_lab(2);
+    let payload = Payload::random(100 * MIB);
+    let node1 = &lab.nodes[0].ns;
+    let (bytes0, pkts0) = (
+        node1.link_stat(UPLINK, "tx_bytes"),
+        node1.link_stat(UPLINK, "tx_packets"),
+    );
+
+    assert_bulk_transfer(&lab, (0, 0), (1, 0), &payload);
+
+    // GSO survived encapsulation: the underlay carried packets far larger
+    // than its 1500-byte MTU (segmentation would leave ~1.4 KB on average).
+    let bytes = node1.link_stat(UPLINK, "tx_bytes") - bytes0;
+    let pkts = node1.link_stat(UPLINK, "tx_packets") - pkts0;
+    assert!(
+        bytes / pkts.max(1) > 3000,
+        "average underlay packet {} B: GSO packets were segmented",
+        bytes / pkts.max(1)
+    );
+
+    assert_bulk_transfer(&lab, (1, 0), (0, 0), &payload);
+    assert_bulk_transfer(&lab, (0, 0), (0, 1), &payload);
+
+    for i in 0..2 {
+        let c = lab.maps(i).counters().expect("counters");
+        assert_eq!(c.drops(), 0, "node {} dropped packets: {c:?}", i + 1);
+    }
+}
+
+#[test]
+fn the_underlay_carries_vxlan_between_node_addresses() {
+    if !require_privileges("the_underlay_carries_vxlan_between_node_addresses") {
+        return;
+    }
+    let lab = overlay_lab(1);
+    let node1 = &lab.nodes[0].ns;
+    let pcap = std::env::temp_dir().join(format!("ovl-{}.pcap", lab.tag));
+    let pcap_s = pcap.display().to_string();
+    let mut capture = node1.spawn(&[
+        "tcpdump", "-i", UPLINK, "-nn", "-U", "-c", "4", "-w", &pcap_s, "udp", "port", "6784",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
+    assert!(
+        a.ns.ping(&b.ip.to_string(), 3),
+        "ping across the overlay failed"
+    );
+    assert_eq!(
+        capture.wait_timeout(Duration::from_secs(10)),
+        Some(true),
+        "tcpdump saw fewer than 4 VXLAN packets on the underlay"
+    );
+    let decoded = overlay_tests::run_ok(&["tcpdump", "-nn", "-r", &pcap_s, "-T", "vxlan"]);
+    let _ = std::fs::remove_file(&pcap);
+    let (n1, n2) = (node_ip(0), node_ip(1));
+    assert!(
+        decoded.contains(&format!("{n1}.")) && decoded.contains(&format!("{n2}.6784")),
+        "outer headers are not node to node:\n{decoded}"
+    );
+    assert!(
+        decoded.contains("VXLAN, flags [I]"),
+        "not VXLAN:\n{decoded}"
+    );
+    assert!(decoded.contains("vni 1"), "wrong VNI:\n{decoded}");
+    assert!(
+        decoded.contains(&format!("{} > {}: ICMP echo request", a.ip, b.ip)),
+        "inner packet is not the pod's ping:\n{decoded}"
+    );
+}
+
+#[test]
+fn a_linux_vxlan_device_interoperates_in_both_directions() {
+    if !require_privileges("a_linux_vxlan_device_interoperates_in_both_directions") {
+        return;
+    }
+    // Node 1 runs our datapath, node 2 a kernel vxlan device (same port
+    // and VNI, MAC = its VTEP MAC): each must decapsulate the other.
+    let lab = Lab::new(&LabOptions {
+        modes: vec![Mode::Overlay, Mode::KernelVxlan],
+        pods_per_node: 1,
+        skip_datapath: false,
+    });
+    let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
+    assert!(
+        a.ns.ping(&b.ip.to_string(), 3),
+        "ours -> kernel vxlan failed"
+    );
+    assert!(
+        b.ns.ping(&a.ip.to_string(), 3),
+        "kernel vxlan -> ours failed"
+    );
+    let payload = Payload::random(8 * MIB);
+    assert_bulk_transfer(&lab, (0, 0), (1, 0), &payload);
+    assert_bulk_transfer(&lab, (1, 0), (0, 0), &payload);
+
+    let c = lab.maps(0).counters().expect("counters");
+    assert!(c.get(Stat::FromPodEncapsulated) > 0, "{c:?}");
+    assert!(c.get(Stat::FromUplinkDecapsulated) > 0, "{c:?}");
+    assert_eq!(c.drops(), 0, "{c:?}");
+    let rx = lab.nodes[1]
+        .ns
+        .link_stat(overlay_tests::lab::KERNEL_VXLAN_DEV, "rx_packets");
+    assert!(rx > 0, "the kernel vxlan device decapsulated nothing");
+}
+
+#[test]
+fn vxlan_from_a_node_that_is_not_a_peer_never_reaches_the_pod() {
+    if !require_privileges("vxlan_from_a_node_that_is_not_a_peer_never_reaches_the_pod") {
+        return;
+    }
+    // Three nodes on a switch: two run our datapath, the third is a rogue
+    // kernel vxlan device that node 1 does not list as a peer.
+    let lab = Lab::new(&LabOptions {
+        modes: vec![Mode::Overlay, Mode::Overlay, Mode::KernelVxlan],
+        pods_per_node: 1,
+        skip_datapath: false,
+    });
+    let mut maps = lab.maps(0);
+    maps.remove_peer(node_ip(2)).expect("remove peer");
+    let victim = lab.pod(0, 0);
+    let before = maps.counters().expect("counters");
+    let rx_before = victim.ns.link_stat("eth0", "rx_packets");
+
+    assert!(
+        !lab.pod(2, 0).ns.ping(&victim.ip.to_string(), 3),
+        "a non-peer reached the pod"
+    );
+
+    let delta = maps.counters().expect("counters").since(&before);
+    assert!(delta.get(Stat::DropUnknownPeer) >= 3, "{delta:?}");
+    assert_eq!(delta.get(Stat::FromUplinkDecapsulated), 0, "{delta:?}");
+    assert_eq!(
+        victim.ns.link_stat("eth0", "rx_packets"),
+        rx_before,
+        "the pod received packets from the rogue node"
+    );
+    // Legitimate peers are unaffected.
+    assert!(lab.pod(1, 0).ns.ping(&victim.ip.to_string(), 2));
+}
+
+/// The `overlay-agent` binary next to this test's executable (cargo builds
+/// the workspace's binaries before running its tests).
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("overlay-agent");
+    assert!(
+        bin.is_file(),
+        "{} not built; run the tests with `cargo xtask test` (cargo test --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the agent CLI in `ns`'s network namespace but the host's mount
+/// namespace (as the DaemonSet does with a hostPath /sys/fs/bpf): `ip netns
+/// exec` would give it a private /sys whose bpffs pins vanish on exit.
+fn agent(ns: &Netns, pin: &std::path::Path, args: &[&str]) -> String {
+    let bin = agent_binary().display().to_string();
+    let pin = pin.display().to_string();
+    let net = format!("--net={}", ns.path().display());
+    let mut argv = vec!["nsenter", net.as_str(), bin.as_str(), "--pin-dir", pin.as_str()];
+    argv.extend_from_slice(args);
+    overlay_tests::run_ok(&argv)
+}
+
+#[test]
+fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits() {
+    if !require_privileges("traffic_keeps_flowing_after_the_process_that_attached_everything_exits")
+    {
+        return;
+    }
+    let lab = Lab::new(&LabOptions {
+        modes: vec![Mode::Overlay; 2],
+        pods_per_node: 1,
+        skip_datapath: true,
+    });
+    let install = |i: usize| {
+        let node = &lab.nodes[i];
+        let pod = &node.pods[0];
+        let ip = node.ip.to_string();
+        agent(
+            &node.ns,
+            &node.pin_dir,
+            &["install", "--uplink", UPLINK, "--node-ip", &ip],
+        );
+        agent(&node.ns, &node.pin_dir, &["attach-pod", &pod.host_if]);
+        for k in 0..2 {
+            agent(
+                &node.ns,
+                &node.pin_dir,
+                &[
+                    "route-add",
+                    &node_block(k).to_string(),
+                    &node_ip(k).to_string(),
+                ],
+            );
+        }
+        agent(
+            &node.ns,
+            &node.pin_dir,
+            &["peer-add", &node_ip(1 - i).to_string()],
+        );
+        let mac = pod
+            .mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        agent(
+            &node.ns,
+            &node.pin_dir,
+            &[
+                "endpoint-add",
+                &pod.ip.to_string(),
+                "--iface",
+                &pod.host_if,
+                "--pod-mac",
+                &mac,
+            ],
+        );
+    };
+    install(0);
+    install(1);
+    // Every agent process has exited by now: only pins hold the datapath.
+    let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
+    assert!(
+        a.ns.ping(&b.ip.to_string(), 3),
+        "no traffic after the agent exited"
+    );
+    let payload = Payload::random(16 * MIB);
+    assert_bulk_transfer(&lab, (0, 0), (1, 0), &payload);
+
+    // A restart re-uses the pins: same links, same maps, still forwarding.
+    let links_before = overlay_agent::datapath::attachments(&lab.nodes[0].pin_dir);
+    install(0);
+    assert_eq!(
+        overlay_agent::datapath::attachments(&lab.nodes[0].pin_dir),
+        links_before,
+        "re-installing changed the set of attachments"
+    );
+    let tcx = overlay_tests::sh(&format!(
+        "ip netns exec {} bpftool -j link show | grep -o '\"type\":\"tcx\"' | wc -l",
+        lab.nodes[0].ns.name
+    ));
+    let status = agent(&lab.nodes[0].ns, &lab.nodes[0].pin_dir, &["status"]);
+    assert!(
+        status.contains("from_uplink") && status.contains("10.32.2.0/24"),
+        "{status}"
+    );
+    assert!(
+        a.ns.ping(&b.ip.to_string(), 3),
+        "no traffic after a restart"
+    );
+    eprintln!("tcx links system-wide after restart: {}", tcx.trim());
+
+    // Uninstall leaves nothing pinned and stops forwarding.
+    agent(&lab.nodes[0].ns, &lab.nodes[0].pin_dir, &["uninstall"]);
+    assert!(!lab.nodes[0].pin_dir.exists(), "pins left behind");
+    assert!(
+        !a.ns.ping(&b.ip.to_string(), 1),
+        "still forwarding after uninstall"
+    );
+}

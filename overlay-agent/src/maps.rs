@@ -251,3 +251,34 @@ impl Maps {
 fn route_key(block: Ipv4Net) -> Key<Ipv4Bytes> {
     Key::new(u32::from(block.prefix_len()), block.network().octets())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_subtract_and_sum_drops() {
+        let mut before = Counters::default();
+        before.0.insert(Stat::DropWrongVni.name(), 2);
+        before.0.insert(Stat::FromPodLocal.name(), 5);
+        let mut after = before.clone();
+        after.0.insert(Stat::DropWrongVni.name(), 5);
+        after.0.insert(Stat::DropUnknownPeer.name(), 1);
+        after.0.insert(Stat::FromPodLocal.name(), 9);
+        let d = after.since(&before);
+        assert_eq!(d.get(Stat::DropWrongVni), 3);
+        assert_eq!(d.get(Stat::DropUnknownPeer), 1);
+        assert_eq!(d.get(Stat::FromPodLocal), 4);
+        assert_eq!(d.drops(), 4);
+    }
+
+    #[test]
+    fn route_keys_are_prefix_length_then_network_bytes() {
+        let k = route_key("10.32.7.0/24".parse().expect("cidr"));
+        assert_eq!(k.prefix_len(), 24);
+        assert_eq!(k.data(), [10, 32, 7, 0]);
+        // A host address inside the block is normalised to the network.
+        let k = route_key("10.32.7.9/24".parse().expect("cidr"));
+        assert_eq!(k.data(), [10, 32, 7, 0]);
+    }
+}

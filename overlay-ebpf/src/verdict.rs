@@ -7,11 +7,11 @@ use overlay_common::Stat;
 use crate::maps::count;
 
 /// Let the packet continue through the stack, untouched.
-pub const OK: i32 = TC_ACT_OK as i32;
+pub const OK: i32 = TC_ACT_OK;
 /// The packet was redirected by a helper.
-pub const REDIRECT: i32 = TC_ACT_REDIRECT as i32;
+pub const REDIRECT: i32 = TC_ACT_REDIRECT;
 /// Drop.
-pub const SHOT: i32 = TC_ACT_SHOT as i32;
+pub const SHOT: i32 = TC_ACT_SHOT;
 
 /// What a program decided: the TC action and the counter it bumps, or the
 /// reason for dropping.

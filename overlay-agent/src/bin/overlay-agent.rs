@@ -194,6 +194,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn macs_parse_and_bad_ones_say_what_is_wrong() {
+        assert_eq!(parse_mac("02:aB:00:00:00:ff"), Ok([2, 0xab, 0, 0, 0, 0xff]));
+        for bad in ["02:ab:00:00:00", "02:ab:00:00:00:zz", "", "02-ab-00-00-00-ff"] {
+            let e = parse_mac(bad).expect_err(bad);
+            assert!(e.contains("is not a MAC address"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bad_addresses_and_blocks_are_usage_errors() {
+        for argv in [
+            &["overlay-agent", "route-add", "10.32.1.0/33", "172.31.0.1"][..],
+            &["overlay-agent", "peer-add", "not-an-ip"][..],
+            &["overlay-agent", "install", "--node-ip", "1.2.3.4"][..],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_err(), "{argv:?} was accepted");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

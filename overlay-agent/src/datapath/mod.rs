@@ -43,6 +43,17 @@ pub enum DatapathError {
         #[source]
         source: nix::Error,
     },
+    /// No bpffs here, and mounting one would only last as long as this
+    /// process's private mount namespace.
+    #[error(
+        "no bpffs at {path} in this process's mount namespace, which is not the host's \
+         (under `ip netns exec`?): pins made here would vanish on exit; mount the host's \
+         bpffs there, or enter only the network namespace (`nsenter --net=...`)"
+    )]
+    PrivateBpffs {
+        /// Mount point.
+        path: PathBuf,
+    },
     /// The pin directory is not on a bpffs.
     #[error("{path} is not on a bpffs (mount one with `mount -t bpf bpf /sys/fs/bpf`)")]
     NotBpffs {

@@ -228,7 +228,9 @@ impl Maps {
     pub fn peers(&self) -> Result<Vec<Ipv4Addr>, MapsError> {
         let mut out = Vec::new();
         for key in self.peers.keys() {
-            out.push(Ipv4Addr::from(key.map_err(access("listing peers", MAP_PEERS))?));
+            out.push(Ipv4Addr::from(
+                key.map_err(access("listing peers", MAP_PEERS))?,
+            ));
         }
         out.sort();
         Ok(out)

@@ -49,7 +49,10 @@ pub fn render(pin_dir: &Path) -> Result<String, MapsError> {
     for peer in maps.peers()? {
         let _ = writeln!(s, "  {peer}");
     }
-    let _ = writeln!(s, "\nLocal endpoints (pod -> ifindex, pod MAC, gateway MAC):");
+    let _ = writeln!(
+        s,
+        "\nLocal endpoints (pod -> ifindex, pod MAC, gateway MAC):"
+    );
     for e in maps.endpoints()? {
         let _ = writeln!(
             s,

@@ -50,6 +50,10 @@ mod tests {
     fn the_overhead_is_the_bytes_in_front_of_the_inner_ip_header_minus_the_outer_ethernet() {
         assert_eq!(ENCAP_HEADERS_LEN - ETH_HLEN, VXLAN_OVERHEAD as usize);
         assert_eq!(ALL_MAPS.len(), 5);
-        assert!(ALL_MAPS.iter().all(|m| m.starts_with("ovl_") && m.ends_with("_v1")));
+        assert!(
+            ALL_MAPS
+                .iter()
+                .all(|m| m.starts_with("ovl_") && m.ends_with("_v1"))
+        );
     }
 }

@@ -92,7 +92,8 @@ impl Stat {
 
     /// Whether this counter counts dropped packets.
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= (Stat::DropTruncated as u32) && (self as u32) <= (Stat::DropRedirectFailed as u32)
+        (self as u32) >= (Stat::DropTruncated as u32)
+            && (self as u32) <= (Stat::DropRedirectFailed as u32)
     }
 }
 

@@ -93,7 +93,8 @@ pub fn deliver_local(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stat> {
     let mut macs = [0u8; 12];
     macs[0..6].copy_from_slice(&ep.pod_mac);
     macs[6..12].copy_from_slice(&ep.host_mac);
-    ctx.store(0, &macs, 0).map_err(|_| Stat::DropRedirectFailed)?;
+    ctx.store(0, &macs, 0)
+        .map_err(|_| Stat::DropRedirectFailed)?;
     // SAFETY: plain helper call.
     redirected(unsafe { bpf_redirect_peer(ep.ifindex, 0) })
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use overlay_common::{
-    Endpoint, Ipv4Bytes, MAX_ENDPOINTS, MAX_PEERS, MAX_ROUTES, NodeConfig, Peer, Route,
-    STATS_LEN, Stat,
+    Endpoint, Ipv4Bytes, MAX_ENDPOINTS, MAX_PEERS, MAX_ROUTES, NodeConfig, Peer, Route, STATS_LEN,
+    Stat,
 };
 
 #[btf_map(name = "ovl_config_v1")]

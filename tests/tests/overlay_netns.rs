@@ -236,7 +236,13 @@ fn agent(ns: &Netns, pin: &std::path::Path, args: &[&str]) -> String {
     let bin = agent_binary().display().to_string();
     let pin = pin.display().to_string();
     let net = format!("--net={}", ns.path().display());
-    let mut argv = vec!["nsenter", net.as_str(), bin.as_str(), "--pin-dir", pin.as_str()];
+    let mut argv = vec![
+        "nsenter",
+        net.as_str(),
+        bin.as_str(),
+        "--pin-dir",
+        pin.as_str(),
+    ];
     argv.extend_from_slice(args);
     overlay_tests::run_ok(&argv)
 }
@@ -338,4 +344,44 @@ fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits() {
         !a.ns.ping(&b.ip.to_string(), 1),
         "still forwarding after uninstall"
     );
+}
+
+#[test]
+fn installing_from_a_private_mount_namespace_is_refused_with_a_clear_error() {
+    if !require_privileges(
+        "installing_from_a_private_mount_namespace_is_refused_with_a_clear_error",
+    ) {
+        return;
+    }
+    let lab = Lab::new(&LabOptions {
+        modes: vec![Mode::Overlay; 2],
+        pods_per_node: 1,
+        skip_datapath: true,
+    });
+    let node = &lab.nodes[0];
+    let bin = agent_binary().display().to_string();
+    let pin = node.pin_dir.display().to_string();
+    let ip = node.ip.to_string();
+    // `ip netns exec` gives the command a private /sys: pins would vanish.
+    let out = overlay_tests::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node.ns.name,
+        &bin,
+        "--pin-dir",
+        &pin,
+        "install",
+        "--uplink",
+        UPLINK,
+        "--node-ip",
+        &ip,
+    ]);
+    assert!(
+        !out.status.success(),
+        "install in a private mount namespace succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nsenter --net"), "unclear error: {err}");
+    assert!(!node.pin_dir.exists(), "something was pinned");
 }

@@ -57,9 +57,7 @@ fn cargo() -> Command {
 
 fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: running {cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -68,9 +66,20 @@ fn exec(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Runs a binary of the tests crate (release build) with `args`.
 fn run_harness_bin(bin: &str, args: &[String]) -> anyhow::Result<()> {
-    exec(cargo()
-        .args(["run", "--release", "--quiet", "-p", "overlay-tests", "--bin", bin, "--"])
-        .args(args))
+    exec(
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "overlay-tests",
+                "--bin",
+                bin,
+                "--",
+            ])
+            .args(args),
+    )
 }
 
 fn main() -> ExitCode {
@@ -80,9 +89,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => setup::run().and_then(|()| setup::build_ebpf().map(|_| ())),
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
         Task::Lab { args } => setup::run().and_then(|()| run_harness_bin("overlay-lab", &args)),
-        Task::Bench { args } => {
-            setup::run().and_then(|()| run_harness_bin("overlay-bench", &args))
-        }
+        Task::Bench { args } => setup::run().and_then(|()| run_harness_bin("overlay-bench", &args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,10 +64,12 @@ fn apt() -> anyhow::Result<()> {
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     exec(Command::new("apt-get").args(["update", "-qq"]))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn rust_src() -> anyhow::Result<()> {
@@ -94,11 +96,13 @@ fn bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
-    exec(cargo()
-        .args(["install", "bpf-linker", "--version"])
-        .arg(format!("^{BPF_LINKER_VERSION}"))
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", LLVM_PREFIX))
+    exec(
+        cargo()
+            .args(["install", "bpf-linker", "--version"])
+            .arg(format!("^{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
 }
 
 /// Installs whatever is missing.
@@ -127,7 +131,9 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let out_dir = stdout
         .lines()
-        .filter(|l| l.contains("\"reason\":\"build-script-executed\"") && l.contains("overlay-agent"))
+        .filter(|l| {
+            l.contains("\"reason\":\"build-script-executed\"") && l.contains("overlay-agent")
+        })
         .find_map(|l| {
             let start = l.find("\"out_dir\":\"")? + "\"out_dir\":\"".len();
             let end = l[start..].find('"')? + start;

@@ -208,7 +208,12 @@ mod tests {
     #[test]
     fn macs_parse_and_bad_ones_say_what_is_wrong() {
         assert_eq!(parse_mac("02:aB:00:00:00:ff"), Ok([2, 0xab, 0, 0, 0, 0xff]));
-        for bad in ["02:ab:00:00:00", "02:ab:00:00:00:zz", "", "02-ab-00-00-00-ff"] {
+        for bad in [
+            "02:ab:00:00:00",
+            "02:ab:00:00:00:zz",
+            "",
+            "02-ab-00-00-00-ff",
+        ] {
             let e = parse_mac(bad).expect_err(bad);
             assert!(e.contains("is not a MAC address"), "{e}");
         }

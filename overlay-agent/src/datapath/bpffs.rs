@@ -14,30 +14,31 @@ pub fn is_bpffs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
 }
 
-/// Whether this process shares PID 1's mount namespace. Under `ip netns
-/// exec` it does not: that command gives each process a private /sys.
-fn in_init_mount_namespace() -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (
-        std::fs::metadata("/proc/self/ns/mnt"),
-        std::fs::metadata("/proc/1/ns/mnt"),
-    ) {
-        (Ok(me), Ok(init)) => me.ino() == init.ino() && me.dev() == init.dev(),
-        // Cannot tell (no /proc, or no permission): assume the common case.
-        _ => true,
+/// Whether this process runs in a mount namespace that its parent does not
+/// share, as under `ip netns exec`, which gives each command a private /sys
+/// that dies with it. Unknown (no /proc, parent gone or unreadable) counts
+/// as shared.
+fn in_private_mount_namespace() -> bool {
+    let ppid = nix::unistd::getppid().as_raw();
+    if ppid <= 1 {
+        return false;
+    }
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt"));
+    match (ns("self"), ns(&ppid.to_string())) {
+        (Ok(me), Ok(parent)) => me != parent,
+        _ => false,
     }
 }
 
 /// Mounts bpffs at `mountpoint` unless it is mounted already.
 ///
-/// Refuses when this process has a mount namespace of its own: a bpffs
-/// mounted there, and every pin in it, would vanish when the process exits,
-/// silently detaching the datapath.
+/// Refuses to mount one in a mount namespace private to this process: pins
+/// made there would vanish when it exits, silently detaching the datapath.
 pub fn ensure_mounted(mountpoint: &Path) -> Result<(), DatapathError> {
     if is_bpffs(mountpoint) {
         return Ok(());
     }
-    if !in_init_mount_namespace() {
+    if in_private_mount_namespace() {
         return Err(DatapathError::PrivateBpffs {
             path: mountpoint.to_owned(),
         });

@@ -124,8 +124,7 @@ impl Datapath {
 
     fn load_object(pin_dir: &Path, object: &[u8]) -> Result<Self, DatapathError> {
         prepare_pin_dir(pin_dir)?;
-        let paths: Vec<(&str, PathBuf)> =
-            ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
+        let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
@@ -202,10 +201,10 @@ impl Datapath {
                 iface: iface.to_owned(),
                 source: Box::new(e),
             })?;
-        let link = program
-            .take_link(id)
-            .map_err(|e| link_error(&pin, e))?;
-        let fd_link: FdLink = link.try_into().map_err(|e: LinkError| link_error(&pin, e))?;
+        let link = program.take_link(id).map_err(|e| link_error(&pin, e))?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|e: LinkError| link_error(&pin, e))?;
         fd_link.pin(&pin).map_err(|e| link_error(&pin, e))?;
         Ok(())
     }

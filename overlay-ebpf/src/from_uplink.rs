@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    ETH_HLEN, INNER_ETH_OFFSET, IPPROTO_UDP, IPV4_HLEN, Stat, UDP_HLEN, VXLAN_FLAG_VNI,
-    VXLAN_OVERHEAD,
+    ETH_HLEN, INNER_ETH_OFFSET, IPPROTO_UDP, IPV4_HLEN, PEER_F_ACTIVE, Stat, UDP_HLEN,
+    VXLAN_FLAG_VNI, VXLAN_OVERHEAD,
 };
 
 use crate::{
@@ -63,8 +63,10 @@ fn try_from_uplink(ctx: &TcContext) -> Verdict {
     if outer.is_fragment() {
         return Err(Stat::DropFragmented);
     }
-    if PEERS.get_ptr(outer.src).is_none() {
-        return Err(Stat::DropUnknownPeer);
+    match PEERS.get_ptr(outer.src) {
+        // SAFETY: the pointer comes from a successful lookup.
+        Some(p) if unsafe { (*p).flags } & PEER_F_ACTIVE != 0 => {}
+        _ => return Err(Stat::DropUnknownPeer),
     }
     let vx: [u8; 8] = ctx
         .load(L3 + IPV4_HLEN + UDP_HLEN)

@@ -115,9 +115,13 @@ fn access(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsE
     }
 }
 
-fn not_found(e: &MapError) -> bool {
-    matches!(e, MapError::KeyNotFound)
-        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+/// Removal is idempotent: a key that is already gone is success.
+fn removed(r: Result<(), MapError>, op: &'static str, map: &'static str) -> Result<(), MapsError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map_err(access(op, map)),
+    }
 }
 
 impl Maps {
@@ -159,10 +163,11 @@ impl Maps {
 
     /// Removes the route for exactly `block`. Idempotent.
     pub fn remove_route(&mut self, block: Ipv4Net) -> Result<(), MapsError> {
-        match self.routes.remove(&route_key(block)) {
-            Err(e) if not_found(&e) => Ok(()),
-            r => r.map_err(access("removing a route", MAP_ROUTES)),
-        }
+        removed(
+            self.routes.remove(&route_key(block)),
+            "removing a route",
+            MAP_ROUTES,
+        )
     }
 
     /// Every route: block → owning node.
@@ -186,10 +191,11 @@ impl Maps {
 
     /// Forgets a pod. Idempotent.
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
-        match self.endpoints.remove(&ip.octets()) {
-            Err(e) if not_found(&e) => Ok(()),
-            r => r.map_err(access("removing an endpoint", MAP_ENDPOINTS)),
-        }
+        removed(
+            self.endpoints.remove(&ip.octets()),
+            "removing an endpoint",
+            MAP_ENDPOINTS,
+        )
     }
 
     /// Every pod on this node.
@@ -218,10 +224,11 @@ impl Maps {
 
     /// Stops accepting VXLAN from `ip`. Idempotent.
     pub fn remove_peer(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
-        match self.peers.remove(&ip.octets()) {
-            Err(e) if not_found(&e) => Ok(()),
-            r => r.map_err(access("removing a peer", MAP_PEERS)),
-        }
+        removed(
+            self.peers.remove(&ip.octets()),
+            "removing a peer",
+            MAP_PEERS,
+        )
     }
 
     /// Every node allowed to send us VXLAN.

@@ -44,6 +44,8 @@ pub struct LabOptions {
     /// Leave the `from_pod`/`from_uplink` attachments and map entries to the
     /// caller (for tests that install the datapath another way).
     pub skip_datapath: bool,
+    /// Pod MTU instead of the mode's default ([`Lab::pod_mtu`]).
+    pub pod_mtu: Option<u32>,
 }
 
 impl LabOptions {
@@ -53,6 +55,7 @@ impl LabOptions {
             modes: vec![mode; nodes],
             pods_per_node: pods,
             skip_datapath: false,
+            pod_mtu: None,
         }
     }
 }
@@ -157,7 +160,7 @@ impl Lab {
         lab.wire_underlay();
         for i in 0..lab.nodes.len() {
             for j in 0..opts.pods_per_node {
-                lab.add_pod(i, j);
+                lab.add_pod(i, j, opts.pod_mtu);
             }
         }
         for i in 0..lab.nodes.len() {
@@ -220,7 +223,7 @@ impl Lab {
         }
     }
 
-    fn add_pod(&mut self, i: usize, j: usize) {
+    fn add_pod(&mut self, i: usize, j: usize, mtu: Option<u32>) {
         let node = &self.nodes[i];
         let ip = pod_ip(i, j);
         let o = ip.octets();
@@ -228,7 +231,7 @@ impl Lab {
         let host_mac = [0x02, 0x48, o[0], o[1], o[2], o[3]];
         let host_if = format!("ovlp{}", j + 1);
         let ns = Netns::new(&self.tag, &format!("n{}p{}", i + 1, j + 1));
-        let mtu = Self::pod_mtu(node.mode).to_string();
+        let mtu = mtu.unwrap_or(Self::pod_mtu(node.mode)).to_string();
         crate::run_ok(&[
             "ip",
             "link",

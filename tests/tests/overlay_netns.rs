@@ -156,6 +156,7 @@ fn a_linux_vxlan_device_interoperates_in_both_directions() {
         modes: vec![Mode::Overlay, Mode::KernelVxlan],
         pods_per_node: 1,
         skip_datapath: false,
+        pod_mtu: None,
     });
     let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
     assert!(
@@ -191,6 +192,7 @@ fn vxlan_from_a_node_that_is_not_a_peer_never_reaches_the_pod() {
         modes: vec![Mode::Overlay, Mode::Overlay, Mode::KernelVxlan],
         pods_per_node: 1,
         skip_datapath: false,
+        pod_mtu: None,
     });
     let mut maps = lab.maps(0);
     maps.remove_peer(node_ip(2)).expect("remove peer");
@@ -257,6 +259,7 @@ fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits() {
         modes: vec![Mode::Overlay; 2],
         pods_per_node: 1,
         skip_datapath: true,
+        pod_mtu: None,
     });
     let install = |i: usize| {
         let node = &lab.nodes[i];
@@ -357,6 +360,7 @@ fn installing_from_a_private_mount_namespace_is_refused_with_a_clear_error() {
         modes: vec![Mode::Overlay; 2],
         pods_per_node: 1,
         skip_datapath: true,
+        pod_mtu: None,
     });
     let node = &lab.nodes[0];
     let bin = agent_binary().display().to_string();
@@ -384,4 +388,33 @@ fn installing_from_a_private_mount_namespace_is_refused_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nsenter --net"), "unclear error: {err}");
     assert!(!node.pin_dir.exists(), "something was pinned");
+}
+
+#[test]
+fn withdrawing_a_route_stops_traffic_to_that_block_and_removal_is_idempotent() {
+    if !require_privileges(
+        "withdrawing_a_route_stops_traffic_to_that_block_and_removal_is_idempotent",
+    ) {
+        return;
+    }
+    let lab = overlay_lab(1);
+    let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
+    let mut maps = lab.maps(0);
+    assert!(a.ns.ping(&b.ip.to_string(), 1));
+
+    for _ in 0..2 {
+        maps.remove_route(node_block(1)).expect("remove route");
+        maps.remove_peer(node_ip(1)).expect("remove peer");
+        maps.remove_endpoint("10.32.9.9".parse().expect("ip"))
+            .expect("remove an endpoint that never existed");
+    }
+    assert!(!maps.routes().expect("routes").contains_key(&node_block(1)));
+    assert!(
+        !a.ns.ping(&b.ip.to_string(), 1),
+        "traffic flowed without a route"
+    );
+
+    maps.upsert_route(node_block(1), node_ip(1)).expect("route");
+    maps.upsert_peer(node_ip(1)).expect("peer");
+    assert!(a.ns.ping(&b.ip.to_string(), 2), "traffic did not resume");
 }

@@ -100,15 +100,94 @@ fn main() -> ExitCode {
     }
 }
 
+/// Counts of `cargo test`'s `test result:` lines.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Adds one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result:") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cmd`, echoing its stdout and tallying its test results.
+fn exec_tallied(cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        tally.add(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
+    let mut tally = Tally::default();
     // Host-side unit tests of the eBPF crate's pure code (header building).
-    exec(cargo().args(["test", "-p", "overlay-ebpf", "--bins"]))?;
+    let host = exec_tallied(
+        cargo().args(["test", "-p", "overlay-ebpf", "--bins"]),
+        &mut tally,
+    );
     // Everything else: unit tests, test_run tests, namespace tests. Two
     // threads: the namespace tests move real traffic and this machine has
     // two cores.
-    let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "overlay-ebpf", "--"])
-        .args(["--test-threads", "2"])
-        .args(extra);
-    exec(&mut cmd)
+    let rest = host.and_then(|()| {
+        exec_tallied(
+            cargo()
+                .args(["test", "--workspace", "--exclude", "overlay-ebpf", "--"])
+                .args(["--test-threads", "2"])
+                .args(extra),
+            &mut tally,
+        )
+    });
+    // One closing line over every test binary.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn test_result_lines_are_summed() {
+        let mut t = Tally::default();
+        t.add("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        t.add("test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("running 3 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (8, 2, 1));
+    }
 }

@@ -418,3 +418,71 @@ fn withdrawing_a_route_stops_traffic_to_that_block_and_removal_is_idempotent() {
     maps.upsert_peer(node_ip(1)).expect("peer");
     assert!(a.ns.ping(&b.ip.to_string(), 2), "traffic did not resume");
 }
+
+#[test]
+fn attaching_again_after_an_interface_is_recreated_under_the_same_name_attaches_the_new_one() {
+    if !require_privileges(
+        "attaching_again_after_an_interface_is_recreated_under_the_same_name_attaches_the_new_one",
+    ) {
+        return;
+    }
+    let lab = Lab::new(&LabOptions {
+        modes: vec![Mode::Overlay; 2],
+        pods_per_node: 0,
+        skip_datapath: true,
+        pod_mtu: None,
+    });
+    let node = &lab.nodes[0];
+    let peer = Netns::new(&lab.tag, "peer");
+    let (pin, ip) = (node.pin_dir.as_path(), node.ip.to_string());
+    agent(
+        &node.ns,
+        pin,
+        &["install", "--uplink", UPLINK, "--node-ip", &ip],
+    );
+    let passed = || {
+        overlay_agent::maps::Maps::open(pin)
+            .expect("maps")
+            .counters()
+            .expect("counters")
+            .get(Stat::FromPodPassed)
+    };
+    for round in 0..2 {
+        // A fresh veth pair under the same name each round.
+        overlay_tests::run_ok(&[
+            "ip",
+            "link",
+            "add",
+            "ovlx",
+            "netns",
+            &node.ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &peer.name,
+        ]);
+        node.ns.ip(&["link", "set", "ovlx", "up"]);
+        peer.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+        peer.ip(&["link", "set", "eth0", "up"]);
+        agent(&node.ns, pin, &["attach-pod", "ovlx"]);
+        let before = passed();
+        // ARP and pings leave the pod; our program sees and passes them.
+        let _ = peer.ping("10.99.0.1", 1);
+        assert!(
+            passed() > before,
+            "round {round}: from_pod is not attached to the new ovlx"
+        );
+        node.ns.ip(&["link", "del", "ovlx"]);
+    }
+    assert_eq!(
+        overlay_agent::datapath::attachments(pin)
+            .iter()
+            .filter(|(_, i)| i == "ovlx")
+            .count(),
+        1,
+        "one pin per interface"
+    );
+}

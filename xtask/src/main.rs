@@ -161,15 +161,19 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // Everything else: unit tests, test_run tests, namespace tests. Two
     // threads: the namespace tests move real traffic and this machine has
     // two cores.
-    let rest = host.and_then(|()| {
-        exec_tallied(
-            cargo()
-                .args(["test", "--workspace", "--exclude", "overlay-ebpf", "--"])
-                .args(["--test-threads", "2"])
-                .args(extra),
-            &mut tally,
-        )
-    });
+    // The CLI tests run the real `overlay-agent` binary, which `cargo test`
+    // does not build for another package's tests.
+    let rest = host
+        .and_then(|()| exec(cargo().args(["build", "--workspace", "--bins"])))
+        .and_then(|()| {
+            exec_tallied(
+                cargo()
+                    .args(["test", "--workspace", "--exclude", "overlay-ebpf", "--"])
+                    .args(["--test-threads", "2"])
+                    .args(extra),
+                &mut tally,
+            )
+        });
     // One closing line over every test binary.
     println!(
         "tests: {} passed, {} failed, {} skipped",

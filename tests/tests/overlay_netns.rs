@@ -18,6 +18,14 @@ fn overlay_lab(pods: usize) -> Lab {
     Lab::new(&LabOptions::uniform(Mode::Overlay, 2, pods))
 }
 
+/// Two overlay nodes whose datapath the test installs itself.
+fn lab_without_datapath(pods: usize) -> Lab {
+    Lab::new(&LabOptions {
+        skip_datapath: true,
+        ..LabOptions::uniform(Mode::Overlay, 2, pods)
+    })
+}
+
 #[test]
 fn pods_ping_each_other_across_nodes_and_on_one_node() {
     if !require_privileges("pods_ping_each_other_across_nodes_and_on_one_node") {
@@ -255,12 +263,7 @@ fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits() {
     {
         return;
     }
-    let lab = Lab::new(&LabOptions {
-        modes: vec![Mode::Overlay; 2],
-        pods_per_node: 1,
-        skip_datapath: true,
-        pod_mtu: None,
-    });
+    let lab = lab_without_datapath(1);
     let install = |i: usize| {
         let node = &lab.nodes[i];
         let pod = &node.pods[0];
@@ -356,12 +359,7 @@ fn installing_from_a_private_mount_namespace_is_refused_with_a_clear_error() {
     ) {
         return;
     }
-    let lab = Lab::new(&LabOptions {
-        modes: vec![Mode::Overlay; 2],
-        pods_per_node: 1,
-        skip_datapath: true,
-        pod_mtu: None,
-    });
+    let lab = lab_without_datapath(1);
     let node = &lab.nodes[0];
     let bin = agent_binary().display().to_string();
     let pin = node.pin_dir.display().to_string();
@@ -426,12 +424,7 @@ fn attaching_again_after_an_interface_is_recreated_under_the_same_name_attaches_
     ) {
         return;
     }
-    let lab = Lab::new(&LabOptions {
-        modes: vec![Mode::Overlay; 2],
-        pods_per_node: 0,
-        skip_datapath: true,
-        pod_mtu: None,
-    });
+    let lab = lab_without_datapath(0);
     let node = &lab.nodes[0];
     let peer = Netns::new(&lab.tag, "peer");
     let (pin, ip) = (node.pin_dir.as_path(), node.ip.to_string());

@@ -177,32 +177,14 @@ impl Lab {
     fn wire_underlay(&mut self) {
         let n = self.nodes.len();
         if n == 2 {
-            let (a, b) = (&self.nodes[0].ns.name, &self.nodes[1].ns.name);
-            crate::run_ok(&[
-                "ip", "link", "add", UPLINK, "netns", a, "type", "veth", "peer", "name", UPLINK,
-                "netns", b,
-            ]);
+            Netns::veth_pair(&self.nodes[0].ns, UPLINK, &self.nodes[1].ns, UPLINK);
         } else {
             let sw = Netns::new(&self.tag, "sw");
             sw.ip(&["link", "add", "br0", "type", "bridge"]);
             sw.ip(&["link", "set", "br0", "up"]);
             for (i, node) in self.nodes.iter().enumerate() {
                 let port = format!("p{}", i + 1);
-                crate::run_ok(&[
-                    "ip",
-                    "link",
-                    "add",
-                    UPLINK,
-                    "netns",
-                    &node.ns.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &port,
-                    "netns",
-                    &sw.name,
-                ]);
+                Netns::veth_pair(&node.ns, UPLINK, &sw, &port);
                 sw.ip(&["link", "set", &port, "master", "br0"]);
                 sw.ip(&["link", "set", &port, "up"]);
             }

@@ -66,12 +66,29 @@ impl Netns {
         argv
     }
 
+    /// `ip netns exec <ns> ARGS` with stdin closed, for callers that need
+    /// their own stdout/stderr handling. `ip netns exec` execs in place, so
+    /// the child's PID is the command's own.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Creates a veth pair: `a_if` in `a`, its peer `b_if` in `b`.
+    pub fn veth_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+        run_ok(&[
+            "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if,
+            "netns", &b.name,
+        ]);
+    }
+
     /// Starts a long-running command inside the namespace.
     pub fn spawn(&self, args: &[&str]) -> Process {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdin(Stdio::null())
+        let child = self
+            .command(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

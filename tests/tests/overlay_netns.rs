@@ -442,21 +442,7 @@ fn attaching_again_after_an_interface_is_recreated_under_the_same_name_attaches_
     };
     for round in 0..2 {
         // A fresh veth pair under the same name each round.
-        overlay_tests::run_ok(&[
-            "ip",
-            "link",
-            "add",
-            "ovlx",
-            "netns",
-            &node.ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &peer.name,
-        ]);
+        Netns::veth_pair(&node.ns, "ovlx", &peer, "eth0");
         node.ns.ip(&["link", "set", "ovlx", "up"]);
         peer.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
         peer.ip(&["link", "set", "eth0", "up"]);

@@ -19,7 +19,7 @@ use std::{
     io::Read,
     panic::AssertUnwindSafe,
     path::Path,
-    process::{Command, ExitCode, ExitStatus, Stdio},
+    process::{ExitCode, ExitStatus, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -257,10 +257,8 @@ impl Output {
 /// the bench is interrupted. `ip netns exec` and `taskset` exec in place, so
 /// the PID is the client's own.
 fn run_in(ns: &Netns, args: &[&str], limit: Duration) -> Result<Output> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(args)
-        .stdin(Stdio::null())
+    let mut child = ns
+        .command(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -10,8 +10,10 @@
 //! - [`status`]: the human-readable view of a node's datapath.
 
 pub mod datapath;
+pub mod ipam;
 pub mod link;
 pub mod maps;
+pub mod netlink;
 pub mod netns;
 pub mod paths;
 pub mod status;

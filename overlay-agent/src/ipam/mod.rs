@@ -1,0 +1,1 @@
+//! Node IPAM: pod addresses from this node's blocks, persisted crash-safely.

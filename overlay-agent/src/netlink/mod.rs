@@ -1,0 +1,1 @@
+//! Pod wiring over rtnetlink: veth pairs, addresses, routes, neighbours.

@@ -9,11 +9,17 @@
 //! - [`paths`]: every filesystem path the agent uses;
 //! - [`status`]: the human-readable view of a node's datapath.
 
+pub mod agent;
+pub mod api;
+pub mod cni;
+pub mod config;
 pub mod datapath;
 pub mod ipam;
 pub mod link;
 pub mod maps;
+pub mod masquerade;
 pub mod netlink;
 pub mod netns;
 pub mod paths;
 pub mod status;
+pub mod topology;

@@ -54,6 +54,26 @@ pub struct EndpointEntry {
     pub endpoint: Endpoint,
 }
 
+/// What [`Maps::reconcile`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Routes inserted or re-pointed.
+    pub routes_set: usize,
+    /// Routes withdrawn.
+    pub routes_removed: usize,
+    /// Peers added.
+    pub peers_added: usize,
+    /// Peers withdrawn.
+    pub peers_removed: usize,
+}
+
+impl SyncReport {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Counter totals across CPUs, by [`Stat`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters(pub BTreeMap<&'static str, u64>);
@@ -229,6 +249,38 @@ impl Maps {
             "removing a peer",
             MAP_PEERS,
         )
+    }
+
+    /// Makes the routes and peers maps hold exactly `routes` and `peers` by
+    /// changing only the entries that differ: unaffected entries are never
+    /// removed, so traffic to nodes whose blocks did not change never blips.
+    pub fn reconcile(
+        &mut self,
+        routes: &BTreeMap<Ipv4Net, Ipv4Addr>,
+        peers: &[Ipv4Addr],
+    ) -> Result<SyncReport, MapsError> {
+        let mut report = SyncReport::default();
+        let have = self.routes()?;
+        for (block, node) in routes {
+            if have.get(block) != Some(node) {
+                self.upsert_route(*block, *node)?;
+                report.routes_set += 1;
+            }
+        }
+        for block in have.keys().filter(|b| !routes.contains_key(b)) {
+            self.remove_route(*block)?;
+            report.routes_removed += 1;
+        }
+        let have = self.peers()?;
+        for peer in peers.iter().filter(|p| !have.contains(p)) {
+            self.upsert_peer(*peer)?;
+            report.peers_added += 1;
+        }
+        for peer in have.iter().filter(|p| !peers.contains(p)) {
+            self.remove_peer(*peer)?;
+            report.peers_removed += 1;
+        }
+        Ok(report)
     }
 
     /// Every node allowed to send us VXLAN.

@@ -10,3 +10,9 @@ pub const PIN_DIR: &str = overlay_common::DEFAULT_PIN_DIR;
 /// Sub-directory of the pin directory holding one pinned TC link per
 /// attachment, named `<program>@<interface>`.
 pub const LINKS_SUBDIR: &str = "links";
+
+/// The agent's unix socket, where `overlay-cni` asks it to wire pods.
+pub const AGENT_SOCKET: &str = "/run/overlay/agent.sock";
+
+/// The agent's persistent state (pod address allocations).
+pub const STATE_DIR: &str = "/var/lib/overlay";

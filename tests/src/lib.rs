@@ -7,6 +7,8 @@
 //! flows between namespaces created here.
 
 pub mod cmd;
+pub mod cluster;
+pub mod cni_clients;
 pub mod lab;
 pub mod netns;
 pub mod privileged;

@@ -131,6 +131,19 @@ pub struct Process {
 }
 
 impl Process {
+    /// Takes ownership of a spawned child.
+    pub fn from_child(child: Child) -> Self {
+        Self { child }
+    }
+
+    /// Sends `sig` to it.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall on a PID we own and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
     /// Its PID.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -35,6 +35,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the node agent (the DaemonSet's main process): install the
+    /// datapath, follow the topology into the maps, and serve overlay-cni on
+    /// the agent socket until SIGTERM. Stopping it leaves the datapath in
+    /// place: pods keep their connectivity, and a new agent picks up every
+    /// pod and address where this one left off.
+    Run {
+        #[command(flatten)]
+        config: Box<overlay_agent::config::AgentConfig>,
+        /// Log format: `text` (one line per event) or `json`.
+        #[arg(long, env = "OVERLAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+        /// Log filter, e.g. `info` or `overlay_agent=debug`.
+        #[arg(long, env = "OVERLAY_LOG_LEVEL", default_value = "info")]
+        log_level: String,
+    },
     /// Load the programs, create (or re-open) the pinned maps, write this
     /// node's configuration and attach `from_uplink` to the uplink.
     Install {
@@ -126,6 +141,11 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let pin = cli.pin_dir.as_path();
     match cli.command {
+        Command::Run {
+            config,
+            log_format,
+            log_level,
+        } => run_daemon(*config, &log_format, &log_level)?,
         Command::Install {
             uplink,
             node_ip,
@@ -191,6 +211,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("removed {}", pin.display());
         }
     }
+    Ok(())
+}
+
+fn run_daemon(
+    config: overlay_agent::config::AgentConfig,
+    log_format: &str,
+    log_level: &str,
+) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(log_level)
+        .with_context(|| format!("--log-level {log_level:?} is not a valid filter"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.with_ansi(false).init();
+    }
+    let topology = overlay_agent::topology::Topology::load(&config.topology)?;
+    // The static file is read once; the channel is the seam gossip feeds.
+    let (_tx, rx) = tokio::sync::watch::channel(topology);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(overlay_agent::agent::run(config, rx))?;
     Ok(())
 }
 

@@ -1,0 +1,232 @@
+//! The node agent: owns this node's datapath, its address allocations and
+//! its pods, and answers `overlay-cni` (see [`crate::api`]).
+//!
+//! One [`Agent`] per node. Every operation takes the agent's lock for its
+//! whole duration: ADDs are a few milliseconds each, and serialising them
+//! makes every multi-step change (address, veth, program, map entry)
+//! all-or-nothing with respect to the others.
+
+mod daemon;
+mod pods;
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Mutex, MutexGuard},
+};
+
+pub use daemon::{DaemonError, run};
+use overlay_common::{CONFIG_F_READY, MAX_VNI, NodeConfig, VXLAN_OVERHEAD};
+use tracing::{info, warn};
+
+use crate::{
+    api::{Handler, Reply, Request},
+    cni::{CniError, code},
+    config::AgentConfig,
+    datapath::{Datapath, DatapathError},
+    ipam::{Ipam, IpamError, Usage},
+    link::{self, LinkError},
+    maps::{Maps, MapsError, SyncReport},
+    masquerade::{self, MasqueradeError},
+    topology::Topology,
+};
+
+/// Why the agent could not start or apply a topology.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The uplink could not be inspected.
+    #[error("inspecting the uplink")]
+    Uplink(#[source] LinkError),
+    /// Loading or attaching the datapath failed.
+    #[error("setting up the datapath")]
+    Datapath(#[source] DatapathError),
+    /// A pinned map could not be used.
+    #[error("using the pinned maps")]
+    Maps(#[source] MapsError),
+    /// The address store could not be opened.
+    #[error("opening the address store")]
+    Ipam(#[source] IpamError),
+    /// Egress masquerade could not be installed.
+    #[error("installing egress masquerade")]
+    Masquerade(#[source] MasqueradeError),
+}
+
+/// Everything behind the agent's lock.
+struct State {
+    datapath: Datapath,
+    maps: Maps,
+    ipam: Ipam,
+    /// Whether a topology has been applied (STATUS reports not ready until
+    /// then).
+    topology_applied: bool,
+}
+
+/// The node agent.
+pub struct Agent {
+    config: AgentConfig,
+    pod_mtu: u32,
+    state: Mutex<State>,
+}
+
+impl Agent {
+    /// Loads (or re-opens) the pinned datapath, writes the node's
+    /// configuration, attaches `from_uplink`, opens the address store and
+    /// installs egress masquerade. Pods wired by an earlier agent keep
+    /// working throughout: pins are re-used, never replaced.
+    pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        if config.vni > MAX_VNI {
+            return Err(AgentError::Config(format!(
+                "VNI {} does not fit VXLAN's 24 bits (max {MAX_VNI})",
+                config.vni
+            )));
+        }
+        let uplink_ifindex = link::ifindex(&config.uplink).map_err(AgentError::Uplink)?;
+        let pod_mtu = match config.mtu {
+            Some(m) => m,
+            None => {
+                let m = link::mtu(&config.uplink).map_err(AgentError::Uplink)?;
+                m.checked_sub(VXLAN_OVERHEAD).ok_or_else(|| {
+                    AgentError::Config(format!(
+                        "uplink {} MTU {m} is smaller than VXLAN's {VXLAN_OVERHEAD} bytes",
+                        config.uplink
+                    ))
+                })?
+            }
+        };
+        if !(576..=65_535).contains(&pod_mtu) {
+            return Err(AgentError::Config(format!(
+                "pod MTU {pod_mtu} is outside 576..=65535"
+            )));
+        }
+        let mut datapath = Datapath::load(&config.pin_dir).map_err(AgentError::Datapath)?;
+        let mut maps = Maps::open(&config.pin_dir).map_err(AgentError::Maps)?;
+        maps.set_config(&NodeConfig {
+            node_ip: config.node_ip.octets(),
+            uplink_ifindex,
+            vxlan_port: config.vxlan_port,
+            _pad0: 0,
+            vni: config.vni,
+            mtu: pod_mtu,
+            flags: CONFIG_F_READY,
+        })
+        .map_err(AgentError::Maps)?;
+        datapath
+            .attach_uplink(&config.uplink)
+            .map_err(AgentError::Datapath)?;
+        let ipam =
+            Ipam::open(&config.state_dir.join("ipam"), Vec::new()).map_err(AgentError::Ipam)?;
+        if !config.no_masquerade {
+            masquerade::install(config.ipalloc_range).map_err(AgentError::Masquerade)?;
+        }
+        info!(
+            node_ip = %config.node_ip,
+            uplink = %config.uplink,
+            pod_mtu,
+            vxlan_port = config.vxlan_port,
+            vni = config.vni,
+            pin_dir = %config.pin_dir.display(),
+            allocations = ipam.allocations().count(),
+            "datapath ready"
+        );
+        Ok(Self {
+            config,
+            pod_mtu,
+            state: Mutex::new(State {
+                datapath,
+                maps,
+                ipam,
+                topology_applied: false,
+            }),
+        })
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The MTU pods get.
+    pub fn pod_mtu(&self) -> u32 {
+        self.pod_mtu
+    }
+
+    /// Takes this node's blocks from `topology` for address allocation and
+    /// brings the routes and peers maps in line with it, by diff.
+    pub fn apply_topology(&self, topology: &Topology) -> Result<SyncReport, AgentError> {
+        let me = self.config.node_ip;
+        let mut state = self.lock();
+        let blocks = topology.blocks_of(me);
+        if blocks.is_empty() {
+            warn!(node_ip = %me, "the topology gives this node no address block: ADD will fail");
+        }
+        for b in &blocks {
+            if !self.config.ipalloc_range.contains(b) {
+                warn!(block = %b, range = %self.config.ipalloc_range,
+                    "block lies outside the cluster range: its pods' traffic will be masqueraded");
+            }
+        }
+        state.ipam.set_blocks(blocks);
+        let report = state
+            .maps
+            .reconcile(&topology.routes(), &topology.peers(me))
+            .map_err(AgentError::Maps)?;
+        state.topology_applied = true;
+        info!(
+            nodes = topology.nodes.len(),
+            routes_set = report.routes_set,
+            routes_removed = report.routes_removed,
+            peers_added = report.peers_added,
+            peers_removed = report.peers_removed,
+            "topology applied"
+        );
+        Ok(report)
+    }
+
+    /// Address usage of this node's blocks.
+    pub fn usage(&self) -> Usage {
+        self.lock().ipam.usage()
+    }
+
+    /// The node's own address.
+    pub fn node_ip(&self) -> Ipv4Addr {
+        self.config.node_ip
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as consistent as
+        // the steps that ran (each is idempotent and undone by DEL or GC).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn status(&self) -> Result<(), CniError> {
+        let state = self.lock();
+        if !state.topology_applied {
+            return Err(CniError::new(
+                code::PLUGIN_NOT_AVAILABLE,
+                "the overlay agent is starting: no topology applied yet",
+            ));
+        }
+        if state.ipam.blocks().is_empty() {
+            return Err(CniError::new(
+                code::PLUGIN_NOT_AVAILABLE,
+                format!("node {} owns no address block yet", self.config.node_ip),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Handler for Agent {
+    fn handle(&self, request: Request) -> Reply {
+        let result = match request {
+            Request::Add(req) => self.add(&req).map(Some),
+            Request::Del(req) => self.del(&req).map(|()| None),
+            Request::Check(req) => self.check(&req).map(|()| None),
+            Request::Gc { valid } => self.gc(&valid).map(|()| None),
+            Request::Status => self.status().map(|()| None),
+        };
+        result.into()
+    }
+}

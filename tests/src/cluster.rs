@@ -1,0 +1,460 @@
+//! A lab whose nodes run real `overlay-agent run` daemons and whose pods are
+//! created through the real `overlay-cni` binary, invoked exactly as a CNI
+//! runtime invokes it (environment variables plus configuration on stdin).
+//!
+//! Each agent runs in its node's network namespace and the host's mount
+//! namespace (as the DaemonSet does with hostPath mounts), with its own pin
+//! directory, state directory and socket, so several "nodes" share this
+//! machine. The plugin finds its node's agent through `agentSocket` in the
+//! network configuration.
+
+use std::{
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    lab::{Lab, LabOptions, Mode, UPLINK},
+    netns::{Netns, Process},
+};
+
+/// Finds one of the workspace's binaries next to the running executable (a
+/// test in `target/<profile>/deps`, or a tool in `target/<profile>`).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir");
+    for _ in 0..2 {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+        dir = dir.parent().expect("target dir");
+    }
+    panic!(
+        "{name} is not built next to {}; run through `cargo xtask test` (which builds every \
+         binary) or `cargo build --workspace --bins`",
+        exe.display()
+    );
+}
+
+/// What one plugin invocation printed and how it exited.
+#[derive(Debug)]
+pub struct CniOutput {
+    /// Exit code.
+    pub code: i32,
+    /// stdout.
+    pub stdout: String,
+    /// stdout as JSON (`Null` when empty or not JSON).
+    pub json: Value,
+}
+
+impl CniOutput {
+    /// Panics unless the call succeeded; returns the JSON.
+    pub fn ok(self) -> Value {
+        assert_eq!(self.code, 0, "overlay-cni failed: {}", self.stdout);
+        self.json
+    }
+
+    /// Panics unless the call failed with CNI error `code`; returns the
+    /// message.
+    pub fn err(self, code: u64) -> String {
+        assert_ne!(self.code, 0, "overlay-cni succeeded: {}", self.stdout);
+        assert_eq!(
+            self.json["code"].as_u64(),
+            Some(code),
+            "wrong error code: {}",
+            self.stdout
+        );
+        self.json["msg"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// One CNI invocation.
+#[derive(Clone, Debug)]
+pub struct CniCall<'a> {
+    /// `CNI_COMMAND`.
+    pub command: &'a str,
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_NETNS` (empty string: set but empty; `None`: unset).
+    pub netns: Option<&'a str>,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
+    /// Network configuration on stdin.
+    pub config: &'a str,
+}
+
+/// Runs `overlay-cni` in node `node_ns`'s network namespace.
+pub fn invoke(node_ns: &Netns, call: &CniCall<'_>) -> CniOutput {
+    invoke_env(node_ns, call, &[])
+}
+
+/// [`invoke`] with extra environment (or overrides).
+pub fn invoke_env(node_ns: &Netns, call: &CniCall<'_>, extra: &[(&str, &str)]) -> CniOutput {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", node_ns.path().display()))
+        .arg(bin_path("overlay-cni"))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container_id)
+        .env("CNI_IFNAME", call.ifname)
+        .env("CNI_PATH", "/opt/cni/bin:/usr/lib/cni")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                call.container_id, call.container_id
+            ),
+        );
+    if let Some(ns) = call.netns {
+        cmd.env("CNI_NETNS", ns);
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn overlay-cni");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(call.config.as_bytes())
+        .expect("write config");
+    let out = child.wait_with_output().expect("wait overlay-cni");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    CniOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout,
+        json,
+    }
+}
+
+/// A pod made through the plugin.
+pub struct CniPod {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Container ID used.
+    pub container_id: String,
+    /// Node index.
+    pub node: usize,
+    /// Address from the ADD result.
+    pub ip: Ipv4Addr,
+    /// The ADD result.
+    pub result: Value,
+}
+
+/// A running agent.
+pub struct AgentProcess {
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    process: Option<Process>,
+}
+
+/// Nodes with agents.
+pub struct Cluster {
+    /// The underlying namespaces (no pods of its own; datapath left to the
+    /// agents).
+    pub lab: Lab,
+    /// One per node.
+    pub agents: Vec<AgentProcess>,
+    /// Working directory (topology, state, sockets, logs).
+    pub dir: PathBuf,
+    pods_made: usize,
+}
+
+/// Cluster range of the lab.
+pub const RANGE: &str = "10.32.0.0/12";
+
+impl Cluster {
+    /// `nodes` nodes, each with a running agent that is ready (STATUS
+    /// succeeds), blocks from a static topology (node i owns
+    /// `10.32.(i+1).0/24`).
+    pub fn new(nodes: usize) -> Self {
+        Self::with_blocks(nodes, |i| vec![crate::lab::node_block(i).to_string()])
+    }
+
+    /// Like [`Cluster::new`] with each node's blocks chosen by `blocks`.
+    pub fn with_blocks(nodes: usize, blocks: impl Fn(usize) -> Vec<String>) -> Self {
+        let lab = Lab::new(&LabOptions {
+            modes: vec![Mode::Overlay; nodes],
+            pods_per_node: 0,
+            skip_datapath: true,
+            pod_mtu: None,
+        });
+        let dir = std::env::temp_dir().join(format!("ovl-{}", lab.tag));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let topology: String = (0..nodes)
+            .map(|i| format!("{} {}\n", lab.nodes[i].ip, blocks(i).join(" ")))
+            .collect();
+        std::fs::write(dir.join("topology"), topology).expect("topology file");
+        let agents = (0..nodes)
+            .map(|i| AgentProcess {
+                socket: dir.join(format!("n{}.sock", i + 1)),
+                state_dir: dir.join(format!("n{}-state", i + 1)),
+                log: dir.join(format!("n{}.log", i + 1)),
+                process: None,
+            })
+            .collect();
+        let mut c = Cluster {
+            lab,
+            agents,
+            dir,
+            pods_made: 0,
+        };
+        for i in 0..nodes {
+            c.start_agent(i);
+        }
+        c
+    }
+
+    /// Starts node `i`'s agent and waits until it is ready.
+    pub fn start_agent(&mut self, i: usize) {
+        assert!(self.agents[i].process.is_none(), "agent {i} is running");
+        let node = &self.lab.nodes[i];
+        let a = &self.agents[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&a.log)
+            .expect("agent log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", node.ns.path().display()))
+            .arg(bin_path("overlay-agent"))
+            .args(["run", "--uplink", UPLINK, "--ipalloc-range", RANGE])
+            .arg("--node-ip")
+            .arg(node.ip.to_string())
+            .arg("--topology")
+            .arg(self.dir.join("topology"))
+            .arg("--pin-dir")
+            .arg(&node.pin_dir)
+            .arg("--state-dir")
+            .arg(&a.state_dir)
+            .arg("--socket")
+            .arg(&a.socket)
+            .env_remove("OVERLAY_LOG_FORMAT")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn overlay-agent run");
+        self.agents[i].process = Some(Process::from_child(child));
+        self.wait_ready(i, Duration::from_secs(20));
+    }
+
+    /// Polls STATUS until the agent answers ready; panics with its log if
+    /// it does not within `timeout`.
+    pub fn wait_ready(&mut self, i: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = invoke(
+                &self.lab.nodes[i].ns,
+                &CniCall {
+                    command: "STATUS",
+                    container_id: "status",
+                    netns: None,
+                    ifname: "eth0",
+                    config: &self.config(i, "1.1.0"),
+                },
+            );
+            if out.code == 0 {
+                return;
+            }
+            let exited = self.agents[i]
+                .process
+                .as_mut()
+                .and_then(|p| p.wait_timeout(Duration::ZERO));
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "agent {i} not ready ({}), log:\n{}",
+                    out.stdout,
+                    std::fs::read_to_string(&self.agents[i].log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills node `i`'s agent with SIGKILL and reaps it.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut p) = self.agents[i].process.take() {
+            p.signal(libc::SIGKILL);
+            p.wait_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// Stops node `i`'s agent with SIGTERM; returns whether it exited
+    /// cleanly within 10 s.
+    pub fn stop_agent(&mut self, i: usize) -> bool {
+        match self.agents[i].process.take() {
+            Some(mut p) => {
+                p.signal(libc::SIGTERM);
+                p.wait_timeout(Duration::from_secs(10)) == Some(true)
+            }
+            None => true,
+        }
+    }
+
+    /// The network configuration (one plugin, as a runtime extracts it from
+    /// the conflist) for node `i` in `version`.
+    pub fn config(&self, i: usize, version: &str) -> String {
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "overlay",
+            "type": "overlay-cni",
+            "agentSocket": self.agents[i].socket,
+        })
+        .to_string()
+    }
+
+    /// A conflist for node `i` (for real CNI clients).
+    pub fn conflist(&self, i: usize, version: &str, extra_plugins: &[Value]) -> String {
+        let mut plugins = vec![serde_json::json!({
+            "type": "overlay-cni",
+            "agentSocket": self.agents[i].socket,
+        })];
+        plugins.extend_from_slice(extra_plugins);
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "overlay",
+            "plugins": plugins,
+        })
+        .to_string()
+    }
+
+    /// A new, empty pod namespace (not yet wired).
+    pub fn new_pod_ns(&mut self, i: usize) -> Netns {
+        self.pods_made += 1;
+        Netns::new(&self.lab.tag, &format!("n{}c{}", i + 1, self.pods_made))
+    }
+
+    /// Runs the plugin on node `i`.
+    pub fn cni(&self, i: usize, call: &CniCall<'_>) -> CniOutput {
+        invoke(&self.lab.nodes[i].ns, call)
+    }
+
+    /// Creates a pod on node `i` through the plugin (ADD, version 1.1.0).
+    pub fn add_pod(&mut self, i: usize) -> CniPod {
+        let ns = self.new_pod_ns(i);
+        let container_id = format!("{}-{}", self.lab.tag, ns.name.rsplit('-').next().unwrap());
+        let path = ns.path().display().to_string();
+        let config = self.config(i, "1.1.0");
+        let result = self
+            .cni(
+                i,
+                &CniCall {
+                    command: "ADD",
+                    container_id: &container_id,
+                    netns: Some(&path),
+                    ifname: "eth0",
+                    config: &config,
+                },
+            )
+            .ok();
+        let ip = result_ip(&result);
+        CniPod {
+            ns,
+            container_id,
+            node: i,
+            ip,
+            result,
+        }
+    }
+
+    /// Deletes a pod through the plugin (DEL, version 1.1.0).
+    pub fn del_pod(&self, pod: &CniPod) {
+        let path = pod.ns.path().display().to_string();
+        self.cni(
+            pod.node,
+            &CniCall {
+                command: "DEL",
+                container_id: &pod.container_id,
+                netns: Some(&path),
+                ifname: "eth0",
+                config: &self.config(pod.node, "1.1.0"),
+            },
+        )
+        .ok();
+    }
+
+    /// Host-side pod veths (`ovl*`) on node `i`.
+    pub fn host_veths(&self, i: usize) -> Vec<String> {
+        self.lab.nodes[i]
+            .ns
+            .ip(&["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .filter(|n| n.starts_with("ovl"))
+            .collect()
+    }
+
+    /// Addresses with an allocation file in node `i`'s store.
+    pub fn allocated(&self, i: usize) -> Vec<Ipv4Addr> {
+        let dir = self.agents[i].state_dir.join("ipam/allocations");
+        let mut out: Vec<Ipv4Addr> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Endpoints in node `i`'s map.
+    pub fn endpoints(&self, i: usize) -> Vec<Ipv4Addr> {
+        self.lab
+            .maps(i)
+            .endpoints()
+            .expect("endpoints")
+            .into_iter()
+            .map(|e| e.ip)
+            .collect()
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.agents[i].log).unwrap_or_default()
+    }
+
+    /// Path of node `i`'s pin directory.
+    pub fn pin_dir(&self, i: usize) -> &Path {
+        &self.lab.nodes[i].pin_dir
+    }
+}
+
+/// The pod address in an ADD result.
+pub fn result_ip(result: &Value) -> Ipv4Addr {
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {result}"));
+    addr.split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("bad address in {result}"))
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.agents.len() {
+            self.kill_agent(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // The lab removes pins and namespaces.
+    }
+}

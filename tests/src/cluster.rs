@@ -96,22 +96,35 @@ pub fn invoke(node_ns: &Netns, call: &CniCall<'_>) -> CniOutput {
 
 /// [`invoke`] with extra environment (or overrides).
 pub fn invoke_env(node_ns: &Netns, call: &CniCall<'_>, extra: &[(&str, &str)]) -> CniOutput {
+    invoke_raw(&node_ns.name, call, extra)
+}
+
+/// [`invoke`] by the node namespace's name (usable from other threads
+/// without the [`Netns`] guard).
+pub fn invoke_in(node_ns_name: &str, call: &CniCall<'_>) -> CniOutput {
+    invoke_raw(node_ns_name, call, &[])
+}
+
+fn invoke_raw(node_ns_name: &str, call: &CniCall<'_>, extra: &[(&str, &str)]) -> CniOutput {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", node_ns.path().display()))
-        .arg(bin_path("overlay-cni"))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", call.command)
-        .env("CNI_CONTAINERID", call.container_id)
-        .env("CNI_IFNAME", call.ifname)
-        .env("CNI_PATH", "/opt/cni/bin:/usr/lib/cni")
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-                call.container_id, call.container_id
-            ),
-        );
+    cmd.arg(format!(
+        "--net={}",
+        crate::netns::path_of(node_ns_name).display()
+    ))
+    .arg(bin_path("overlay-cni"))
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .env("CNI_COMMAND", call.command)
+    .env("CNI_CONTAINERID", call.container_id)
+    .env("CNI_IFNAME", call.ifname)
+    .env("CNI_PATH", "/opt/cni/bin:/usr/lib/cni")
+    .env(
+        "CNI_ARGS",
+        format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+            call.container_id, call.container_id
+        ),
+    );
     if let Some(ns) = call.netns {
         cmd.env("CNI_NETNS", ns);
     }
@@ -217,13 +230,24 @@ impl Cluster {
             pods_made: 0,
         };
         for i in 0..nodes {
-            c.start_agent(i);
+            c.spawn_agent(i);
+        }
+        for i in 0..nodes {
+            if !blocks(i).is_empty() {
+                c.wait_ready(i, Duration::from_secs(20));
+            }
         }
         c
     }
 
     /// Starts node `i`'s agent and waits until it is ready.
     pub fn start_agent(&mut self, i: usize) {
+        self.spawn_agent(i);
+        self.wait_ready(i, Duration::from_secs(20));
+    }
+
+    /// Starts node `i`'s agent without waiting for it.
+    pub fn spawn_agent(&mut self, i: usize) {
         assert!(self.agents[i].process.is_none(), "agent {i} is running");
         let node = &self.lab.nodes[i];
         let a = &self.agents[i];
@@ -252,7 +276,6 @@ impl Cluster {
             .spawn()
             .expect("spawn overlay-agent run");
         self.agents[i].process = Some(Process::from_child(child));
-        self.wait_ready(i, Duration::from_secs(20));
     }
 
     /// Polls STATUS until the agent answers ready; panics with its log if

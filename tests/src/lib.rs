@@ -6,8 +6,8 @@
 //! drop; processes started here are killed by PID on drop. Traffic only ever
 //! flows between namespaces created here.
 
-pub mod cmd;
 pub mod cluster;
+pub mod cmd;
 pub mod cni_clients;
 pub mod lab;
 pub mod netns;

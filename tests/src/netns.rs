@@ -40,7 +40,7 @@ impl Netns {
 
     /// Path for `setns`.
     pub fn path(&self) -> PathBuf {
-        overlay_agent::netns::named(&self.name)
+        path_of(&self.name)
     }
 
     /// `ip -n <ns> ARGS`, which must succeed.
@@ -123,6 +123,11 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = run(&["ip", "netns", "del", &self.name]);
     }
+}
+
+/// Path of the named namespace `name` (`/run/netns/NAME`).
+pub fn path_of(name: &str) -> PathBuf {
+    overlay_agent::netns::named(name)
 }
 
 /// A child process, killed (by PID) and reaped on drop.

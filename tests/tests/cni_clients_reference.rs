@@ -132,13 +132,11 @@ fn ctr_run_containers_get_bridge_addresses_ping_each_other_and_release_them_on_e
         assert_eq!(add.var("CNI_PATH"), "/opt/cni/bin:/usr/lib/cni");
         assert_eq!(add.exit_code, 0, "{add:#?}");
     }
-    let cache = c1.cni_cache_dir().join("results");
-    assert_eq!(
-        std::fs::read_dir(&cache).map(Iterator::count).unwrap_or(0),
-        2,
-        "ctr's libcni caches one result per container in {}",
-        cache.display()
-    );
+    // ctr's libcni cached the result in its (private) /var/lib/cni.
+    let cached = c1
+        .cni_cache_dir()
+        .join(format!("results/{net}-{}-eth0", c1.cni_container_id()));
+    assert!(cached.exists(), "no cached result at {}", cached.display());
 
     let id1 = c1.cni_container_id();
     let exit = c1.stop();
@@ -245,8 +243,15 @@ fn libcni_portmap_publishes_a_pod_port_on_the_node_address_until_del() {
         .unwrap_or_else(|| panic!("no address in {result}"))
         .to_owned();
     assert!(pod_ip.starts_with("10.92.0."), "{result}");
-    cni.check(&id, &pod.path(), "eth0")
-        .unwrap_or_else(|e| panic!("{e}"));
+    match cni.check(&id, &pod.path(), "eth0") {
+        Ok(()) => {}
+        // portmap 1.1.1 CHECKs IPv6 DNAT even when it made none
+        // (containernetworking/plugins#819, fixed in later releases).
+        Err(e) if e.message.contains("could not check ipv6 dnat") => {
+            eprintln!("CHECK hit portmap 1.1.1's IPv6 bug (plugins#819): {e}");
+        }
+        Err(e) => panic!("{e}"),
+    }
 
     let nat = node.exec(&["iptables-save", "-t", "nat"]);
     assert!(
@@ -307,4 +312,46 @@ fn libcni_portmap_publishes_a_pod_port_on_the_node_address_until_del() {
     // A second DEL, as runtimes send, must succeed too.
     cni.del(&id, Path::new(""), "eth0")
         .unwrap_or_else(|e| panic!("second DEL: {e}"));
+}
+
+#[test]
+fn ctr_run_reports_a_failing_add_still_calls_del_and_the_harness_removes_the_container() {
+    if !require_privileges(
+        "ctr_run_reports_a_failing_add_still_calls_del_and_the_harness_removes_the_container",
+    ) {
+        return;
+    }
+    let tag = unique_tag();
+    let node = Netns::new(&tag, "node");
+    let leases = ScratchDir::new("hl", &tag);
+    let recorder = PluginRecorder::new(&tag, &[Path::new(REFERENCE_PLUGINS)]);
+    // A range host-local cannot parse, so the bridge plugin's ADD fails.
+    let conflist = bridge_conflist("badnet", "10.93.0.0/33", leases.path(), &[]);
+    let ctrd = Containerd::start(&tag);
+
+    let spec = CtrRun::new(&node.name, "bad", &conflist, &recorder.bin_dir());
+    let Err(exit) = ctrd.try_run(&spec) else {
+        panic!("ADD with an invalid subnet succeeded");
+    };
+    assert_eq!(exit.code, Some(1), "{exit:?}");
+    assert!(
+        exit.stderr
+            .contains("failed (add): invalid CIDR address: 10.93.0.0/33"),
+        "ctr shows the plugin's error: {exit:?}"
+    );
+    // ctr's --rm teardown runs DEL even though ADD failed, but leaves the
+    // created (never started) container behind; try_run removed it.
+    let calls = recorder.calls();
+    let commands: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c.command(), c.plugin.as_str()))
+        .collect();
+    assert_eq!(commands[0], ("ADD", "bridge"), "{commands:?}");
+    assert!(commands.contains(&("DEL", "bridge")), "{commands:?}");
+    assert!(
+        !exit.container_removed,
+        "ctr removed it this time: {exit:?}"
+    );
+    assert!(ctrd.tasks().is_empty(), "{:?}", ctrd.tasks());
+    assert!(ctrd.containers().is_empty(), "{:?}", ctrd.containers());
 }

@@ -28,6 +28,17 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "procps",
     "util-linux",
+    // Real CNI clients in tests (tests/src/cni_clients): containerd's ctr
+    // with runc and a busybox rootfs; the reference plugins (bridge,
+    // host-local, loopback, portmap) and the iptables portmap uses.
+    "containerd",
+    "runc",
+    "busybox-static",
+    "containernetworking-plugins",
+    "iptables",
+    // libcni sources and the Go toolchain that builds tests/cni-driver.
+    "golang-go",
+    "golang-github-appc-cni-dev",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

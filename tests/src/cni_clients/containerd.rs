@@ -17,7 +17,13 @@
 //!   is `eth0`, `CNI_ARGS` is empty (no `K8S_POD_*`, no `IgnoreUnknown`).
 //! - ADD gets `CNI_NETNS=/proc/<task pid>/ns/net` and runs after the task is
 //!   created but before it starts, so the task is `RUNNING` only once ADD
-//!   succeeded. A failed ADD makes ctr exit non-zero with the plugin's error.
+//!   succeeded. A failed ADD makes ctr exit 1 with libcni's error
+//!   (`ctr: plugin type="bridge" failed (add): ...`); with `--rm` it still
+//!   calls DEL, then leaves the created, never started container behind
+//!   ([`Containerd::try_run`] removes it).
+//! - ctr only logs a failed DEL (`level=error msg="network review"
+//!   error="plugin type=... failed (delete): ..."`) and still exits with the
+//!   task's status, so check [`CtrExit::stderr`].
 //! - With `--rm`, ctr calls DEL once after the task exits, with
 //!   `CNI_NETNS=""` (the process, hence the netns, is gone) and the
 //!   prevResult from libcni's cache (`/var/lib/cni/results/<net>-<id>-eth0`,
@@ -487,7 +493,17 @@ impl RunningContainer<'_> {
     /// Runs `argv` in the container (`ctr task exec`), bounded in time.
     pub fn exec(&self, argv: &[&str]) -> Output {
         let id = self.ctrd.next_exec_id();
-        let mut args = vec!["task", "exec", "--exec-id", &id, &self.name];
+        let fifo = self.run_dir.join("fifo");
+        let fifo = fifo.to_string_lossy();
+        let mut args = vec![
+            "task",
+            "exec",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            &id,
+            &self.name,
+        ];
         args.extend_from_slice(argv);
         self.ctrd.ctr(&args)
     }

@@ -115,20 +115,26 @@ pub fn send_file(
 /// All-pairs ping between the lab's pods, as a table (`ok`/`--`), and
 /// whether every pair answered.
 pub fn connectivity_table(lab: &Lab) -> (String, bool) {
-    let pods: Vec<_> = lab.pods().collect();
+    let pods: Vec<(Ipv4Addr, usize, &Netns)> =
+        lab.pods().map(|p| (p.ip, p.node, &p.ns)).collect();
+    connectivity_table_of(&pods)
+}
+
+/// [`connectivity_table`] over any pods: (address, node index, namespace).
+pub fn connectivity_table_of(pods: &[(Ipv4Addr, usize, &Netns)]) -> (String, bool) {
     let mut s = String::new();
     let _ = write!(s, "{:>14}", "from \\ to");
-    for p in &pods {
-        let _ = write!(s, " {:>12}", p.ip.to_string());
+    for (ip, _, _) in pods {
+        let _ = write!(s, " {:>12}", ip.to_string());
     }
     s.push('\n');
     let mut all = true;
-    for a in &pods {
-        let _ = write!(s, "{:>14}", format!("{} n{}", a.ip, a.node + 1));
-        for b in &pods {
-            let cell = if a.ip == b.ip {
+    for (a_ip, a_node, a_ns) in pods {
+        let _ = write!(s, "{:>14}", format!("{a_ip} n{}", a_node + 1));
+        for (b_ip, _, _) in pods {
+            let cell = if a_ip == b_ip {
                 "-"
-            } else if a.ns.ping(&b.ip.to_string(), 2) {
+            } else if a_ns.ping(&b_ip.to_string(), 2) {
                 "ok"
             } else {
                 all = false;

@@ -86,12 +86,10 @@ fn ctr_run_containers_get_bridge_addresses_ping_each_other_and_release_them_on_e
     let conflist = bridge_conflist(net, "10.91.0.0/24", leases.path(), &[]);
     let ctrd = Containerd::start(&tag);
 
-    let c1 = ctrd.run(&CtrRun::new(
-        &node.name,
-        "c1",
-        &conflist,
-        &recorder.bin_dir(),
-    ));
+    // The plugins inherit ctr's environment.
+    let c1 = ctrd.run(
+        &CtrRun::new(&node.name, "c1", &conflist, &recorder.bin_dir()).env("OVL_TEST_MARK", &tag),
+    );
     let c2 = ctrd.run(&CtrRun::new(
         &node.name,
         "c2",
@@ -130,6 +128,11 @@ fn ctr_run_containers_get_bridge_addresses_ping_each_other_and_release_them_on_e
         assert_eq!(add.var("CNI_IFNAME"), "eth0");
         assert_eq!(add.var("CNI_ARGS"), "", "ctr sends no K8S_POD_* args");
         assert_eq!(add.var("CNI_PATH"), "/opt/cni/bin:/usr/lib/cni");
+        assert_eq!(
+            add.var("OVL_TEST_MARK"),
+            tag,
+            "ctr passes its environment on"
+        );
         assert_eq!(add.exit_code, 0, "{add:#?}");
     }
     // ctr's libcni cached the result in its (private) /var/lib/cni.

@@ -33,9 +33,10 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run setup, then bring up the namespace lab (two nodes, two pods
-    /// each, our overlay), show connectivity and counters, and tear it down
-    /// on exit or Ctrl-C.
+    /// Run setup, then bring up the namespace lab: two nodes running
+    /// `overlay-agent run`, two pods each created through the `overlay-cni`
+    /// plugin as a CNI runtime calls it; show connectivity and counters, and
+    /// tear it down on exit or Ctrl-C.
     Lab {
         /// Arguments for the lab (see `cargo xtask lab -- --help`).
         #[arg(trailing_var_arg = true)]
@@ -64,8 +65,11 @@ fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a binary of the tests crate (release build) with `args`.
+/// Runs a binary of the tests crate (release build) with `args`, after
+/// building every binary of the workspace in release: the harness finds
+/// `overlay-agent` and `overlay-cni` next to itself.
 fn run_harness_bin(bin: &str, args: &[String]) -> anyhow::Result<()> {
+    exec(cargo().args(["build", "--release", "--quiet", "--workspace", "--bins"]))?;
     exec(
         cargo()
             .args([

@@ -1,5 +1,7 @@
-//! `cargo xtask lab`: a two-node overlay in network namespaces, brought up
-//! with our datapath, shown working, and torn down on exit or Ctrl-C.
+//! `cargo xtask lab`: nodes in network namespaces, each running a real
+//! `overlay-agent run`, with pods created through the real `overlay-cni`
+//! plugin exactly as a CNI runtime calls it; shown working, and torn down
+//! (pods deleted through the plugin) on exit or Ctrl-C.
 
 use std::{
     sync::mpsc,
@@ -8,15 +10,18 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use overlay_common::Stat;
-use overlay_tests::{Lab, LabOptions, Mode, traffic::connectivity_table};
+use overlay_tests::{cluster::Cluster, traffic::connectivity_table_of};
 
 const USAGE: &str = "\
 usage: cargo xtask lab [-- OPTIONS]
 
-Brings up two nodes (network namespaces joined by an underlay veth), two
-pods on each, and our eBPF overlay between them; prints the all-pairs
-connectivity table and each node's datapath status; then waits until
-Ctrl-C (or the --hold time) and removes everything it created.
+Brings up two nodes (network namespaces joined by an underlay veth), starts
+an overlay agent on each (`overlay-agent run`, static topology: node i owns
+10.32.i.0/24), creates two pods per node by running the overlay-cni plugin
+with CNI_COMMAND=ADD as a runtime does, prints the all-pairs connectivity
+table and each node's datapath counters, then waits until Ctrl-C (or the
+--hold time), deletes the pods through the plugin (CNI_COMMAND=DEL) and
+removes everything it created.
 
 options:
   --nodes N      nodes (default 2; more than 2 are joined by a switch)
@@ -88,30 +93,46 @@ fn run(args: &Args) -> anyhow::Result<()> {
     .context("installing the Ctrl-C handler")?;
 
     eprintln!(
-        "lab: bringing up {} nodes x {} pods with the eBPF overlay",
+        "lab: bringing up {} nodes with agents, {} pods each through overlay-cni",
         args.nodes, args.pods
     );
-    let lab = Lab::new(&LabOptions::uniform(Mode::Overlay, args.nodes, args.pods));
-    for node in &lab.nodes {
+    let mut cluster = Cluster::new(args.nodes);
+    let mut pods = Vec::new();
+    for i in 0..args.nodes {
+        for _ in 0..args.pods {
+            pods.push(cluster.add_pod(i));
+        }
+    }
+    for (i, node) in cluster.lab.nodes.iter().enumerate() {
         println!(
-            "node {} ({}): netns {}, block {}, pins {}",
+            "node {}: netns {}, block {}, agent socket {}, log {}",
             node.ip,
-            node.mode_name(),
             node.ns.name,
             node.block,
-            node.pin_dir.display()
+            cluster.agents[i].socket.display(),
+            cluster.agents[i].log.display()
         );
-        for pod in &node.pods {
-            println!("  pod {} netns {} via {}", pod.ip, pod.ns.name, pod.host_if);
+        for pod in pods.iter().filter(|p| p.node == i) {
+            println!(
+                "  pod {} netns {} container {} via {} (CNI ADD result: {})",
+                pod.ip,
+                pod.ns.name,
+                pod.container_id,
+                pod.result["interfaces"][0]["name"].as_str().unwrap_or("?"),
+                pod.result
+            );
         }
     }
     println!("\nConnectivity (ping, all pairs):");
-    let (table, all) = connectivity_table(&lab);
+    let table_pods: Vec<_> = pods.iter().map(|p| (p.ip, p.node, &p.ns)).collect();
+    let (table, all) = connectivity_table_of(&table_pods);
     print!("{table}");
-    for (i, node) in lab.nodes.iter().enumerate() {
-        let c = lab.maps(i).counters().context("reading counters")?;
+    for (i, node) in cluster.lab.nodes.iter().enumerate() {
+        let c = cluster.lab.maps(i).counters().context("reading counters")?;
+        let usage = cluster.allocated(i).len();
         println!(
-            "\nnode {}: encapsulated {}, decapsulated {}, local {}, passed {}, dropped {}",
+            "\nnode {}: {usage} addresses allocated; encapsulated {}, decapsulated {}, local {}, \
+             passed {}, dropped {}",
             node.ip,
             c.get(Stat::FromPodEncapsulated),
             c.get(Stat::FromUplinkDecapsulated),
@@ -121,10 +142,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nInspect: ip netns exec {} ping {}   |   bpftool map dump pinned {}/ovl_routes_v1",
-        lab.pod(0, 0).ns.name,
-        lab.pod(1, 0).ip,
-        lab.nodes[0].pin_dir.display()
+        "\nInspect: ip netns exec {} ping {}   |   overlay-agent status --pin-dir {}",
+        pods[0].ns.name,
+        pods.last().map(|p| p.ip.to_string()).unwrap_or_default(),
+        cluster.lab.nodes[0].pin_dir.display()
     );
 
     let hold = args.hold.map(Duration::from_secs).unwrap_or_else(|| {
@@ -144,8 +165,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let start = Instant::now();
         let _ = rx.recv_timeout(hold.saturating_sub(start.elapsed()));
     }
-    eprintln!("lab: tearing down");
-    drop(lab);
+    eprintln!("lab: deleting the pods through overlay-cni and tearing down");
+    for pod in &pods {
+        cluster.del_pod(pod);
+    }
+    for i in 0..args.nodes {
+        if !cluster.allocated(i).is_empty() || !cluster.host_veths(i).is_empty() {
+            bail!("node {i} kept addresses or veths after every DEL");
+        }
+    }
+    drop(pods);
+    drop(cluster);
     if !all {
         bail!("some pods could not reach each other");
     }

@@ -21,7 +21,9 @@ pub struct PluginRecorder {
 pub struct PluginCall {
     /// The plugin's file name, e.g. `bridge`.
     pub plugin: String,
-    /// Every `CNI_*` variable it got (`CNI_COMMAND`, `CNI_NETNS`, ...).
+    /// Its whole environment: the `CNI_*` variables (`CNI_COMMAND`,
+    /// `CNI_NETNS`, ...) and whatever the client passed on (one line per
+    /// variable; a value with a newline is cut there).
     pub env: BTreeMap<String, String>,
     /// Its stdin, the network configuration the client built.
     pub stdin: String,
@@ -37,7 +39,7 @@ impl PluginCall {
         self.var("CNI_COMMAND")
     }
 
-    /// The `CNI_*` variable `name`, empty when absent.
+    /// The environment variable `name`, empty when absent.
     pub fn var(&self, name: &str) -> &str {
         self.env.get(name).map_or("", String::as_str)
     }
@@ -111,7 +113,7 @@ fn write_wrapper(wrapper: &Path, real: &Path, log: &Path) {
          # Records this CNI call, then runs the real plugin with the same stdin.\n\
          d='{log}'/$(date +%s%N)-$$-{name}\n\
          mkdir \"$d\"\n\
-         env | grep '^CNI_' > \"$d/env\"\n\
+         env > \"$d/env\"\n\
          cat > \"$d/stdin\"\n\
          '{real}' \"$@\" < \"$d/stdin\" > \"$d/stdout\"\n\
          rc=$?\n\

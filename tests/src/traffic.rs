@@ -115,8 +115,7 @@ pub fn send_file(
 /// All-pairs ping between the lab's pods, as a table (`ok`/`--`), and
 /// whether every pair answered.
 pub fn connectivity_table(lab: &Lab) -> (String, bool) {
-    let pods: Vec<(Ipv4Addr, usize, &Netns)> =
-        lab.pods().map(|p| (p.ip, p.node, &p.ns)).collect();
+    let pods: Vec<(Ipv4Addr, usize, &Netns)> = lab.pods().map(|p| (p.ip, p.node, &p.ns)).collect();
     connectivity_table_of(&pods)
 }
 

@@ -174,7 +174,13 @@ fn every_cni_version_gets_its_result_format_and_add_check_del_work() {
 
 /// What is wrong, the call, environment overrides, the expected code, and
 /// words its message must contain.
-type BadCase<'a> = (&'a str, CniCall<'a>, &'a [(&'a str, &'a str)], u64, &'a [&'a str]);
+type BadCase<'a> = (
+    &'a str,
+    CniCall<'a>,
+    &'a [(&'a str, &'a str)],
+    u64,
+    &'a [&'a str],
+);
 
 #[test]
 fn bad_input_gets_a_clear_error_and_leaves_nothing_behind() {

@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "containernetworking-plugins",
     "iptables",
+    // The agent's egress masquerade (nftables table `ip overlay`).
+    "nftables",
     // libcni sources and the Go toolchain that builds tests/cni-driver.
     "golang-go",
     "golang-github-appc-cni-dev",

@@ -450,6 +450,7 @@ fn fifty_parallel_adds_get_unique_addresses_and_all_are_reachable() {
     let probe = c.add_pod(1);
     let namespaces: Vec<Netns> = (0..50).map(|_| c.new_pod_ns(0)).collect();
     let config = c.config(0, "1.0.0");
+    let started = std::time::Instant::now();
     let results: Vec<Value> = std::thread::scope(|s| {
         let handles: Vec<_> = namespaces
             .iter()
@@ -468,6 +469,7 @@ fn fifty_parallel_adds_get_unique_addresses_and_all_are_reachable() {
             .map(|h| h.join().expect("ADD thread"))
             .collect()
     });
+    eprintln!("50 parallel ADDs took {:?}", started.elapsed());
     let ips: BTreeSet<Ipv4Addr> = results.iter().map(result_ip).collect();
     assert_eq!(ips.len(), 50, "every ADD got its own address");
     assert_eq!(c.allocated(0).len(), 50);

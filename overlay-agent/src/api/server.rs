@@ -85,3 +85,89 @@ async fn connection(stream: UnixStream, handler: Arc<dyn Handler>) -> io::Result
     write.write_all(&out).await?;
     write.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+    use crate::{
+        api::{DelRequest, client},
+        cni::AddResult,
+    };
+
+    /// Answers STATUS with success and everything else with an error that
+    /// names the request.
+    struct Fake;
+
+    impl Handler for Fake {
+        fn handle(&self, request: Request) -> Reply {
+            match request {
+                Request::Status => Reply::Ok(Some(AddResult::default())),
+                other => Reply::Err(CniError::new(code::INTERNAL, format!("{other:?}"))),
+            }
+        }
+    }
+
+    #[test]
+    fn requests_and_replies_cross_the_socket_and_garbage_gets_a_decoding_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/agent.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        let listener = rt.block_on(async { bind(&path) }).unwrap();
+        let server = rt.spawn(serve(listener, Arc::new(Fake), stop_rx));
+        let handle = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let ok = client::call(&path, &Request::Status).unwrap();
+                let del = client::call(
+                    &path,
+                    &Request::Del(DelRequest {
+                        container_id: "c1".into(),
+                        netns: None,
+                        ifname: "eth0".into(),
+                        pod: None,
+                    }),
+                )
+                .unwrap();
+                let mut raw = std::os::unix::net::UnixStream::connect(&path).unwrap();
+                raw.write_all(b"{\"op\":\"nonsense\"}\n").unwrap();
+                let mut answer = String::new();
+                raw.read_to_string(&mut answer).unwrap();
+                (ok, del, answer)
+            }
+        });
+        let (ok, del, garbage) = rt.block_on(async {
+            loop {
+                if handle.is_finished() {
+                    break handle.join().unwrap();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        assert_eq!(ok, Reply::Ok(Some(AddResult::default())));
+        let Reply::Err(e) = del else {
+            panic!("{del:?}")
+        };
+        assert!(e.msg.contains("c1"), "{}", e.msg);
+        let garbage: Reply = serde_json::from_str(&garbage).unwrap();
+        let Reply::Err(e) = garbage else {
+            panic!("{garbage:?}")
+        };
+        assert_eq!(e.code, code::DECODING_FAILURE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "socket is root-only");
+        stop.send(true).unwrap();
+        rt.block_on(server).unwrap();
+        // Nothing listens any more: the plugin's "not running" case.
+        drop(rt);
+        let _ = std::fs::remove_file(&path);
+        let e = client::call(&path, &Request::Status).unwrap_err();
+        assert!(e.is_not_running(), "{e}");
+        assert!(e.to_string().contains("not running"), "{e}");
+    }
+}

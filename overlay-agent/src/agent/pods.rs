@@ -39,6 +39,16 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("{HOST_IF_PREFIX}{:011x}", h >> 20)
 }
 
+/// Whether `name` has the shape of [`host_ifname`]'s names, so GC never
+/// touches an interface someone else named `ovl...`.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.strip_prefix(HOST_IF_PREFIX).is_some_and(|h| {
+        h.len() == 11
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 fn gateway() -> Ipv4Addr {
     Ipv4Addr::from(POD_GATEWAY)
 }
@@ -331,7 +341,7 @@ impl Agent {
         let strays: BTreeSet<String> = stray_links
             .into_iter()
             .chain(stray_pins)
-            .filter(|i| !live_ifs.contains(i))
+            .filter(|i| is_host_ifname(i) && !live_ifs.contains(i))
             .collect();
         for iface in &strays {
             self.unwire(&mut state, iface, None)?;
@@ -365,5 +375,15 @@ mod tests {
         assert_ne!(a, host_ifname("abc", "eth1"));
         assert_ne!(a, host_ifname("abd", "eth0"));
         assert_ne!(host_ifname("ab", "ceth0"), host_ifname("abc", "eth0"));
+        assert!(is_host_ifname(&a));
+        for other in [
+            "ovlp1",
+            "ovl0123456789",
+            "ovl0123456789ab",
+            "ovlABCDEF01234",
+            "eth0",
+        ] {
+            assert!(!is_host_ifname(other), "{other}");
+        }
     }
 }

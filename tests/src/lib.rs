@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod cmd;
+pub mod cni_bench;
 pub mod cni_clients;
 pub mod lab;
 pub mod netns;

@@ -13,6 +13,9 @@
 //! throughput reflects the CPU cost per byte of each path. Results are the
 //! medians over the repetitions and their ratios; absolute numbers drift
 //! between invocations, ratios within one invocation much less.
+//!
+//! Then the CNI part ([`overlay_tests::cni_bench`]): ADD and DEL latency of
+//! our plugin against the reference `bridge` + `host-local`, interleaved.
 
 use std::{
     fmt::Write as _,
@@ -28,7 +31,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use overlay_common::Stat;
 use overlay_tests::{
-    Lab, LabOptions, Mode, Netns, Process,
+    Lab, LabOptions, Mode, Netns, Process, cni_bench,
     lab::{KERNEL_VXLAN_DEV, UPLINK},
 };
 use serde_json::Value;
@@ -44,6 +47,9 @@ Options:
   --duration S        seconds of each iperf3 TCP run (1 and 4 streams) [default: 10]
   --lat-duration S    seconds of the sockperf TCP request/response run [default: 5]
   --raw               also print every repetition's numbers
+  --cni-rounds N      rounds of CNI ADD+DEL per plugin, interleaved [default: 200]
+  --cni-only          only the CNI part (no datapath scenarios)
+  --skip-cni          only the datapath scenarios (no CNI part)
   -h, --help          print this help
 
 Scenarios (a fresh topology each, torn down afterwards):
@@ -58,10 +64,20 @@ ping-pong with 64 B messages (full round trip, avg and p99), and the average
 size of the packets node 1 sends on ul0 (GSO check). Client and server are
 pinned to CPU 0. The table reports medians over the repetitions and ratios.
 
-Needs root, iperf3, sockperf, taskset, ss and ping. Takes about
-reps x 5 x (duration x 2 + lat-duration + 12) seconds.
+CNI part (after the scenarios): ADD and DEL latency, median and p99, of our
+overlay-cni (with a running overlay-agent) against the reference bridge +
+host-local from /usr/lib/cni (ipMasq on), each in a node namespace of its own,
+one fresh pod namespace per round, plugin runs timed from spawn to exit, the
+two plugins alternating round by round after 5 warm-up rounds each.
+
+Needs root, iperf3, sockperf, taskset, ss and ping; for the CNI part
+containernetworking-plugins, iptables, nft and the overlay-agent and
+overlay-cni binaries built next to this one. Takes about
+reps x 5 x (duration x 2 + lat-duration + 12) seconds, plus about
+cni-rounds x 0.25 seconds for the CNI part.
 Exit status: 0 when measured (whatever the PASS/MISS lines say), 1 when a
-scenario failed, 64 on a bad command line, 130 when interrupted.
+scenario or the CNI part failed, 64 on a bad command line, 130 when
+interrupted.
 ";
 
 /// Set by Ctrl-C (SIGINT), SIGTERM or SIGHUP; checked between steps.
@@ -137,12 +153,35 @@ impl Scenario {
 
 const N_SCENARIOS: usize = 5;
 
+/// Which parts run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Parts {
+    /// Datapath scenarios, then CNI.
+    All,
+    /// `--cni-only`.
+    CniOnly,
+    /// `--skip-cni`.
+    SkipCni,
+}
+
+impl Parts {
+    fn datapath(self) -> bool {
+        self != Parts::CniOnly
+    }
+
+    fn cni(self) -> bool {
+        self != Parts::SkipCni
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Opts {
     reps: u32,
     duration: u32,
     lat_duration: u32,
     raw: bool,
+    parts: Parts,
+    cni_rounds: u32,
 }
 
 impl Default for Opts {
@@ -152,6 +191,8 @@ impl Default for Opts {
             duration: 10,
             lat_duration: 5,
             raw: false,
+            parts: Parts::All,
+            cni_rounds: 200,
         }
     }
 }
@@ -188,6 +229,21 @@ fn parse_args(args: &[String]) -> Result<Cli, String> {
             "--lat-duration" => opts.lat_duration = number(flag, value(), 1, 3600)?,
             "--raw" if inline.is_none() => opts.raw = true,
             "--raw" => return Err("--raw takes no value".into()),
+            "--cni-rounds" => opts.cni_rounds = number(flag, value(), 10, 10_000)?,
+            "--cni-only" | "--skip-cni" if inline.is_some() => {
+                return Err(format!("{flag} takes no value"));
+            }
+            "--cni-only" | "--skip-cni" => {
+                let parts = if flag == "--cni-only" {
+                    Parts::CniOnly
+                } else {
+                    Parts::SkipCni
+                };
+                if opts.parts != Parts::All && opts.parts != parts {
+                    return Err("--cni-only and --skip-cni exclude each other".into());
+                }
+                opts.parts = parts;
+            }
             _ => return Err(format!("unexpected argument {arg:?}")),
         }
     }
@@ -1042,10 +1098,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let missing: Vec<&str> = ["ip", "iperf3", "sockperf", "taskset", "ss", "ping"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .collect();
+    let tools: &[&str] = if opts.parts.datapath() {
+        &["ip", "iperf3", "sockperf", "taskset", "ss", "ping"]
+    } else {
+        &["ip"]
+    };
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
     if !missing.is_empty() {
         eprintln!(
             "overlay-bench: error: missing tools on PATH: {} (Debian: apt-get install iperf3 \
@@ -1054,26 +1112,43 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    let missing_cni = if opts.parts.cni() {
+        cni_bench::missing_prerequisites()
+    } else {
+        Vec::new()
+    };
+    if !missing_cni.is_empty() {
+        eprintln!(
+            "overlay-bench: error: the CNI part needs {} (or pass --skip-cni)",
+            missing_cni.join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = install_signal_handlers() {
         eprintln!("overlay-bench: error: {e:#}");
         return ExitCode::FAILURE;
     }
 
+    let reps = if opts.parts.datapath() { opts.reps } else { 0 };
+    let cni_rounds = if opts.parts.cni() { opts.cni_rounds } else { 0 };
     let per_scenario = 2 * (opts.duration + 1) + opts.lat_duration + 10;
+    let plan = match (reps, cni_rounds) {
+        (0, c) => format!("{c} CNI rounds"),
+        (r, 0) => format!("{r} repetition(s) x {N_SCENARIOS} scenarios"),
+        (r, c) => format!("{r} repetition(s) x {N_SCENARIOS} scenarios, then {c} CNI rounds"),
+    };
     eprintln!(
-        "overlay-bench: {} repetition(s) x {} scenarios, about {} min; Ctrl-C stops and tears down",
-        opts.reps,
-        N_SCENARIOS,
-        (opts.reps * N_SCENARIOS as u32 * per_scenario).div_ceil(60)
+        "overlay-bench: {plan}, about {} min; Ctrl-C stops and tears down",
+        (reps * N_SCENARIOS as u32 * per_scenario + cni_rounds / 4).div_ceil(60)
     );
     let mut results: [Vec<Sample>; N_SCENARIOS] = Default::default();
     let mut failure = None;
-    'reps: for rep in 1..=opts.reps {
+    'reps: for rep in 1..=reps {
         for sc in Scenario::ALL {
             if STOP.load(Ordering::SeqCst) {
                 break 'reps;
             }
-            eprintln!("[rep {rep}/{}] {}", opts.reps, sc.label());
+            eprintln!("[rep {rep}/{reps}] {}", sc.label());
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_scenario(sc, &opts)))
                 .unwrap_or_else(|p| Err(anyhow::anyhow!("panicked: {}", panic_message(&*p))));
             // By now the scenario's servers are killed and its lab torn down.
@@ -1088,10 +1163,26 @@ fn main() -> ExitCode {
             }
         }
     }
+    let complete = failure.is_none() && !STOP.load(Ordering::SeqCst);
+    let mut cni = None;
+    if cni_rounds > 0 && complete {
+        eprintln!("[cni] overlay-cni vs bridge + host-local, {cni_rounds} rounds each");
+        let cni_opts = cni_bench::Options::with_rounds(cni_rounds);
+        let stop = || STOP.load(Ordering::SeqCst);
+        // The CNI part panics with a message on a failed call or a leak; by
+        // the time the panic is caught its agent and namespaces are gone.
+        match std::panic::catch_unwind(|| cni_bench::run(&cni_opts, &stop)) {
+            Ok(r) => cni = Some(r),
+            Err(p) if !stop() => failure = Some(format!("cni: panicked: {}", panic_message(&*p))),
+            Err(_) => {}
+        }
+    }
     let interrupted = STOP.load(Ordering::SeqCst);
-    let complete = failure.is_none() && !interrupted;
     if results.iter().any(|r| !r.is_empty()) {
         print!("{}", report(&results, &opts, complete));
+    }
+    if let Some(r) = &cni {
+        print!("{}", cni_bench::report(r));
     }
     if let Some(f) = failure {
         eprintln!("overlay-bench: FAILED: {f}");
@@ -1128,7 +1219,8 @@ mod tests {
                 reps: 1,
                 duration: 3,
                 lat_duration: 2,
-                raw: true
+                raw: true,
+                ..Opts::default()
             }))
         );
         assert_eq!(parse_args(&args(&["--reps", "2", "-h"])), Ok(Cli::Help));
@@ -1137,6 +1229,28 @@ mod tests {
         assert!(parse_args(&args(&["--reps", "x"])).is_err());
         assert!(parse_args(&args(&["--raw=1"])).is_err());
         assert!(parse_args(&args(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn parses_cni_flags() {
+        assert_eq!(
+            parse_args(&args(&["--cni-only", "--cni-rounds=50"])),
+            Ok(Cli::Run(Opts {
+                parts: Parts::CniOnly,
+                cni_rounds: 50,
+                ..Opts::default()
+            }))
+        );
+        assert_eq!(
+            parse_args(&args(&["--skip-cni", "--skip-cni"])),
+            Ok(Cli::Run(Opts {
+                parts: Parts::SkipCni,
+                ..Opts::default()
+            }))
+        );
+        assert!(parse_args(&args(&["--cni-only", "--skip-cni"])).is_err());
+        assert!(parse_args(&args(&["--cni-only=1"])).is_err());
+        assert!(parse_args(&args(&["--cni-rounds", "9"])).is_err());
     }
 
     #[test]

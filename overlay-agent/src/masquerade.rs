@@ -25,6 +25,9 @@ pub enum MasqueradeError {
     /// `nft` could not be run.
     #[error("running nft (is the nftables package installed?)")]
     Spawn(#[source] std::io::Error),
+    /// IPv4 forwarding could not be turned on.
+    #[error("enabling IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")]
+    Forwarding(#[source] std::io::Error),
     /// `nft` refused the ruleset.
     #[error("nft refused the {op} of table ip {TABLE}: {stderr}")]
     Refused {
@@ -55,7 +58,7 @@ pub fn ruleset(range: Ipv4Net) -> String {
 /// turns on IPv4 forwarding, without which egress never leaves the node.
 pub fn install(range: Ipv4Net) -> Result<(), MasqueradeError> {
     nft("installation", &ruleset(range))?;
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(MasqueradeError::Spawn)
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(MasqueradeError::Forwarding)
 }
 
 /// Removes the table. Idempotent.

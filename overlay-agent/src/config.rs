@@ -41,8 +41,9 @@ pub struct AgentConfig {
     /// Pod MTU; defaults to the uplink's MTU minus the 50 bytes of VXLAN.
     #[arg(long, env = "OVERLAY_MTU")]
     pub mtu: Option<u32>,
-    /// bpffs directory for the pinned maps and links.
-    #[arg(long, env = "OVERLAY_PIN_DIR", default_value = paths::PIN_DIR)]
+    /// bpffs directory for the pinned maps and links (the binary's global
+    /// `--pin-dir` / `OVERLAY_PIN_DIR`).
+    #[arg(skip = PathBuf::from(paths::PIN_DIR))]
     pub pin_dir: PathBuf,
     /// Directory for persistent state (pod address allocations).
     #[arg(long, env = "OVERLAY_STATE_DIR", default_value = paths::STATE_DIR)]

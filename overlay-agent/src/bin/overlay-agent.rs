@@ -142,10 +142,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let pin = cli.pin_dir.as_path();
     match cli.command {
         Command::Run {
-            config,
+            mut config,
             log_format,
             log_level,
-        } => run_daemon(*config, &log_format, &log_level)?,
+        } => {
+            config.pin_dir = pin.to_owned();
+            run_daemon(*config, &log_format, &log_level)?;
+        }
         Command::Install {
             uplink,
             node_ip,

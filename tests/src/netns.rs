@@ -85,6 +85,27 @@ impl Netns {
         ]);
     }
 
+    /// A host outside the cluster: a new namespace (`tag`, `role` as in
+    /// [`Netns::new`]) joined to `node` by a veth, `node_if` with `node_addr` on the node and `eth0` with
+    /// `addr` in the new namespace (both CIDRs). It knows only that link,
+    /// so it has no route to any pod.
+    pub fn outside_host(
+        node: &Netns,
+        node_if: &str,
+        node_addr: &str,
+        tag: &str,
+        role: &str,
+        addr: &str,
+    ) -> Netns {
+        let host = Netns::new(tag, role);
+        Netns::veth_pair(node, node_if, &host, "eth0");
+        node.ip(&["addr", "add", node_addr, "dev", node_if]);
+        node.ip(&["link", "set", node_if, "up"]);
+        host.ip(&["addr", "add", addr, "dev", "eth0"]);
+        host.ip(&["link", "set", "eth0", "up"]);
+        host
+    }
+
     /// Starts a long-running command inside the namespace.
     pub fn spawn(&self, args: &[&str]) -> Process {
         let child = self

@@ -145,3 +145,30 @@ pub fn connectivity_table_of(pods: &[(Ipv4Addr, usize, &Netns)]) -> (String, boo
     }
     (s, all)
 }
+
+/// Connects from `ns` to `addr:port` and returns what the server sent
+/// (trimmed), or `None` if the connection failed or nothing came; bounded
+/// to 5 s.
+pub fn tcp_fetch(ns: &Netns, addr: &str, port: u16) -> Option<String> {
+    let target = format!("TCP:{addr}:{port},connect-timeout=2");
+    let out = ns
+        .command(&["timeout", "5", "socat", "-u", &target, "-"])
+        .output()
+        .expect("socat");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// [`tcp_fetch`] until an answer comes (a server just started may not
+/// listen yet), at most `tries` times 250 ms apart.
+pub fn tcp_fetch_retry(ns: &Netns, addr: &str, port: u16, tries: u32) -> Option<String> {
+    for _ in 0..tries {
+        if let Some(reply) = tcp_fetch(ns, addr, port) {
+            return Some(reply);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    None
+}

@@ -6,14 +6,14 @@
 use std::{
     os::unix::fs::symlink,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use overlay_tests::{
     Netns,
-    cluster::{Cluster, bin_path},
+    cluster::{Cluster, bin_path, result_ip},
     cni_clients::{Containerd, CtrRun, LibCni, ScratchDir},
     require_privileges,
+    traffic::{tcp_fetch, tcp_fetch_retry},
 };
 use serde_json::json;
 
@@ -80,19 +80,6 @@ fn ctr_run_containers_on_two_nodes_get_overlay_addresses_reach_each_other_and_re
     assert!(ctrd.containers().is_empty());
 }
 
-/// Fetches `addr:port` from `ns` with socat, bounded in time.
-fn fetch(ns: &Netns, addr: &str, port: u16) -> Option<String> {
-    let target = format!("TCP:{addr}:{port},connect-timeout=2");
-    let out = ns
-        .command(&["timeout", "5", "socat", "-u", &target, "-"])
-        .output()
-        .expect("socat");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
 #[test]
 fn libcni_chain_with_portmap_gives_a_working_host_port_and_loopback() {
     if !require_privileges("libcni_chain_with_portmap_gives_a_working_host_port_and_loopback") {
@@ -102,13 +89,14 @@ fn libcni_chain_with_portmap_gives_a_working_host_port_and_loopback() {
     let scratch = ScratchDir::new("ovlbin", &c.lab.tag);
     let bin = plugin_dir(&scratch);
     // An outside client attached to node 1 only.
-    let client = Netns::new(&c.lab.tag, "client");
-    let node = &c.lab.nodes[0].ns;
-    Netns::veth_pair(node, "to-client", &client, "to-node");
-    node.ip(&["addr", "add", "192.168.77.1/24", "dev", "to-client"]);
-    node.ip(&["link", "set", "to-client", "up"]);
-    client.ip(&["addr", "add", "192.168.77.2/24", "dev", "to-node"]);
-    client.ip(&["link", "set", "to-node", "up"]);
+    let client = Netns::outside_host(
+        &c.lab.nodes[0].ns,
+        "to-client",
+        "192.168.77.1/24",
+        &c.lab.tag,
+        "client",
+        "192.168.77.2/24",
+    );
 
     let portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true});
     let conflist = c.conflist(0, "1.0.0", &[portmap, json!({"type": "loopback"})]);
@@ -133,11 +121,7 @@ fn libcni_chain_with_portmap_gives_a_working_host_port_and_loopback() {
     let result = cni
         .add(&id, &pod.path(), "eth0")
         .unwrap_or_else(|e| panic!("{e}"));
-    let pod_ip: std::net::Ipv4Addr = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {result}"));
+    let pod_ip = result_ip(&result);
     assert!(c.lab.nodes[0].block.contains(&pod_ip), "{result}");
     let lo = pod.ip(&["-o", "link", "show", "lo"]);
     assert!(
@@ -150,14 +134,7 @@ fn libcni_chain_with_portmap_gives_a_working_host_port_and_loopback() {
         "TCP-LISTEN:80,fork,reuseaddr",
         "SYSTEM:echo hello-from-pod",
     ]);
-    let mut reply = None;
-    for _ in 0..20 {
-        reply = fetch(&client, "192.168.77.1", 8080);
-        if reply.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let reply = tcp_fetch_retry(&client, "192.168.77.1", 8080, 20);
     assert_eq!(
         reply.as_deref(),
         Some("hello-from-pod"),
@@ -168,7 +145,7 @@ fn libcni_chain_with_portmap_gives_a_working_host_port_and_loopback() {
     let other = c.add_pod(1);
     let node_ip = c.lab.nodes[0].ip.to_string();
     assert_eq!(
-        fetch(&other.ns, &node_ip, 8080).as_deref(),
+        tcp_fetch(&other.ns, &node_ip, 8080).as_deref(),
         Some("hello-from-pod")
     );
 
@@ -183,7 +160,7 @@ fn libcni_chain_with_portmap_gives_a_working_host_port_and_loopback() {
     cni.del(&id, &pod.path(), "eth0")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        fetch(&client, "192.168.77.1", 8080),
+        tcp_fetch(&client, "192.168.77.1", 8080),
         None,
         "port still published"
     );

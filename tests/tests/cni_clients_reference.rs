@@ -14,13 +14,15 @@
 //! bridge when it needs it. No `br_netfilter` is needed either, since the
 //! client's traffic reaches the node on a veth, not across the bridge.
 
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{net::Ipv4Addr, path::Path};
 
 use overlay_tests::{
     Netns,
+    cluster::result_ip,
     cni_clients::{Containerd, CtrRun, LibCni, PluginCall, PluginRecorder, ScratchDir},
     netns::unique_tag,
     require_privileges,
+    traffic::{tcp_fetch, tcp_fetch_retry},
 };
 use serde_json::json;
 
@@ -187,19 +189,6 @@ fn ctr_run_containers_get_bridge_addresses_ping_each_other_and_release_them_on_e
     assert!(ctrd.containers().is_empty());
 }
 
-/// Fetches `addr:port` from `ns` with socat, bounded in time; the reply or
-/// `None`.
-fn fetch(ns: &Netns, addr: &str, port: u16) -> Option<String> {
-    let target = format!("TCP:{addr}:{port},connect-timeout=2");
-    let out = ns
-        .command(&["timeout", "5", "socat", "-u", &target, "-"])
-        .output()
-        .expect("socat");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 #[test]
 fn libcni_portmap_publishes_a_pod_port_on_the_node_address_until_del() {
     if !require_privileges("libcni_portmap_publishes_a_pod_port_on_the_node_address_until_del") {
@@ -207,13 +196,15 @@ fn libcni_portmap_publishes_a_pod_port_on_the_node_address_until_del() {
     }
     let tag = unique_tag();
     let node = Netns::new(&tag, "node");
-    let client = Netns::new(&tag, "client");
     let pod = Netns::new(&tag, "pod");
-    Netns::veth_pair(&node, "to-client", &client, "to-node");
-    node.ip(&["addr", "add", "192.168.77.1/24", "dev", "to-client"]);
-    node.ip(&["link", "set", "to-client", "up"]);
-    client.ip(&["addr", "add", "192.168.77.2/24", "dev", "to-node"]);
-    client.ip(&["link", "set", "to-node", "up"]);
+    let client = Netns::outside_host(
+        &node,
+        "to-client",
+        "192.168.77.1/24",
+        &tag,
+        "client",
+        "192.168.77.2/24",
+    );
 
     let leases = ScratchDir::new("hl", &tag);
     let net = "portnet";
@@ -240,12 +231,8 @@ fn libcni_portmap_publishes_a_pod_port_on_the_node_address_until_del() {
     let result = cni
         .add(&id, &pod.path(), "eth0")
         .unwrap_or_else(|e| panic!("{e}"));
-    let pod_ip = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {result}"))
-        .to_owned();
-    assert!(pod_ip.starts_with("10.92.0."), "{result}");
+    let pod_ip = result_ip(&result);
+    assert_eq!(pod_ip.octets()[..3], [10, 92, 0], "{result}");
     match cni.check(&id, &pod.path(), "eth0") {
         Ok(()) => {}
         // portmap 1.1.1 CHECKs IPv6 DNAT even when it made none
@@ -278,21 +265,14 @@ fn libcni_portmap_publishes_a_pod_port_on_the_node_address_until_del() {
         "TCP-LISTEN:80,fork,reuseaddr",
         "SYSTEM:echo hello-from-pod",
     ]);
-    let mut reply = None;
-    for _ in 0..20 {
-        reply = fetch(&client, "192.168.77.1", 8080);
-        if reply.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let reply = tcp_fetch_retry(&client, "192.168.77.1", 8080, 20);
     assert_eq!(
         reply.as_deref(),
         Some("hello-from-pod"),
         "outside client did not reach the pod through node:8080"
     );
     assert_eq!(
-        fetch(&node, &pod_ip, 80).as_deref(),
+        tcp_fetch(&node, &pod_ip.to_string(), 80).as_deref(),
         Some("hello-from-pod"),
         "the node reaches the pod directly"
     );
@@ -302,7 +282,7 @@ fn libcni_portmap_publishes_a_pod_port_on_the_node_address_until_del() {
     let nat = node.exec(&["iptables-save", "-t", "nat"]);
     assert!(!nat.contains("--dport 8080"), "DEL left the DNAT:\n{nat}");
     assert_eq!(
-        fetch(&client, "192.168.77.1", 8080),
+        tcp_fetch(&client, "192.168.77.1", 8080),
         None,
         "port still published"
     );

@@ -13,6 +13,7 @@ use overlay_tests::{
     Netns,
     cluster::{Cluster, CniCall, invoke_in, result_ip},
     require_privileges,
+    traffic::tcp_fetch_retry,
 };
 use serde_json::{Value, json};
 
@@ -664,14 +665,14 @@ fn pod_egress_is_masqueraded_behind_the_node_and_pod_to_pod_traffic_is_not() {
     let b = c.add_pod(1);
     // An "outside" host that only knows the link to node 0: it has no
     // route to any pod, so a reply reaches the pod only if masqueraded.
-    let outside = Netns::new(&c.lab.tag, "out");
-    Netns::veth_pair(&c.lab.nodes[0].ns, "ext0", &outside, "eth0");
-    c.lab.nodes[0]
-        .ns
-        .ip(&["addr", "add", "198.18.0.1/24", "dev", "ext0"]);
-    c.lab.nodes[0].ns.ip(&["link", "set", "ext0", "up"]);
-    outside.ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"]);
-    outside.ip(&["link", "set", "eth0", "up"]);
+    let outside = Netns::outside_host(
+        &c.lab.nodes[0].ns,
+        "ext0",
+        "198.18.0.1/24",
+        &c.lab.tag,
+        "out",
+        "198.18.0.2/24",
+    );
     let nft = c.lab.nodes[0]
         .ns
         .exec(&["nft", "list", "table", "ip", "overlay"]);
@@ -685,24 +686,7 @@ fn pod_egress_is_masqueraded_behind_the_node_and_pod_to_pod_traffic_is_not() {
     let _srv = outside.spawn(&echo_peer);
     let _srv2 = b.ns.spawn(&echo_peer);
     let seen = |from: &Netns, to: &str| -> String {
-        for _ in 0..50 {
-            let out = from
-                .command(&[
-                    "socat",
-                    "-T2",
-                    "-",
-                    &format!("TCP:{to}:8080,connect-timeout=2"),
-                ])
-                .stdin(std::process::Stdio::null())
-                .output()
-                .expect("socat");
-            let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if !s.is_empty() {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("no answer from {to}");
+        tcp_fetch_retry(from, to, 8080, 20).unwrap_or_else(|| panic!("no answer from {to}"))
     };
     assert_eq!(
         seen(&a.ns, "198.18.0.2"),

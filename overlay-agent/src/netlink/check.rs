@@ -2,7 +2,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures_util::TryStreamExt as _;
 use rtnetlink::{
     Handle,
     packet_route::{
@@ -145,18 +144,12 @@ async fn addresses(
     ifindex: u32,
     netns: &str,
 ) -> Result<Vec<AddressMessage>, NetlinkError> {
-    handle
+    let dump = handle
         .address()
         .get()
         .set_link_index_filter(ifindex)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| NetlinkError::Dump {
-            what: "addresses",
-            netns: netns.to_owned(),
-            source: source.into(),
-        })
+        .execute();
+    session::collect("addresses", netns, dump).await
 }
 
 fn has_address(addresses: &[AddressMessage], ip: Ipv4Addr) -> bool {
@@ -169,18 +162,12 @@ fn has_address(addresses: &[AddressMessage], ip: Ipv4Addr) -> bool {
 }
 
 async fn neighbours(handle: &Handle, netns: &str) -> Result<Vec<NeighbourMessage>, NetlinkError> {
-    handle
+    let dump = handle
         .neighbours()
         .get()
         .set_address_family(AddressFamily::Inet)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| NetlinkError::Dump {
-            what: "neighbours",
-            netns: netns.to_owned(),
-            source: source.into(),
-        })
+        .execute();
+    session::collect("neighbours", netns, dump).await
 }
 
 fn has_permanent_neighbour(

@@ -50,17 +50,7 @@ pub(super) async fn expect_by_name(
 /// Names of all interfaces.
 pub(super) async fn names(handle: &Handle, netns: &str) -> Result<Vec<String>, NetlinkError> {
     let links: Vec<LinkMessage> =
-        handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| NetlinkError::Dump {
-                what: "interfaces",
-                netns: netns.to_owned(),
-                source: source.into(),
-            })?;
+        super::session::collect("interfaces", netns, handle.link().get().execute()).await?;
     Ok(links
         .iter()
         .filter_map(|l| name(l).map(str::to_owned))

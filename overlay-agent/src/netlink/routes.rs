@@ -5,7 +5,6 @@
 
 use std::net::Ipv4Addr;
 
-use futures_util::TryStreamExt as _;
 use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope},
@@ -116,15 +115,9 @@ impl Route<'_> {
 
 /// All IPv4 routes of every table.
 pub(super) async fn dump(handle: &Handle, netns: &str) -> Result<Vec<RouteMessage>, NetlinkError> {
-    handle
+    let dump = handle
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| NetlinkError::Dump {
-            what: "IPv4 routes",
-            netns: netns.to_owned(),
-            source: source.into(),
-        })
+        .execute();
+    super::session::collect("IPv4 routes", netns, dump).await
 }

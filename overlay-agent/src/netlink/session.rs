@@ -12,6 +12,7 @@
 
 use std::{fs::File, future::Future, path::Path, thread};
 
+use futures_util::{Stream, TryStreamExt as _};
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::Handle;
 use tokio::runtime::Runtime;
@@ -181,4 +182,20 @@ impl Drop for NetnsGuard<'_> {
             let _ = setns(caller, CloneFlags::CLONE_NEWNET);
         }
     }
+}
+
+/// Collects a netlink dump (links, addresses, routes, neighbours) into a
+/// list; a failure names the table and the namespace.
+pub(super) async fn collect<T>(
+    what: &'static str,
+    netns: &str,
+    dump: impl Stream<Item = Result<T, rtnetlink::Error>>,
+) -> Result<Vec<T>, NetlinkError> {
+    dump.try_collect()
+        .await
+        .map_err(|source| NetlinkError::Dump {
+            what,
+            netns: netns.to_owned(),
+            source: Box::new(source),
+        })
 }

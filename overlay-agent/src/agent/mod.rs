@@ -9,10 +9,7 @@
 mod daemon;
 mod pods;
 
-use std::{
-    net::Ipv4Addr,
-    sync::{Mutex, MutexGuard},
-};
+use std::sync::{Mutex, MutexGuard};
 
 pub use daemon::{DaemonError, run};
 use overlay_common::{CONFIG_F_READY, MAX_VNI, NodeConfig, VXLAN_OVERHEAD};
@@ -23,7 +20,7 @@ use crate::{
     cni::{CniError, code},
     config::AgentConfig,
     datapath::{Datapath, DatapathError},
-    ipam::{Ipam, IpamError, Usage},
+    ipam::{Ipam, IpamError},
     link::{self, LinkError},
     maps::{Maps, MapsError, SyncReport},
     masquerade::{self, MasqueradeError},
@@ -142,16 +139,6 @@ impl Agent {
         })
     }
 
-    /// The configuration it runs with.
-    pub fn config(&self) -> &AgentConfig {
-        &self.config
-    }
-
-    /// The MTU pods get.
-    pub fn pod_mtu(&self) -> u32 {
-        self.pod_mtu
-    }
-
     /// Takes this node's blocks from `topology` for address allocation and
     /// brings the routes and peers maps in line with it, by diff.
     pub fn apply_topology(&self, topology: &Topology) -> Result<SyncReport, AgentError> {
@@ -182,16 +169,6 @@ impl Agent {
             "topology applied"
         );
         Ok(report)
-    }
-
-    /// Address usage of this node's blocks.
-    pub fn usage(&self) -> Usage {
-        self.lock().ipam.usage()
-    }
-
-    /// The node's own address.
-    pub fn node_ip(&self) -> Ipv4Addr {
-        self.config.node_ip
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

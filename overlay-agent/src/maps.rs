@@ -218,6 +218,15 @@ impl Maps {
         )
     }
 
+    /// The pod at `ip`, if this node has one.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Result<Option<Endpoint>, MapsError> {
+        match self.endpoints.get(&ip.octets(), 0) {
+            Ok(ep) => Ok(Some(ep)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(access("reading an endpoint", MAP_ENDPOINTS)(e)),
+        }
+    }
+
     /// Every pod on this node.
     pub fn endpoints(&self) -> Result<Vec<EndpointEntry>, MapsError> {
         let mut out = Vec::new();

@@ -279,16 +279,14 @@ impl Agent {
         })?;
         let endpoint = state
             .maps
-            .endpoints()
-            .map_err(|e| io_error("reading the endpoints", &e))?
-            .into_iter()
-            .find(|e| e.ip == ip);
+            .endpoint(ip)
+            .map_err(|e| io_error("reading the endpoint", &e))?;
         match endpoint {
-            Some(e) if e.endpoint.ifindex == link.host_ifindex => {}
+            Some(e) if e.ifindex == link.host_ifindex => {}
             Some(e) => {
                 return Err(failed(format!(
                     "endpoint {ip} points at ifindex {}, not {host_if} ({})",
-                    e.endpoint.ifindex, link.host_ifindex
+                    e.ifindex, link.host_ifindex
                 )));
             }
             None => {

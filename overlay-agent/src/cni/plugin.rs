@@ -44,7 +44,7 @@ where
     let reply_version = config::sniff_version(stdin)
         .and_then(|v| v.parse::<Version>().ok())
         .unwrap_or(Version::LATEST);
-    match run_inner(vars, stdin, call) {
+    match run_inner(vars, stdin, reply_version, call) {
         Ok(stdout) => Output { stdout, exit: 0 },
         Err(e) => Output {
             stdout: e.to_json(reply_version.as_str()).to_string(),
@@ -56,6 +56,7 @@ where
 fn run_inner<V, K, S>(
     vars: V,
     stdin: &[u8],
+    asked: Version,
     call: impl FnOnce(&Path, &Request) -> Result<Reply, ClientError>,
 ) -> Result<String, CniError>
 where
@@ -65,9 +66,6 @@ where
 {
     let inv = Invocation::from_vars(vars)?;
     if inv.command == Command::Version {
-        let asked = config::sniff_version(stdin)
-            .and_then(|v| v.parse::<Version>().ok())
-            .unwrap_or(Version::LATEST);
         return Ok(json!({
             "cniVersion": asked.as_str(),
             "supportedVersions": Version::ALL.map(Version::as_str),

@@ -14,6 +14,7 @@ pub mod api;
 pub mod cni;
 pub mod config;
 pub mod datapath;
+pub mod gossip;
 pub mod ipam;
 pub mod link;
 pub mod maps;

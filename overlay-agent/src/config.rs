@@ -2,7 +2,7 @@
 //! fallbacks, parsed by clap in the binary and usable as a plain struct in
 //! tests.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use clap::Args;
 use ipnet::Ipv4Net;
@@ -14,7 +14,7 @@ use crate::paths;
 pub const DEFAULT_IPALLOC_RANGE: &str = "10.32.0.0/12";
 
 /// Configuration of `overlay-agent run`.
-#[derive(Args, Clone, Debug, PartialEq, Eq)]
+#[derive(Args, Clone, Debug, PartialEq)]
 pub struct AgentConfig {
     /// This node's underlay IPv4 address (VXLAN source, and the only
     /// destination `from_uplink` accepts).
@@ -23,11 +23,63 @@ pub struct AgentConfig {
     /// The node's underlay interface (VXLAN arrives and leaves here).
     #[arg(long, env = "OVERLAY_UPLINK")]
     pub uplink: String,
-    /// Static topology file: one line per node, `NODE_IP BLOCK [BLOCK...]`
-    /// (this node included). Gives this node its address blocks and every
-    /// other node's.
-    #[arg(long, env = "OVERLAY_TOPOLOGY")]
-    pub topology: PathBuf,
+    /// This node's name in the cluster (unique; letters, digits, `.`, `_`,
+    /// `-`). Defaults to the host name.
+    #[arg(long, env = "OVERLAY_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Seed peers to join through, comma-separated `IP[:PORT]` (port
+    /// defaults to --gossip-port). Any one live seed is enough; listing
+    /// this node too is fine. Without seeds the node starts a cluster of
+    /// its own.
+    #[arg(long, env = "OVERLAY_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// UDP port for gossip (every node must agree).
+    #[arg(long, env = "OVERLAY_GOSSIP_PORT", default_value_t = crate::gossip::DEFAULT_GOSSIP_PORT)]
+    pub gossip_port: u16,
+    /// Shared secret: every gossip datagram carries an HMAC keyed from it,
+    /// and datagrams that fail it are dropped. Prefer --password-file (a
+    /// command line is visible to every user of the host).
+    #[arg(
+        long,
+        env = "OVERLAY_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "password_file"
+    )]
+    pub password: Option<String>,
+    /// File holding the shared secret (trailing newline ignored), e.g. a
+    /// mounted Kubernetes Secret.
+    #[arg(long, env = "OVERLAY_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Cluster name: agents only gossip with agents of the same name (and
+    /// it salts the key derived from the password).
+    #[arg(long, env = "OVERLAY_CLUSTER_NAME", default_value = "overlay")]
+    pub cluster_name: String,
+    /// Prefix length of the blocks the range is cut into (/24: 254 pods
+    /// per block; a node claims another block when one fills up).
+    #[arg(long, env = "OVERLAY_BLOCK_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=30))]
+    pub block_size: u8,
+    /// Gossip round interval (e.g. `1s`, `200ms`). Failure detection takes
+    /// roughly 10-20 rounds.
+    #[arg(long, env = "OVERLAY_GOSSIP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub gossip_interval: Duration,
+    /// How long a block claim is held, with a quorum, before addresses are
+    /// handed out of it. Must exceed the failure-detection time, so that a
+    /// node cut off from the majority notices before its claim settles.
+    #[arg(long, env = "OVERLAY_CLAIM_SETTLE", default_value = "30s", value_parser = parse_duration)]
+    pub claim_settle: Duration,
+    /// Failure detector threshold (phi): higher declares nodes dead later
+    /// but more surely.
+    #[arg(long, env = "OVERLAY_PHI_THRESHOLD", default_value_t = 8.0)]
+    pub phi_threshold: f64,
+    /// Status HTTP endpoint (`GET /status`, `GET /healthz`,
+    /// `POST /forget/NODE`). Keep it on loopback: it is not authenticated.
+    #[arg(long, env = "OVERLAY_STATUS_ADDR", default_value = crate::paths::STATUS_ADDR)]
+    pub status_addr: std::net::SocketAddr,
+    /// Static topology file instead of gossip (testing, or clusters whose
+    /// blocks are assigned by hand): one line per node,
+    /// `NODE_IP BLOCK [BLOCK...]`, this node included.
+    #[arg(long, env = "OVERLAY_TOPOLOGY", conflicts_with = "peers")]
+    pub topology: Option<PathBuf>,
     /// The cluster's pod address range: pod traffic to anything outside it
     /// is masqueraded behind the node's address.
     #[arg(long, env = "OVERLAY_IPALLOC_RANGE", default_value = DEFAULT_IPALLOC_RANGE)]
@@ -55,4 +107,41 @@ pub struct AgentConfig {
     /// `ip overlay`).
     #[arg(long, env = "OVERLAY_NO_MASQUERADE")]
     pub no_masquerade: bool,
+}
+
+/// Parses `250ms`, `2s`, `1m` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a duration like 500ms, 2s or 1m");
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_bad_ones_say_so() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "ms", "1h", "-1s", "0s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

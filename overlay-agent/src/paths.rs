@@ -16,3 +16,10 @@ pub const AGENT_SOCKET: &str = "/run/overlay/agent.sock";
 
 /// The agent's persistent state (pod address allocations).
 pub const STATE_DIR: &str = "/var/lib/overlay";
+
+/// Status HTTP endpoint (`/status`, `/healthz`, `/forget/NODE`): loopback
+/// only, it is not authenticated.
+pub const STATUS_ADDR: &str = "127.0.0.1:6784";
+
+/// File under the state directory listing the blocks this node owns.
+pub const BLOCKS_FILE: &str = "blocks.json";

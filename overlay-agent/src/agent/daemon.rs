@@ -1,16 +1,39 @@
-//! `overlay-agent run`: start the agent, serve the socket, follow the
-//! topology, stop on SIGTERM/SIGINT without touching the datapath.
+//! `overlay-agent run`: start the agent, find the cluster (gossip, or a
+//! static topology file), follow the topology into the maps, serve the CNI
+//! socket and the status endpoint, stop on SIGTERM/SIGINT without touching
+//! the datapath.
 
-use std::{io, path::PathBuf, sync::Arc};
+use std::{
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
+    time::Instant,
 };
-use tracing::{Instrument as _, error, info, info_span};
+use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::{Agent, AgentError};
-use crate::{api::server, config::AgentConfig, topology::Topology};
+use crate::{
+    api::{
+        http::{self, Handler, Request, Response},
+        server,
+    },
+    config::AgentConfig,
+    gossip::{
+        ForgetError, Gossip, GossipConfig, GossipError,
+        auth::{Key, SecureUdpTransport, WireCounters},
+        claims::ClaimConfig,
+        view::fnv1a,
+    },
+    paths,
+    topology::{Topology, TopologyError},
+};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -18,11 +41,32 @@ pub enum DaemonError {
     /// The agent could not start.
     #[error("starting the agent")]
     Start(#[source] AgentError),
-    /// The socket could not be bound.
-    #[error("listening on {path}")]
-    Listen {
-        /// Socket path.
+    /// The static topology file is unusable.
+    #[error("loading the static topology")]
+    Topology(#[source] TopologyError),
+    /// The password file could not be read.
+    #[error("reading the password file {path}")]
+    PasswordFile {
+        /// File.
         path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The password is empty.
+    #[error("the gossip password is empty (unset it to run without authentication)")]
+    EmptyPassword,
+    /// No node name was given and the host name cannot be read.
+    #[error("no --node-name and the host name cannot be read")]
+    NodeName(#[source] io::Error),
+    /// Gossip could not start.
+    #[error("starting gossip")]
+    Gossip(#[source] GossipError),
+    /// A socket could not be bound.
+    #[error("listening on {what}")]
+    Listen {
+        /// The socket.
+        what: String,
         /// Why.
         #[source]
         source: io::Error,
@@ -35,44 +79,89 @@ pub enum DaemonError {
     Join(#[source] tokio::task::JoinError),
 }
 
-/// Runs the agent until SIGTERM or SIGINT. `topology` is the seam where the
-/// cluster's shape comes in (a static file today, gossip later); every new
-/// value is applied by diff. On shutdown the socket is removed and the
-/// pinned datapath is left in place, so pods keep their connectivity while
-/// no agent runs.
-pub async fn run(
-    config: AgentConfig,
-    mut topology: watch::Receiver<Topology>,
-) -> Result<(), DaemonError> {
+/// Runs the agent until SIGTERM or SIGINT.
+///
+/// The topology comes from gossip (or, with `--topology`, from a static
+/// file) and every new value is applied by diff. In gossip mode the first
+/// one is applied only after a warm-up of a few gossip rounds, so that an
+/// agent restarting on a busy node does not withdraw the routes its
+/// predecessor left before it has heard from the cluster. On shutdown the
+/// sockets are closed and the pinned datapath is left in place, so pods
+/// keep their connectivity while no agent runs.
+pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
+    let static_topology = match &config.topology {
+        Some(path) => Some(Topology::load(path).map_err(DaemonError::Topology)?),
+        None => None,
+    };
     let socket = config.socket.clone();
-    let agent = tokio::task::spawn_blocking(move || Agent::start(config))
+    let status_addr = config.status_addr;
+    let agent_config = config.clone();
+    let agent = tokio::task::spawn_blocking(move || Agent::start(agent_config))
         .await
         .map_err(DaemonError::Join)?
         .map_err(DaemonError::Start)?;
     let agent = Arc::new(agent);
 
-    let first = topology.borrow_and_update().clone();
-    apply(&agent, first).await?;
+    let (mut topology, gossip, mut first_apply) = match static_topology {
+        Some(t) => {
+            apply(&agent, t.clone()).await?;
+            // The static source closes its channel after the one value.
+            let (_, rx) = watch::channel(t);
+            (rx, None, None)
+        }
+        None => {
+            let g = start_gossip(&config, agent.clone()).await?;
+            let warmup = (config.gossip_interval * 5).max(Duration::from_secs(1));
+            (
+                g.topology(),
+                Some(Arc::new(g)),
+                Some(Instant::now() + warmup),
+            )
+        }
+    };
 
     let listener = server::bind(&socket).map_err(|source| DaemonError::Listen {
-        path: socket.clone(),
+        what: socket.display().to_string(),
         source,
     })?;
+    let http_listener = tokio::net::TcpListener::bind(status_addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            what: format!("status endpoint {status_addr}"),
+            source,
+        })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let serving = tokio::spawn(
-        server::serve(listener, agent.clone(), stop_rx).instrument(info_span!("socket")),
+        server::serve(listener, agent.clone(), stop_rx.clone()).instrument(info_span!("socket")),
     );
-    info!(socket = %socket.display(), "serving overlay-cni");
+    let serving_http = tokio::spawn(
+        http::serve(
+            http_listener,
+            status_handler(agent.clone(), gossip.clone()),
+            stop_rx,
+        )
+        .instrument(info_span!("status")),
+    );
+    info!(socket = %socket.display(), status = %status_addr, "serving overlay-cni and the status endpoint");
 
-    // A static source closes its channel after the one value; then only
-    // signals are waited for.
     let mut source_open = true;
     loop {
+        let warmup_over = async {
+            match first_apply {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            changed = topology.changed(), if source_open => {
+            () = warmup_over => {
+                first_apply = None;
+                let t = topology.borrow_and_update().clone();
+                apply(&agent, t).await?;
+            }
+            changed = topology.changed(), if source_open && first_apply.is_none() => {
                 if changed.is_err() {
                     source_open = false;
                     continue;
@@ -86,6 +175,10 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     let _ = serving.await;
+    let _ = serving_http.await;
+    if let Some(g) = gossip.and_then(Arc::into_inner) {
+        g.shutdown().await;
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
@@ -101,4 +194,179 @@ async fn apply(agent: &Arc<Agent>, topology: Topology) -> Result<(), DaemonError
         error!(error = %crate::cni::error::chain(&e), "applying the topology");
     }
     Ok(())
+}
+
+/// Reads the password from the flag or the file; `None` when neither is
+/// set.
+fn password(config: &AgentConfig) -> Result<Option<String>, DaemonError> {
+    let pw = match (&config.password, &config.password_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|source| DaemonError::PasswordFile {
+                path: path.clone(),
+                source,
+            })?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if pw.is_empty() {
+        return Err(DaemonError::EmptyPassword);
+    }
+    Ok(Some(pw))
+}
+
+fn node_name(config: &AgentConfig) -> Result<String, DaemonError> {
+    if let Some(n) = &config.node_name {
+        return Ok(n.clone());
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .map_err(DaemonError::NodeName)
+}
+
+/// `IP` or `IP:PORT` seeds as `IP:PORT`; host names are passed through for
+/// chitchat to resolve.
+fn seeds(config: &AgentConfig) -> Vec<String> {
+    config
+        .peers
+        .iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, config.gossip_port).to_string(),
+            Err(_) if p.contains(':') => p.to_owned(),
+            Err(_) => format!("{p}:{}", config.gossip_port),
+        })
+        .collect()
+}
+
+async fn start_gossip(config: &AgentConfig, agent: Arc<Agent>) -> Result<Gossip, DaemonError> {
+    let name = node_name(config)?;
+    let key = password(config)?.map(|pw| Key::derive(pw.as_bytes(), &config.cluster_name));
+    if key.is_none() {
+        warn!(
+            "gossip is NOT authenticated: anyone who can reach UDP port {} can join the cluster \
+             and steer pod traffic; set OVERLAY_PASSWORD or --password-file on every node",
+            config.gossip_port
+        );
+    }
+    let generation = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let gossip_addr = SocketAddr::new(config.node_ip.into(), config.gossip_port);
+    let seeds = seeds(config);
+    let must_join = seeds.iter().any(|s| *s != gossip_addr.to_string());
+    let usable = (1u64 << (32 - u32::from(config.block_size))).saturating_sub(2);
+    let wire = Arc::new(WireCounters::default());
+    let transport = SecureUdpTransport::new(
+        key.clone(),
+        fnv1a(name.as_bytes()),
+        generation,
+        wire.clone(),
+    );
+    let gc = GossipConfig {
+        node_name: name.clone(),
+        generation,
+        node_ip: config.node_ip,
+        vxlan_port: config.vxlan_port,
+        gossip_addr,
+        seeds: seeds.clone(),
+        cluster_id: config.cluster_name.clone(),
+        interval: config.gossip_interval,
+        phi_threshold: config.phi_threshold,
+        claims: ClaimConfig {
+            range: config.ipalloc_range,
+            block_prefix: config.block_size,
+            settle: config.claim_settle,
+            low_water: (usable / 8).max(1),
+            must_join,
+        },
+        state_file: Some(config.state_dir.join(paths::BLOCKS_FILE)),
+        authenticated: key.is_some(),
+    };
+    info!(
+        node = name, %gossip_addr, ?seeds, cluster = config.cluster_name,
+        range = %config.ipalloc_range, block_size = config.block_size,
+        interval = ?config.gossip_interval, settle = ?config.claim_settle,
+        authenticated = key.is_some(),
+        "starting gossip"
+    );
+    let free = Arc::new(move || Some(agent.free_addresses()));
+    Gossip::spawn(gc, &transport, free, wire)
+        .await
+        .map_err(DaemonError::Gossip)
+}
+
+fn status_handler(agent: Arc<Agent>, gossip: Option<Arc<Gossip>>) -> Handler {
+    Arc::new(move |req: Request| {
+        let agent = agent.clone();
+        let gossip = gossip.clone();
+        Box::pin(async move { route(req, agent, gossip).await })
+    })
+}
+
+async fn route(req: Request, agent: Arc<Agent>, gossip: Option<Arc<Gossip>>) -> Response {
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/status") => {
+            let a = agent.clone();
+            let mut report = match tokio::task::spawn_blocking(move || a.report()).await {
+                Ok(r) => r,
+                Err(e) => return Response::text(500, format!("status failed: {e}\n")),
+            };
+            report.gossip = gossip.map(|g| g.status());
+            Response::json(200, &report)
+        }
+        ("GET", "/healthz") => {
+            let a = agent.clone();
+            match tokio::task::spawn_blocking(move || a.is_ready()).await {
+                Ok(true) => Response::text(200, "ok\n"),
+                _ => Response::text(503, "not ready: no settled address block yet\n"),
+            }
+        }
+        ("POST", path) if path.starts_with("/forget/") => {
+            let name = &path["/forget/".len()..];
+            let Some(g) = gossip else {
+                return Response::text(
+                    400,
+                    "this agent runs a static topology: nothing to forget\n",
+                );
+            };
+            match g.forget(name).await {
+                Ok(f) => Response::json(200, &f),
+                Err(e @ ForgetError::SelfNode(_)) => Response::text(400, format!("{e}\n")),
+                Err(e @ ForgetError::Unknown(_)) => Response::text(404, format!("{e}\n")),
+                Err(e @ ForgetError::Alive(_)) => Response::text(409, format!("{e}\n")),
+            }
+        }
+        (_, "/status" | "/healthz") => Response::text(405, "use GET\n"),
+        _ => Response::text(404, "try GET /status, GET /healthz or POST /forget/NODE\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_get_the_gossip_port_unless_they_carry_one() {
+        #[derive(clap::Parser)]
+        struct W {
+            #[command(flatten)]
+            c: AgentConfig,
+        }
+        let mut c =
+            <W as clap::Parser>::parse_from(["x", "--node-ip", "1.2.3.4", "--uplink", "u"]).c;
+        c.peers = vec![
+            "172.31.0.1".into(),
+            " 172.31.0.2:7000".into(),
+            "".into(),
+            "node3".into(),
+        ];
+        assert_eq!(
+            seeds(&c),
+            vec!["172.31.0.1:6783", "172.31.0.2:7000", "node3:6783"]
+        );
+    }
 }

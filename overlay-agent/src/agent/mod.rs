@@ -8,8 +8,12 @@
 
 mod daemon;
 mod pods;
+pub mod report;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{
+    Mutex, MutexGuard, TryLockError,
+    atomic::{AtomicU64, Ordering},
+};
 
 pub use daemon::{DaemonError, run};
 use overlay_common::{CONFIG_F_READY, MAX_VNI, NodeConfig, VXLAN_OVERHEAD};
@@ -65,6 +69,9 @@ pub struct Agent {
     config: AgentConfig,
     pod_mtu: u32,
     state: Mutex<State>,
+    /// Free addresses as last computed (read while an operation holds the
+    /// lock).
+    free: AtomicU64,
 }
 
 impl Agent {
@@ -136,6 +143,7 @@ impl Agent {
                 ipam,
                 topology_applied: false,
             }),
+            free: AtomicU64::new(0),
         })
     }
 
@@ -169,6 +177,66 @@ impl Agent {
             "topology applied"
         );
         Ok(report)
+    }
+
+    /// Free addresses in this node's blocks. Never waits for a running
+    /// operation: the last known figure is returned meanwhile.
+    pub fn free_addresses(&self) -> u64 {
+        let state = match self.state.try_lock() {
+            Ok(s) => s,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return self.free.load(Ordering::Relaxed),
+        };
+        let u = state.ipam.usage();
+        let free = u.capacity.saturating_sub(u.used);
+        self.free.store(free, Ordering::Relaxed);
+        free
+    }
+
+    /// Readiness, address usage and the datapath summary (the gossip part
+    /// of the report is filled in by the daemon).
+    pub fn report(&self) -> report::NodeReport {
+        let state = self.lock();
+        let ready = state.topology_applied && !state.ipam.blocks().is_empty();
+        let mut datapath = report::DatapathReport {
+            attachments: crate::datapath::attachments(&self.config.pin_dir),
+            ..Default::default()
+        };
+        if let Ok(r) = state.maps.routes() {
+            datapath.routes = r.len();
+        }
+        if let Ok(p) = state.maps.peers() {
+            datapath.peers = p;
+        }
+        if let Ok(e) = state.maps.endpoints() {
+            datapath.endpoints = e.len();
+        }
+        if let Ok(c) = state.maps.counters() {
+            datapath.counters = c.0.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        }
+        report::NodeReport {
+            ready,
+            source: if self.config.topology.is_some() {
+                "static"
+            } else {
+                "gossip"
+            }
+            .to_owned(),
+            gossip: None,
+            ipam: state.ipam.usage(),
+            datapath,
+        }
+    }
+
+    /// Whether ADD can be served: a topology is applied and gives this node
+    /// a block.
+    pub fn is_ready(&self) -> bool {
+        self.status().is_ok()
+    }
+
+    /// The agent's configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -3,6 +3,7 @@
 //! per connection, each on one line.
 
 pub mod client;
+pub mod http;
 pub mod server;
 
 use std::path::PathBuf;

@@ -118,8 +118,29 @@ enum Command {
         /// The pod's IPv4 address.
         ip: Ipv4Addr,
     },
-    /// Show configuration, attachments, routes, peers, endpoints, counters.
-    Status,
+    /// Show this node's status, like `weave status`: the node, each peer
+    /// with its address, state and blocks, the quorum, address usage and
+    /// the datapath counters (asks the running agent on --status-addr; when
+    /// none runs, shows what is pinned).
+    Status {
+        /// The agent's status endpoint.
+        #[arg(long, env = "OVERLAY_STATUS_ADDR", default_value = paths::STATUS_ADDR)]
+        status_addr: std::net::SocketAddr,
+        /// Print the JSON the endpoint returns instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a node that is gone for good: its address blocks return to
+    /// the pool, cluster-wide. Refused while the node is alive. Only do
+    /// this once the node's pods are gone too: their addresses will be
+    /// handed out again.
+    Forget {
+        /// The node's name (as `status` lists it).
+        node: String,
+        /// The agent's status endpoint.
+        #[arg(long, env = "OVERLAY_STATUS_ADDR", default_value = paths::STATUS_ADDR)]
+        status_addr: std::net::SocketAddr,
+    },
     /// Detach everything and remove every pin: the node is left as before
     /// `install`.
     Uninstall,
@@ -208,12 +229,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Maps::open(pin)?.upsert_endpoint(ip, &ep)?;
         }
         Command::EndpointDel { ip } => Maps::open(pin)?.remove_endpoint(ip)?,
-        Command::Status => print!("{}", overlay_agent::status::render(pin)?),
+        Command::Status { status_addr, json } => status(pin, status_addr, json)?,
+        Command::Forget { node, status_addr } => forget(&node, status_addr)?,
         Command::Uninstall => {
             datapath::uninstall(pin)?;
             println!("removed {}", pin.display());
         }
     }
+    Ok(())
+}
+
+fn status(pin: &std::path::Path, addr: std::net::SocketAddr, json: bool) -> anyhow::Result<()> {
+    use overlay_agent::api::http::{ClientError, call};
+    match call(addr, "GET", "/status") {
+        Ok((200, body)) => {
+            if json {
+                print!("{body}");
+            } else {
+                let report: overlay_agent::agent::report::NodeReport =
+                    serde_json::from_str(&body).context("the agent's /status is not a report")?;
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Ok((code, body)) => bail!("the agent answered {code}: {}", body.trim()),
+        Err(e @ ClientError::NotRunning(_)) => {
+            eprintln!("overlay-agent: {e}; showing the pinned datapath only\n");
+            print!("{}", overlay_agent::status::render(pin)?);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn forget(node: &str, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let (code, body) = overlay_agent::api::http::call(addr, "POST", &format!("/forget/{node}"))?;
+    if code != 200 {
+        bail!("{}", body.trim());
+    }
+    let f: overlay_agent::gossip::Forgotten =
+        serde_json::from_str(&body).context("the agent's answer to forget is not JSON")?;
+    let blocks: Vec<String> = f.blocks.iter().map(ToString::to_string).collect();
+    println!(
+        "forgot {} (generations up to {}); blocks back in the pool: {}",
+        f.name,
+        f.generation,
+        if blocks.is_empty() {
+            "none".to_owned()
+        } else {
+            blocks.join(" ")
+        }
+    );
     Ok(())
 }
 
@@ -232,15 +298,12 @@ fn run_daemon(
     } else {
         builder.with_ansi(false).init();
     }
-    let topology = overlay_agent::topology::Topology::load(&config.topology)?;
-    // The static file is read once; the channel is the seam gossip feeds.
-    let (_tx, rx) = tokio::sync::watch::channel(topology);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(overlay_agent::agent::run(config, rx))?;
+    runtime.block_on(overlay_agent::agent::run(config))?;
     Ok(())
 }
 

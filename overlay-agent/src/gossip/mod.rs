@@ -1,5 +1,23 @@
-//! Gossip: membership, cluster IPAM and the topology they produce.
+//! Gossip: how nodes find each other, agree on who owns which address
+//! block, and learn the topology the datapath needs, with no central
+//! server.
+//!
+//! - [`auth`]: the wire: every datagram authenticated (HMAC from the
+//!   cluster password), replays and garbage dropped and counted before
+//!   chitchat parses anything;
+//! - [`view`]: what a node publishes and what it knows of the others;
+//! - [`claims`]: the cluster IPAM rule (claim, settle with a quorum,
+//!   deterministic winner);
+//! - [`node`]: the running node that ties chitchat, the rule and the
+//!   [`crate::topology::Topology`] seam together;
+//! - [`status`]: what `overlay-agent status` shows of all this.
 
 pub mod auth;
 pub mod claims;
+pub mod node;
+pub mod status;
 pub mod view;
+
+pub use node::{
+    DEFAULT_GOSSIP_PORT, ForgetError, Forgotten, FreeAddresses, Gossip, GossipConfig, GossipError,
+};

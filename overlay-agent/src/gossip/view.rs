@@ -283,10 +283,10 @@ impl View {
     pub fn settled_owners(&self) -> BTreeMap<String, BTreeSet<Ipv4Net>> {
         let mut out: BTreeMap<String, BTreeSet<Ipv4Net>> = BTreeMap::new();
         for b in self.claims.keys() {
-            if let Some((name, c)) = self.owner(*b) {
-                if c.state == ClaimState::Settled {
-                    out.entry(name.to_owned()).or_default().insert(*b);
-                }
+            if let Some((name, c)) = self.owner(*b)
+                && c.state == ClaimState::Settled
+            {
+                out.entry(name.to_owned()).or_default().insert(*b);
             }
         }
         out

@@ -67,7 +67,7 @@ pub struct Allocation {
 }
 
 /// How full the node's blocks are.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// The current blocks.
     pub blocks: Vec<Ipv4Net>,

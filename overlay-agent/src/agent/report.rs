@@ -1,0 +1,87 @@
+//! What `GET /status` returns and `overlay-agent status` prints: the
+//! gossip view (peers, blocks, quorum, wire counters), address usage and
+//! the datapath (attachments, map sizes, every counter by name).
+
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{gossip::status::GossipStatus, ipam::Usage};
+
+/// The datapath part of the report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathReport {
+    /// (program, interface) pairs attached.
+    pub attachments: Vec<(String, String)>,
+    /// Entries in the routes map.
+    pub routes: usize,
+    /// Peers allowed to send VXLAN.
+    pub peers: Vec<Ipv4Addr>,
+    /// Local pod endpoints.
+    pub endpoints: usize,
+    /// Every counter by name (packets), drops included.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// A node's whole status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Whether the node can serve ADD (it has a settled block).
+    pub ready: bool,
+    /// Where the topology comes from: `gossip` or `static`.
+    pub source: String,
+    /// Gossip status (absent with a static topology).
+    pub gossip: Option<GossipStatus>,
+    /// Address usage in this node's blocks.
+    pub ipam: Usage,
+    /// The datapath.
+    pub datapath: DatapathReport,
+}
+
+impl NodeReport {
+    /// Renders the report for humans.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        match &self.gossip {
+            Some(g) => s.push_str(&g.render()),
+            None => {
+                let _ = writeln!(s, "Static topology (no gossip)");
+            }
+        }
+        let u = &self.ipam;
+        let blocks: Vec<String> = u.blocks.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            s,
+            "\nIPAM: {} of {} addresses in use in {}{}; ready: {}",
+            u.used,
+            u.capacity,
+            if blocks.is_empty() {
+                "no block".to_owned()
+            } else {
+                blocks.join(" ")
+            },
+            if u.outside_blocks > 0 {
+                format!(" ({} held outside this node's blocks)", u.outside_blocks)
+            } else {
+                String::new()
+            },
+            if self.ready { "yes" } else { "NO" }
+        );
+        let d = &self.datapath;
+        let _ = writeln!(
+            s,
+            "\nDatapath: {} routes, {} peers, {} local pods",
+            d.routes,
+            d.peers.len(),
+            d.endpoints
+        );
+        for (prog, iface) in &d.attachments {
+            let _ = writeln!(s, "  {prog:<12} on {iface}");
+        }
+        let _ = writeln!(s, "  counters:");
+        for (name, v) in &d.counters {
+            let _ = writeln!(s, "    {name:<26} {v}");
+        }
+        s
+    }
+}

@@ -19,7 +19,7 @@ use std::{
 };
 
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     spawn_chitchat, transport::Transport,
 };
 use ipnet::Ipv4Net;
@@ -231,7 +231,6 @@ impl Gossip {
             marked_for_deletion_grace_period: Duration::from_secs(3600),
             catchup_callback: None,
             extra_liveness_predicate: None,
-            protocol_version: ProtocolVersion::V1,
         };
         let chitchat =
             spawn_chitchat(cc, initial, transport)

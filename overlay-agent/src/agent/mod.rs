@@ -179,16 +179,16 @@ impl Agent {
         Ok(report)
     }
 
-    /// Free addresses in this node's blocks. Never waits for a running
-    /// operation: the last known figure is returned meanwhile.
-    pub fn free_addresses(&self) -> u64 {
+    /// Free addresses in `blocks` (this node's usable blocks as gossip
+    /// sees them, which may be ahead of the ones applied). Never waits for
+    /// a running operation: the last known figure is returned meanwhile.
+    pub fn free_addresses(&self, blocks: &[ipnet::Ipv4Net]) -> u64 {
         let state = match self.state.try_lock() {
             Ok(s) => s,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return self.free.load(Ordering::Relaxed),
         };
-        let u = state.ipam.usage();
-        let free = u.capacity.saturating_sub(u.used);
+        let free = state.ipam.free_in(blocks);
         self.free.store(free, Ordering::Relaxed);
         free
     }

@@ -19,8 +19,8 @@ use std::{
 };
 
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
-    spawn_chitchat, transport::Transport,
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat,
+    transport::Transport,
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -69,8 +69,9 @@ pub struct GossipConfig {
     pub authenticated: bool,
 }
 
-/// Free addresses in this node's usable blocks (`None` if unknown).
-pub type FreeAddresses = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+/// Free addresses in the given blocks (this node's usable ones), `None`
+/// if unknown.
+pub type FreeAddresses = Arc<dyn Fn(&[Ipv4Net]) -> Option<u64> + Send + Sync>;
 
 /// Why gossip could not start.
 #[derive(Debug, thiserror::Error)]
@@ -388,7 +389,8 @@ impl Runner {
         if membership_changed || forced || self.ticks % FORCED_REBUILD_TICKS == 1 {
             self.rebuild(&cc);
         }
-        let events = self.claimer.tick(now, &self.view, (self.free)());
+        let free = (self.free)(&self.claimer.usable());
+        let events = self.claimer.tick(now, &self.view, free);
         for e in &events {
             log_event(e);
         }

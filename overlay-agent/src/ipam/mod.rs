@@ -232,6 +232,18 @@ impl Ipam {
         self.by_ip.values()
     }
 
+    /// Free addresses in `candidate` blocks (which need not be the current
+    /// ones): what the cluster IPAM asks before claiming more.
+    pub fn free_in(&self, candidate: &[Ipv4Net]) -> u64 {
+        let candidate = blocks::normalize(candidate.to_vec());
+        let used = self
+            .by_ip
+            .keys()
+            .filter(|ip| blocks::is_usable(&candidate, **ip))
+            .count() as u64;
+        blocks::capacity(&candidate).saturating_sub(used)
+    }
+
     /// How full the current blocks are.
     pub fn usage(&self) -> Usage {
         let used = self

@@ -37,14 +37,11 @@
 //! # Limits
 //!
 //! - A datagram must fit in [`MAX_DATAGRAM_LEN`] (the IPv4 UDP payload
-//!   limit). chitchat fills deltas up to that limit minus its own header and
-//!   does not know about our framing ([`KEYED_OVERHEAD`] bytes with a key,
-//!   [`UNKEYED_OVERHEAD`] without), so a delta near the limit does not fit.
-//!   It is not sent: `send` counts it in [`WireStats::send_errors`], logs a
-//!   warning, and returns `Ok` because chitchat reads an error from `send`
-//!   as a broken transport. chitchat computes the same delta again next
-//!   round, so a peer that is more than one full datagram behind does not
-//!   catch up until chitchat lets us reserve room for the framing.
+//!   limit). chitchat fills replies up to that limit and does not know
+//!   about our framing ([`KEYED_OVERHEAD`] bytes with a key,
+//!   [`UNKEYED_OVERHEAD`] without), so a message that does not fit once
+//!   framed is sent in fragments ([`super::fragment`]), each framed and
+//!   authenticated on its own, and reassembled before chitchat decodes it.
 //! - Authentication, not encryption: gossip content is readable on the wire.
 
 use std::{
@@ -69,6 +66,8 @@ use hmac::{Hmac, Mac as _};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::net::UdpSocket;
+
+use super::fragment::{self, Reassembly};
 use tracing::{debug, warn};
 
 /// Largest datagram we send: the IPv4 UDP payload limit.
@@ -154,8 +153,8 @@ pub struct WireStats {
     pub replayed: u64,
     /// Too short, unknown magic, or not a chitchat envelope.
     pub malformed: u64,
-    /// Not sent: the socket failed, the datagram would exceed
-    /// [`MAX_DATAGRAM_LEN`], or the message could not be encoded.
+    /// Not sent: the socket failed, or the message was too large even in
+    /// fragments.
     pub send_errors: u64,
 }
 
@@ -216,6 +215,9 @@ pub enum Reject {
     /// The payload is not a chitchat envelope we can decode.
     #[error("payload is not a decodable chitchat envelope")]
     Undecodable,
+    /// A fragment with a bad header, or at odds with its message's others.
+    #[error("malformed or inconsistent fragment")]
+    BadFragment,
     /// chitchat's decoder panicked on the payload.
     #[error("chitchat's decoder panicked on the payload")]
     DecoderPanicked,
@@ -236,9 +238,11 @@ impl Reject {
     /// The counter this reason is counted in.
     pub fn class(self) -> RejectClass {
         match self {
-            Self::TooShort | Self::BadMagic | Self::Undecodable | Self::DecoderPanicked => {
-                RejectClass::Malformed
-            }
+            Self::TooShort
+            | Self::BadMagic
+            | Self::Undecodable
+            | Self::DecoderPanicked
+            | Self::BadFragment => RejectClass::Malformed,
             Self::Unsealed | Self::UnexpectedSeal | Self::BadTag => RejectClass::AuthFailed,
             Self::StaleEpoch | Self::Duplicate | Self::TooOld => RejectClass::Replayed,
         }
@@ -256,6 +260,7 @@ impl Reject {
             Self::Duplicate => "duplicate",
             Self::TooOld => "too_old",
             Self::Undecodable => "undecodable",
+            Self::BadFragment => "bad_fragment",
             Self::DecoderPanicked => "decoder_panicked",
         }
     }
@@ -522,6 +527,8 @@ impl SecureUdpTransport {
                 self.last_seq.clone(),
             ),
             opener: Opener::new(self.key.clone()),
+            reassembly: Reassembly::default(),
+            next_fragmented: 0,
             counters: self.counters.clone(),
             payload: Vec::new(),
             datagram: Vec::new(),
@@ -543,6 +550,9 @@ struct SecureUdpSocket {
     local_addr: SocketAddr,
     sealer: Sealer,
     opener: Opener,
+    reassembly: Reassembly,
+    /// Id of the next message sent in fragments.
+    next_fragmented: u32,
     counters: Arc<WireCounters>,
     /// Reused buffers: envelope bytes, then the framed datagram.
     payload: Vec<u8>,
@@ -581,10 +591,20 @@ impl Socket for SecureUdpSocket {
             };
             self.counters.datagrams_in.fetch_add(1, Relaxed);
             self.counters.bytes_in.fetch_add(len as u64, Relaxed);
-            match admit(&mut self.opener, &self.recv_buf[..len]) {
-                Ok(message) => {
+            let admitted = admit(
+                &mut self.opener,
+                &mut self.reassembly,
+                from_addr,
+                &self.recv_buf[..len],
+            );
+            match admitted {
+                Ok(Some(message)) => {
                     self.counters.accepted.fetch_add(1, Relaxed);
                     return Ok((from_addr, message));
+                }
+                Ok(None) => {
+                    // One fragment of a longer message, kept until the rest comes.
+                    self.counters.accepted.fetch_add(1, Relaxed);
                 }
                 Err(reject) => {
                     self.counters.count_reject(reject);
@@ -599,15 +619,31 @@ impl Socket for SecureUdpSocket {
 }
 
 impl SecureUdpSocket {
-    /// Frames and sends one payload; returns the bytes sent (0 when it
-    /// could not go out). Failures are counted, never returned.
+    /// Frames and sends one payload, in fragments if it does not fit one
+    /// datagram once framed; returns the bytes sent (0 when it could not go
+    /// out). Failures are counted, never returned.
     async fn send_payload(&mut self, to: SocketAddr, payload: &[u8]) -> usize {
-        let len = self.sealer.sealed_len(payload.len());
-        if len > MAX_DATAGRAM_LEN {
-            self.counters.send_errors.fetch_add(1, Relaxed);
-            warn!(%to, len, max = MAX_DATAGRAM_LEN, "gossip datagram not sent: larger than UDP allows once framed");
-            return 0;
+        let overhead = self.sealer.sealed_len(0);
+        if payload.len() + overhead <= MAX_DATAGRAM_LEN {
+            return self.send_datagram(to, payload).await;
         }
+        self.next_fragmented = self.next_fragmented.wrapping_add(1);
+        let Some(fragments) =
+            fragment::split(payload, MAX_DATAGRAM_LEN - overhead, self.next_fragmented)
+        else {
+            self.counters.send_errors.fetch_add(1, Relaxed);
+            warn!(%to, len = payload.len(), "gossip message not sent: too large even in fragments");
+            return 0;
+        };
+        let mut sent = 0;
+        for f in fragments {
+            sent += self.send_datagram(to, &f).await;
+        }
+        sent
+    }
+
+    /// Frames and sends one datagram.
+    async fn send_datagram(&mut self, to: SocketAddr, payload: &[u8]) -> usize {
         self.sealer.seal(payload, &mut self.datagram);
         match self.socket.send_to(&self.datagram, to).await {
             Ok(sent) => {
@@ -627,13 +663,32 @@ impl SecureUdpSocket {
     }
 }
 
-/// Opens a datagram and decodes its payload.
-fn admit(opener: &mut Opener, datagram: &[u8]) -> Result<ChitchatMessage, Reject> {
+/// Opens a datagram and decodes its payload; `Ok(None)` when it is a
+/// fragment of a message not yet complete.
+fn admit(
+    opener: &mut Opener,
+    reassembly: &mut Reassembly,
+    from: SocketAddr,
+    datagram: &[u8],
+) -> Result<Option<ChitchatMessage>, Reject> {
     let payload = opener.open(datagram)?;
+    let whole;
+    let payload = if payload.first() == Some(&fragment::FRAGMENT_MARK) {
+        match reassembly.push(from, payload, Instant::now()) {
+            Ok(Some(w)) => {
+                whole = w;
+                &whole[..]
+            }
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(Reject::BadFragment),
+        }
+    } else {
+        payload
+    };
     // chitchat's decoder is third-party code fed by the network: a panic in
     // it must cost one datagram, not the gossip loop.
     match catch_unwind(AssertUnwindSafe(|| decode_envelope(payload))) {
-        Ok(Ok(message)) => Ok(message),
+        Ok(Ok(message)) => Ok(Some(message)),
         Ok(Err(error)) => {
             debug!(%error, "gossip payload not decodable");
             Err(Reject::Undecodable)
@@ -1139,37 +1194,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_datagram_is_not_sent_and_counts_a_send_error() {
+    async fn a_message_too_large_for_one_datagram_crosses_in_fragments_and_arrives_whole() {
         let counters = Arc::<WireCounters>::default();
-        let transport = SecureUdpTransport::new(Some(key("pw")), 1, 1, counters.clone());
-        let mut socket = transport.bind(LOOPBACK).await.expect("bind");
-        let receiver = UdpSocket::bind(LOOPBACK).await.expect("bind receiver");
-        let to = receiver.local_addr().expect("addr");
-
-        let sent = socket.send_payload(to, &vec![0; 65_500]).await;
-        assert_eq!(sent, 0);
+        let a = SecureUdpTransport::new(Some(key("pw")), 1, 1, Arc::default());
+        let b = SecureUdpTransport::new(Some(key("pw")), 2, 1, counters.clone());
+        let mut a_socket = a.bind(LOOPBACK).await.expect("open a");
+        let mut b_socket = b.bind(LOOPBACK).await.expect("open b");
+        // chitchat fills replies up to the UDP limit; this one is as large
+        // and does not fit once framed.
+        let big = ChitchatMessage::Syn {
+            cluster_id: "x".repeat(65_490),
+            digest: Default::default(),
+        };
+        assert!(encoded(&big).len() + KEYED_OVERHEAD > MAX_DATAGRAM_LEN);
+        a_socket.send(b_socket.local_addr, big).await.expect("send");
+        let (_, got) = within("recv", b_socket.recv()).await.expect("recv");
+        let ChitchatMessage::Syn { cluster_id, .. } = got else {
+            panic!("not the SYN sent: {got:?}")
+        };
+        assert_eq!(cluster_id.len(), 65_490);
         let stats = counters.snapshot();
         assert_eq!(
-            (stats.send_errors, stats.datagrams_out),
-            (1, 0),
-            "{stats:?}"
-        );
-
-        // The largest payload that fits goes out whole.
-        let sent = socket
-            .send_payload(to, &vec![0; MAX_DATAGRAM_LEN - KEYED_OVERHEAD])
-            .await;
-        assert_eq!(sent, MAX_DATAGRAM_LEN);
-        let mut buf = vec![0; RECV_BUFFER_LEN];
-        let (len, _) = within("recv_from", receiver.recv_from(&mut buf))
-            .await
-            .expect("recv_from");
-        assert_eq!(len, MAX_DATAGRAM_LEN);
-        let stats = counters.snapshot();
-        assert_eq!(
-            (stats.send_errors, stats.datagrams_out),
-            (1, 1),
-            "{stats:?}"
+            (stats.datagrams_in, stats.accepted, stats.malformed),
+            (2, 2, 0),
+            "two fragments, both authenticated: {stats:?}"
         );
     }
 

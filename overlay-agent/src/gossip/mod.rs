@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod claims;
+pub mod fragment;
 pub mod node;
 pub mod status;
 pub mod view;

@@ -104,15 +104,15 @@ impl Reassembly {
         let id = u32::from_be_bytes([a, b, c, d]);
         self.pending
             .retain(|_, p| now.duration_since(p.started) < EXPIRY);
-        if !self.pending.contains_key(&(from, id)) && self.pending.len() >= MAX_PENDING {
-            if let Some(oldest) = self
+        if !self.pending.contains_key(&(from, id))
+            && self.pending.len() >= MAX_PENDING
+            && let Some(oldest) = self
                 .pending
                 .iter()
                 .min_by_key(|(_, p)| p.started)
                 .map(|(k, _)| *k)
-            {
-                self.pending.remove(&oldest);
-            }
+        {
+            self.pending.remove(&oldest);
         }
         let partial = self.pending.entry((from, id)).or_insert_with(|| Partial {
             chunks: vec![None; count],

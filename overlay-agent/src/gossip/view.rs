@@ -344,6 +344,23 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Generation `generation` of `name`, gossiping from 172.31.0.`at`.
+    fn seen<'a>(
+        name: &'a str,
+        generation: u64,
+        at: u8,
+        live: bool,
+        record: &'a Record,
+    ) -> Seen<'a> {
+        Seen {
+            name,
+            generation,
+            gossip_addr: addr(at),
+            live,
+            record,
+        }
+    }
+
     #[test]
     fn records_parse_and_bad_values_are_ignored_not_fatal() {
         let r = rec(&[
@@ -375,22 +392,7 @@ mod tests {
         };
         let ra = rec(&[("block:10.32.1.0/24", "pending 1")]);
         let rb = rec(&[("block:10.32.1.0/24", "settled 1")]);
-        let v = View::build([
-            Seen {
-                name: low,
-                generation: 1,
-                gossip_addr: addr(1),
-                live: true,
-                record: &ra,
-            },
-            Seen {
-                name: high,
-                generation: 1,
-                gossip_addr: addr(2),
-                live: true,
-                record: &rb,
-            },
-        ]);
+        let v = View::build([seen(low, 1, 1, true, &ra), seen(high, 1, 2, true, &rb)]);
         assert_eq!(v.owner(blk).unwrap().0, high);
         assert!(v.conflicts().is_empty());
     }
@@ -399,22 +401,7 @@ mod tests {
     fn the_newest_generation_of_a_name_is_the_member() {
         let old = rec(&[("block:10.32.1.0/24", "pending 1")]);
         let new = rec(&[("block:10.32.2.0/24", "settled 2")]);
-        let v = View::build([
-            Seen {
-                name: "n",
-                generation: 2,
-                gossip_addr: addr(1),
-                live: true,
-                record: &new,
-            },
-            Seen {
-                name: "n",
-                generation: 1,
-                gossip_addr: addr(1),
-                live: false,
-                record: &old,
-            },
-        ]);
+        let v = View::build([seen("n", 2, 1, true, &new), seen("n", 1, 1, false, &old)]);
         assert_eq!(v.members.len(), 1);
         assert!(v.members["n"].live);
         assert!(!v.is_claimed(b("10.32.1.0/24")));
@@ -429,42 +416,15 @@ mod tests {
             ("block:10.32.9.0/24", "pending 8"),
         ]);
         let forgetter = rec(&[("forget:n", "5")]);
-        let seen_gone = Seen {
-            name: "n",
-            generation: 5,
-            gossip_addr: addr(1),
-            live: false,
-            record: &gone,
-        };
-        let f = Seen {
-            name: "f",
-            generation: 1,
-            gossip_addr: addr(2),
-            live: true,
-            record: &forgetter,
-        };
+        let seen_gone = seen("n", 5, 1, false, &gone);
+        let f = seen("f", 1, 2, true, &forgetter);
         let v = View::build([seen_gone, f]);
         assert!(!v.members.contains_key("n"));
         assert!(!v.is_claimed(b("10.32.1.0/24")), "its block is free again");
         // The node comes back (generation 8) still publishing the old block:
         // that claim stays void, its new one counts.
-        let f = Seen {
-            name: "f",
-            generation: 1,
-            gossip_addr: addr(2),
-            live: true,
-            record: &forgetter,
-        };
-        let v = View::build([
-            Seen {
-                name: "n",
-                generation: 8,
-                gossip_addr: addr(1),
-                live: true,
-                record: &back,
-            },
-            f,
-        ]);
+        let f = seen("f", 1, 2, true, &forgetter);
+        let v = View::build([seen("n", 8, 1, true, &back), f]);
         assert!(!v.is_claimed(b("10.32.1.0/24")));
         assert!(v.is_claimed(b("10.32.9.0/24")));
     }

@@ -33,18 +33,20 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run setup, then bring up the namespace lab: two nodes running
-    /// `overlay-agent run`, two pods each created through the `overlay-cni`
-    /// plugin as a CNI runtime calls it; show connectivity and counters, and
-    /// tear it down on exit or Ctrl-C.
+    /// Run setup, then bring up the namespace lab: four nodes whose
+    /// `overlay-agent run` daemons, given only seed peers, form the cluster
+    /// by gossip; two pods each created through the `overlay-cni` plugin as a
+    /// CNI runtime calls it; show each node's status, connectivity and
+    /// counters, and tear it down on exit or Ctrl-C.
     Lab {
         /// Arguments for the lab (see `cargo xtask lab -- --help`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run setup, then the side-by-side benchmark: underlay, plain routing,
-    /// kernel VXLAN and our overlay in one run, printed as a table of medians
-    /// and ratios.
+    /// Run setup, then the benchmarks: underlay, plain routing, kernel
+    /// VXLAN and our overlay side by side in one run (medians and ratios),
+    /// CNI ADD/DEL latency against the reference plugins, and the gossip
+    /// simulations (1000-node convergence, partitions and heals).
     Bench {
         /// Arguments for the benchmark (see `cargo xtask bench -- --help`).
         #[arg(trailing_var_arg = true)]

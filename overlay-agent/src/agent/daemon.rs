@@ -293,7 +293,7 @@ async fn start_gossip(config: &AgentConfig, agent: Arc<Agent>) -> Result<Gossip,
         authenticated = key.is_some(),
         "starting gossip"
     );
-    let free = Arc::new(move |blocks: &[ipnet::Ipv4Net]| Some(agent.free_addresses(blocks)));
+    let free = Arc::new(move |blocks: &[ipnet::Ipv4Net]| agent.free_addresses(blocks));
     Gossip::spawn(gc, &transport, free, wire)
         .await
         .map_err(DaemonError::Gossip)

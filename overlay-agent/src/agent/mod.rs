@@ -10,10 +10,7 @@ mod daemon;
 mod pods;
 pub mod report;
 
-use std::sync::{
-    Mutex, MutexGuard, TryLockError,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 pub use daemon::{DaemonError, run};
 use overlay_common::{CONFIG_F_READY, MAX_VNI, NodeConfig, VXLAN_OVERHEAD};
@@ -69,9 +66,6 @@ pub struct Agent {
     config: AgentConfig,
     pod_mtu: u32,
     state: Mutex<State>,
-    /// Free addresses as last computed (read while an operation holds the
-    /// lock).
-    free: AtomicU64,
 }
 
 impl Agent {
@@ -143,7 +137,6 @@ impl Agent {
                 ipam,
                 topology_applied: false,
             }),
-            free: AtomicU64::new(0),
         })
     }
 
@@ -181,16 +174,14 @@ impl Agent {
 
     /// Free addresses in `blocks` (this node's usable blocks as gossip
     /// sees them, which may be ahead of the ones applied). Never waits for
-    /// a running operation: the last known figure is returned meanwhile.
-    pub fn free_addresses(&self, blocks: &[ipnet::Ipv4Net]) -> u64 {
+    /// a running operation: `None` (unknown) while one holds the lock.
+    pub fn free_addresses(&self, blocks: &[ipnet::Ipv4Net]) -> Option<u64> {
         let state = match self.state.try_lock() {
             Ok(s) => s,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return self.free.load(Ordering::Relaxed),
+            Err(TryLockError::WouldBlock) => return None,
         };
-        let free = state.ipam.free_in(blocks);
-        self.free.store(free, Ordering::Relaxed);
-        free
+        Some(state.ipam.free_in(blocks))
     }
 
     /// Readiness, address usage and the datapath summary (the gossip part

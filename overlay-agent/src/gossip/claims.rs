@@ -144,6 +144,9 @@ impl Claimer {
     /// usable blocks (`None` when unknown).
     pub fn tick(&mut self, now: Instant, view: &View, free: Option<u64>) -> Vec<Event> {
         let mut events = Vec::new();
+        // `free` was measured in the blocks usable before this tick: it says
+        // nothing about a block that settles (or comes back) in this tick.
+        let measured_in = self.usable();
 
         // Forget records that cover our own blocks.
         if let Some(g) = view.forgotten.get(&self.name) {
@@ -216,7 +219,8 @@ impl Claimer {
 
         // Claim another block when addresses run short.
         let usable = self.usable();
-        let short = usable.is_empty() || free.is_some_and(|f| f < self.config.low_water);
+        let short = usable.is_empty()
+            || (usable == measured_in && free.is_some_and(|f| f < self.config.low_water));
         if short && quorum && self.pending.is_empty() {
             match self.pick_free(view) {
                 Some(block) => {
@@ -408,6 +412,25 @@ mod tests {
         let ev = a.tick(back + SETTLE, &fake.view(), None);
         assert!(ev.contains(&Event::Settled(block)), "{ev:?}");
         assert_eq!(a.usable(), vec![block]);
+    }
+
+    #[test]
+    fn a_node_whose_first_block_settles_does_not_claim_a_second_one() {
+        let mut fake = Fake::new(&["a", "b", "c"]);
+        let mut a = Claimer::new("a", 1, config(), BTreeMap::new());
+        let t0 = Instant::now();
+        // No usable block yet: nothing is free in the (empty) usable set.
+        a.tick(t0, &fake.view(), Some(0));
+        fake.publish(&a);
+        let ev = a.tick(t0 + SETTLE, &fake.view(), Some(0));
+        assert!(ev.iter().any(|e| matches!(e, Event::Settled(_))), "{ev:?}");
+        assert!(
+            !ev.iter().any(|e| matches!(e, Event::Claimed(_))),
+            "claimed again on a free count measured before the block settled: {ev:?}"
+        );
+        let ev = a.tick(t0 + SETTLE * 2, &fake.view(), Some(254));
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(a.published().len(), 1);
     }
 
     #[test]

@@ -187,8 +187,29 @@ pub struct Cluster {
     pub agents: Vec<AgentProcess>,
     /// Working directory (topology, state, sockets, logs).
     pub dir: PathBuf,
+    /// Where the agents get the topology from.
+    pub source: Source,
     pods_made: usize,
 }
+
+/// Where a cluster's agents get their topology.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A static topology file in the cluster directory.
+    Static,
+    /// Gossip: every agent has every node as a seed.
+    Gossip {
+        /// Passed as `--password-file` when set.
+        password_file: Option<PathBuf>,
+    },
+}
+
+/// Gossip interval of lab agents: short, so that failure detection takes
+/// about two seconds.
+pub const LAB_GOSSIP_INTERVAL: &str = "200ms";
+/// Claim settle period of lab agents: above the failure-detection time at
+/// [`LAB_GOSSIP_INTERVAL`].
+pub const LAB_CLAIM_SETTLE: &str = "4s";
 
 /// Cluster range of the lab.
 pub const RANGE: &str = "10.32.0.0/12";
@@ -227,6 +248,7 @@ impl Cluster {
             lab,
             agents,
             dir,
+            source: Source::Static,
             pods_made: 0,
         };
         for i in 0..nodes {
@@ -238,6 +260,144 @@ impl Cluster {
             }
         }
         c
+    }
+
+    /// `nodes` nodes whose agents form the cluster by gossip alone (every
+    /// node a seed, a password file shared), each ready once it has
+    /// settled a block of its own.
+    pub fn gossip(nodes: usize) -> Self {
+        let lab = Lab::new(&LabOptions {
+            modes: vec![Mode::Overlay; nodes],
+            pods_per_node: 0,
+            skip_datapath: true,
+            pod_mtu: None,
+        });
+        let dir = std::env::temp_dir().join(format!("ovl-{}", lab.tag));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let password_file = dir.join("password");
+        std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
+        let agents = (0..nodes)
+            .map(|i| AgentProcess {
+                socket: dir.join(format!("n{}.sock", i + 1)),
+                state_dir: dir.join(format!("n{}-state", i + 1)),
+                log: dir.join(format!("n{}.log", i + 1)),
+                process: None,
+            })
+            .collect();
+        let mut c = Cluster {
+            lab,
+            agents,
+            dir,
+            source: Source::Gossip {
+                password_file: Some(password_file),
+            },
+            pods_made: 0,
+        };
+        for i in 0..nodes {
+            c.spawn_agent(i);
+        }
+        for i in 0..nodes {
+            c.wait_ready(i, Duration::from_secs(40));
+        }
+        c
+    }
+
+    /// Runs `overlay-agent ARGS` in node `i`'s network namespace (the
+    /// client subcommands, e.g. `status`, `forget NODE`, reach that node's
+    /// agent on its loopback status endpoint) and returns what it did.
+    pub fn agent_cli(&self, i: usize, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.lab.nodes[i].ns.path().display()))
+            .arg(bin_path("overlay-agent"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running overlay-agent {args:?} on node {i}: {e}"))
+    }
+
+    /// Node `i`'s status as `overlay-agent status` prints it for humans.
+    pub fn status_text(&self, i: usize) -> String {
+        let out = self.agent_cli(i, &["status"]);
+        assert!(
+            out.status.success(),
+            "overlay-agent status on node {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether node `i`'s agent was started and not stopped or killed since.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.agents[i].process.is_some()
+    }
+
+    /// Node `i`'s status as the agent's status endpoint returns it
+    /// (`overlay-agent status --json` run in the node's namespace).
+    pub fn status(&self, i: usize) -> Value {
+        let out = self.agent_cli(i, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "overlay-agent status on node {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status of node {i} is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Polls every running agent's status until `pred` holds for all of
+    /// them; returns how long it took, or panics with the last statuses
+    /// after `timeout`.
+    pub fn wait_statuses(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(usize, &Value) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let running: Vec<usize> = (0..self.agents.len())
+                .filter(|i| self.agents[*i].process.is_some())
+                .collect();
+            let statuses: Vec<(usize, Value)> =
+                running.iter().map(|i| (*i, self.status(*i))).collect();
+            if statuses.iter().all(|(i, s)| pred(*i, s)) {
+                return start.elapsed();
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{what}: not reached within {timeout:?}; statuses:\n{}",
+                    statuses
+                        .iter()
+                        .map(|(i, s)| format!("node {i}: {s}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every running agent sees `live` members alive, each
+    /// peer with a settled block, and routes for all of them in its
+    /// datapath.
+    pub fn wait_converged(&self, live: usize, timeout: Duration) -> Duration {
+        self.wait_statuses("gossip convergence", timeout, |_, s| {
+            let g = &s["gossip"];
+            let peers = g["peers"].as_array().cloned().unwrap_or_default();
+            let alive: Vec<&Value> = peers.iter().filter(|p| p["state"] == "alive").collect();
+            g["live"].as_u64() == Some(live as u64)
+                && alive.len() + 1 == live
+                && alive.iter().all(|p| {
+                    p["blocks"]
+                        .as_array()
+                        .is_some_and(|b| b.iter().any(|b| b["state"] == "settled"))
+                })
+                && s["datapath"]["peers"].as_array().map(Vec::len) == Some(live - 1)
+        })
     }
 
     /// Starts node `i`'s agent and waits until it is ready.
@@ -256,14 +416,30 @@ impl Cluster {
             .append(true)
             .open(&a.log)
             .expect("agent log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", node.ns.path().display()))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", node.ns.path().display()))
             .arg(bin_path("overlay-agent"))
             .args(["run", "--uplink", UPLINK, "--ipalloc-range", RANGE])
             .arg("--node-ip")
-            .arg(node.ip.to_string())
-            .arg("--topology")
-            .arg(self.dir.join("topology"))
+            .arg(node.ip.to_string());
+        match &self.source {
+            Source::Static => {
+                cmd.arg("--topology").arg(self.dir.join("topology"));
+            }
+            Source::Gossip { password_file } => {
+                let peers: Vec<String> = self.lab.nodes.iter().map(|n| n.ip.to_string()).collect();
+                cmd.arg("--node-name")
+                    .arg(format!("n{}", i + 1))
+                    .arg("--peers")
+                    .arg(peers.join(","))
+                    .args(["--gossip-interval", LAB_GOSSIP_INTERVAL])
+                    .args(["--claim-settle", LAB_CLAIM_SETTLE]);
+                if let Some(p) = password_file {
+                    cmd.arg("--password-file").arg(p);
+                }
+            }
+        }
+        let child = cmd
             .arg("--pin-dir")
             .arg(&node.pin_dir)
             .arg("--state-dir")

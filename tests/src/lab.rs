@@ -418,6 +418,38 @@ impl Lab {
         }
     }
 
+    /// Takes node `i`'s port on the underlay switch down (`up == false`) or
+    /// back up: the node is cut off from every other node while its own
+    /// links, agent and datapath stay as they are.
+    pub fn set_switch_port(&self, i: usize, up: bool) {
+        let sw = self
+            .switch
+            .as_ref()
+            .expect("a switch (labs of more than two nodes have one)");
+        let port = format!("p{}", i + 1);
+        sw.ip(&["link", "set", &port, if up { "up" } else { "down" }]);
+    }
+
+    /// A host on the underlay switch that is not a node (e.g. an attacker
+    /// who can reach the nodes' gossip port): a new namespace named after
+    /// `role` with `eth0` at `addr`/24 on the underlay subnet, its switch
+    /// port `h<role>`. Dropping the namespace removes the veth pair and so
+    /// the port.
+    pub fn underlay_host(&self, role: &str, addr: Ipv4Addr) -> Netns {
+        let sw = self
+            .switch
+            .as_ref()
+            .expect("a switch (labs of more than two nodes have one)");
+        let port: String = format!("h{role}").chars().take(15).collect();
+        let host = Netns::new(&self.tag, role);
+        Netns::veth_pair(&host, "eth0", sw, &port);
+        sw.ip(&["link", "set", &port, "master", "br0"]);
+        sw.ip(&["link", "set", &port, "up"]);
+        host.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        host.ip(&["link", "set", "eth0", "up"]);
+        host
+    }
+
     /// Every pod, node by node.
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
         self.nodes.iter().flat_map(|n| n.pods.iter())

@@ -1,7 +1,9 @@
 //! `cargo xtask lab`: nodes in network namespaces, each running a real
-//! `overlay-agent run`, with pods created through the real `overlay-cni`
-//! plugin exactly as a CNI runtime calls it; shown working, and torn down
-//! (pods deleted through the plugin) on exit or Ctrl-C.
+//! `overlay-agent run` given only seed peers, so that the agents form the
+//! cluster and share out the address blocks by gossip; pods created through
+//! the real `overlay-cni` plugin exactly as a CNI runtime calls it; shown
+//! working, and torn down (pods deleted through the plugin) on exit or
+//! Ctrl-C.
 
 use std::{
     sync::mpsc,
@@ -10,21 +12,30 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use overlay_common::Stat;
-use overlay_tests::{cluster::Cluster, traffic::connectivity_table_of};
+use overlay_tests::{
+    cluster::{Cluster, bin_path},
+    traffic::connectivity_table_of,
+};
+
+/// Every node sees every other one alive, with a block, within this.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 const USAGE: &str = "\
 usage: cargo xtask lab [-- OPTIONS]
 
-Brings up two nodes (network namespaces joined by an underlay veth), starts
-an overlay agent on each (`overlay-agent run`, static topology: node i owns
-10.32.i.0/24), creates two pods per node by running the overlay-cni plugin
-with CNI_COMMAND=ADD as a runtime does, prints the all-pairs connectivity
-table and each node's datapath counters, then waits until Ctrl-C (or the
---hold time), deletes the pods through the plugin (CNI_COMMAND=DEL) and
-removes everything it created.
+Brings up four nodes (network namespaces on an underlay switch) and starts
+an overlay agent on each (`overlay-agent run` with every node as a seed
+peer, a shared gossip password, and nothing else: no topology file, no
+blocks assigned). The agents find each other and claim an address block
+each by gossip; the lab prints each node's `overlay-agent status`, creates
+two pods per node by running the overlay-cni plugin with CNI_COMMAND=ADD as
+a runtime does, prints the all-pairs connectivity table and each node's
+datapath counters, then waits until Ctrl-C (or the --hold time), deletes
+the pods through the plugin (CNI_COMMAND=DEL), checks that nothing is left,
+and removes everything it created.
 
 options:
-  --nodes N      nodes (default 2; more than 2 are joined by a switch)
+  --nodes N      nodes (default 4; more than 2 are joined by a switch)
   --pods N       pods per node (default 2)
   --hold SECS    keep the lab up this long, then tear down (default: until
                  Ctrl-C on a terminal, 0 otherwise)
@@ -39,7 +50,7 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
-        nodes: 2,
+        nodes: 4,
         pods: 2,
         hold: None,
     };
@@ -93,22 +104,47 @@ fn run(args: &Args) -> anyhow::Result<()> {
     .context("installing the Ctrl-C handler")?;
 
     eprintln!(
-        "lab: bringing up {} nodes with agents, {} pods each through overlay-cni",
+        "lab: bringing up {} nodes whose agents form the cluster by gossip from seeds, \
+         {} pods each through overlay-cni",
         args.nodes, args.pods
     );
-    let mut cluster = Cluster::new(args.nodes);
+    let started = Instant::now();
+    let mut cluster = Cluster::gossip(args.nodes);
+    let ready = started.elapsed();
+    let converged = cluster.wait_converged(args.nodes, CONVERGE_TIMEOUT);
+    eprintln!(
+        "lab: every agent had a settled block after {ready:.1?}; every node saw every other \
+         one alive with its block {converged:.1?} later"
+    );
+    for i in 0..args.nodes {
+        println!(
+            "\n=== node {} ({}): overlay-agent status ===",
+            i + 1,
+            cluster.lab.nodes[i].ip
+        );
+        print!("{}", cluster.status_text(i));
+    }
     let mut pods = Vec::new();
     for i in 0..args.nodes {
         for _ in 0..args.pods {
             pods.push(cluster.add_pod(i));
         }
     }
+    println!();
     for (i, node) in cluster.lab.nodes.iter().enumerate() {
+        let status = cluster.status(i);
+        let blocks: Vec<&str> = status["gossip"]["blocks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["state"] == "settled")
+            .filter_map(|b| b["block"].as_str())
+            .collect();
         println!(
-            "node {}: netns {}, block {}, agent socket {}, log {}",
+            "node {}: netns {}, blocks {}, agent socket {}, log {}",
             node.ip,
             node.ns.name,
-            node.block,
+            blocks.join(" "),
             cluster.agents[i].socket.display(),
             cluster.agents[i].log.display()
         );
@@ -142,10 +178,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nInspect: ip netns exec {} ping {}   |   overlay-agent status --pin-dir {}",
+        "\nInspect: ip netns exec {} ping {}   |   ip netns exec {} {} status",
         pods[0].ns.name,
         pods.last().map(|p| p.ip.to_string()).unwrap_or_default(),
-        cluster.lab.nodes[0].pin_dir.display()
+        cluster.lab.nodes[0].ns.name,
+        bin_path("overlay-agent").display()
     );
 
     let hold = args.hold.map(Duration::from_secs).unwrap_or_else(|| {

@@ -224,33 +224,13 @@ impl Cluster {
 
     /// Like [`Cluster::new`] with each node's blocks chosen by `blocks`.
     pub fn with_blocks(nodes: usize, blocks: impl Fn(usize) -> Vec<String>) -> Self {
-        let lab = Lab::new(&LabOptions {
-            modes: vec![Mode::Overlay; nodes],
-            pods_per_node: 0,
-            skip_datapath: true,
-            pod_mtu: None,
+        let mut c = Self::unstarted(nodes, |lab, dir| {
+            let topology: String = (0..nodes)
+                .map(|i| format!("{} {}\n", lab.nodes[i].ip, blocks(i).join(" ")))
+                .collect();
+            std::fs::write(dir.join("topology"), topology).expect("topology file");
+            Source::Static
         });
-        let dir = std::env::temp_dir().join(format!("ovl-{}", lab.tag));
-        std::fs::create_dir_all(&dir).expect("cluster dir");
-        let topology: String = (0..nodes)
-            .map(|i| format!("{} {}\n", lab.nodes[i].ip, blocks(i).join(" ")))
-            .collect();
-        std::fs::write(dir.join("topology"), topology).expect("topology file");
-        let agents = (0..nodes)
-            .map(|i| AgentProcess {
-                socket: dir.join(format!("n{}.sock", i + 1)),
-                state_dir: dir.join(format!("n{}-state", i + 1)),
-                log: dir.join(format!("n{}.log", i + 1)),
-                process: None,
-            })
-            .collect();
-        let mut c = Cluster {
-            lab,
-            agents,
-            dir,
-            source: Source::Static,
-            pods_made: 0,
-        };
         for i in 0..nodes {
             c.spawn_agent(i);
         }
@@ -266,6 +246,26 @@ impl Cluster {
     /// node a seed, a password file shared), each ready once it has
     /// settled a block of its own.
     pub fn gossip(nodes: usize) -> Self {
+        let mut c = Self::unstarted(nodes, |lab, dir| {
+            let password_file = dir.join("password");
+            std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
+            Source::Gossip {
+                password_file: Some(password_file),
+            }
+        });
+        for i in 0..nodes {
+            c.spawn_agent(i);
+        }
+        for i in 0..nodes {
+            c.wait_ready(i, Duration::from_secs(40));
+        }
+        c
+    }
+
+    /// The namespaces, directory and agent slots of a cluster whose agents
+    /// are not started yet; `source` writes what the agents read (topology
+    /// or password) into the directory and says which kind they are.
+    fn unstarted(nodes: usize, source: impl FnOnce(&Lab, &Path) -> Source) -> Self {
         let lab = Lab::new(&LabOptions {
             modes: vec![Mode::Overlay; nodes],
             pods_per_node: 0,
@@ -274,8 +274,7 @@ impl Cluster {
         });
         let dir = std::env::temp_dir().join(format!("ovl-{}", lab.tag));
         std::fs::create_dir_all(&dir).expect("cluster dir");
-        let password_file = dir.join("password");
-        std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
+        let source = source(&lab, &dir);
         let agents = (0..nodes)
             .map(|i| AgentProcess {
                 socket: dir.join(format!("n{}.sock", i + 1)),
@@ -284,22 +283,13 @@ impl Cluster {
                 process: None,
             })
             .collect();
-        let mut c = Cluster {
+        Cluster {
             lab,
             agents,
             dir,
-            source: Source::Gossip {
-                password_file: Some(password_file),
-            },
+            source,
             pods_made: 0,
-        };
-        for i in 0..nodes {
-            c.spawn_agent(i);
         }
-        for i in 0..nodes {
-            c.wait_ready(i, Duration::from_secs(40));
-        }
-        c
     }
 
     /// Runs `overlay-agent ARGS` in node `i`'s network namespace (the

@@ -10,9 +10,11 @@ pub mod cluster;
 pub mod cmd;
 pub mod cni_bench;
 pub mod cni_clients;
+pub mod gossip_sim;
 pub mod lab;
 pub mod netns;
 pub mod privileged;
+pub mod rogue;
 pub mod traffic;
 
 pub use cmd::{run, run_ok, sh};

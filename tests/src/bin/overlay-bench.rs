@@ -16,6 +16,10 @@
 //!
 //! Then the CNI part ([`overlay_tests::cni_bench`]): ADD and DEL latency of
 //! our plugin against the reference `bridge` + `host-local`, interleaved.
+//!
+//! Then the gossip part ([`overlay_tests::gossip_sim`]): a cluster of real
+//! gossip nodes in one process on a virtual clock (formation, a new node, a
+//! death, then partition rounds), in protocol time and wall-clock time.
 
 use std::{
     fmt::Write as _,
@@ -32,6 +36,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use overlay_common::Stat;
 use overlay_tests::{
     Lab, LabOptions, Mode, Netns, Process, cni_bench,
+    gossip_sim::{self, Membership, PartitionOptions, Partitions},
     lab::{KERNEL_VXLAN_DEV, UPLINK},
 };
 use serde_json::Value;
@@ -48,8 +53,16 @@ Options:
   --lat-duration S    seconds of the sockperf TCP request/response run [default: 5]
   --raw               also print every repetition's numbers
   --cni-rounds N      rounds of CNI ADD+DEL per plugin, interleaved [default: 200]
-  --cni-only          only the CNI part (no datapath scenarios)
-  --skip-cni          only the datapath scenarios (no CNI part)
+  --cni-only          only the CNI part
+  --skip-cni          leave the CNI part out
+  --gossip-only       only the gossip simulation (needs no root)
+  --skip-gossip       leave the gossip simulation out
+  --gossip-nodes N    nodes of the formation/new-node/death run, 0 for none
+                      [default: 1000]
+  --gossip-partition-nodes N
+                      nodes of the partition run [default: 200]
+  --gossip-rounds N   partition rounds, 0 for none [default: 5]
+  --gossip-seed N     seed of the partition run's random choices [default: 24301]
   -h, --help          print this help
 
 Scenarios (a fresh topology each, torn down afterwards):
@@ -70,14 +83,26 @@ host-local from /usr/lib/cni (ipMasq on), each in a node namespace of its own,
 one fresh pod namespace per round, plugin runs timed from spawn to exit, the
 two plugins alternating round by round after 5 warm-up rounds each.
 
+Gossip part (last): real gossip nodes (the agent's code) in one process over
+chitchat's in-memory transport on tokio's paused clock, so times are protocol
+time (1 s rounds, phi 8, 15 s settle), printed with the wall-clock each
+scenario took. A cluster of --gossip-nodes forms from 3 seeds (time until
+everyone sees everyone alive and routes everyone's block, steady bytes per node
+per second), a node joins, a node dies. Then --gossip-rounds partitions of a
+--gossip-partition-nodes cluster: random two-way splits (20-80 %) and every
+third round a three-way split with no majority, ~10 % of every side made to
+claim blocks, each cut held 45 s, healed, and checked: one owner per block, no
+conflict, identical topologies, nothing settled on a minority side.
+
 Needs root, iperf3, sockperf, taskset, ss and ping; for the CNI part
 containernetworking-plugins, iptables, nft and the overlay-agent and
 overlay-cni binaries built next to this one. Takes about
 reps x 5 x (duration x 2 + lat-duration + 12) seconds, plus about
-cni-rounds x 0.25 seconds for the CNI part.
+cni-rounds x 0.25 seconds for the CNI part, plus GOSSIP_MINUTES for the
+gossip part at its default sizes on two cores (the 1000-node run dominates).
 Exit status: 0 when measured (whatever the PASS/MISS lines say), 1 when a
-scenario or the CNI part failed, 64 on a bad command line, 130 when
-interrupted.
+scenario or the CNI part failed or the gossip simulation broke an invariant
+(VIOLATION lines), 64 on a bad command line, 130 when interrupted.
 ";
 
 /// Set by Ctrl-C (SIGINT), SIGTERM or SIGHUP; checked between steps.
@@ -153,25 +178,24 @@ impl Scenario {
 
 const N_SCENARIOS: usize = 5;
 
-/// Which parts run.
+/// Which parts run, in this order: `--cni-only` and `--gossip-only` run
+/// one part, `--skip-cni` and `--skip-gossip` leave one out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Parts {
-    /// Datapath scenarios, then CNI.
-    All,
-    /// `--cni-only`.
-    CniOnly,
-    /// `--skip-cni`.
-    SkipCni,
+struct Parts {
+    /// The datapath scenarios.
+    datapath: bool,
+    /// The CNI part.
+    cni: bool,
+    /// The gossip simulation.
+    gossip: bool,
 }
 
 impl Parts {
-    fn datapath(self) -> bool {
-        self != Parts::CniOnly
-    }
-
-    fn cni(self) -> bool {
-        self != Parts::SkipCni
-    }
+    const ALL: Parts = Parts {
+        datapath: true,
+        cni: true,
+        gossip: true,
+    };
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,6 +206,10 @@ struct Opts {
     raw: bool,
     parts: Parts,
     cni_rounds: u32,
+    gossip_nodes: u32,
+    gossip_partition_nodes: u32,
+    gossip_rounds: u32,
+    gossip_seed: u32,
 }
 
 impl Default for Opts {
@@ -191,8 +219,12 @@ impl Default for Opts {
             duration: 10,
             lat_duration: 5,
             raw: false,
-            parts: Parts::All,
+            parts: Parts::ALL,
             cni_rounds: 200,
+            gossip_nodes: 1000,
+            gossip_partition_nodes: 200,
+            gossip_rounds: 5,
+            gossip_seed: 0x5eed,
         }
     }
 }
@@ -215,6 +247,8 @@ fn parse_args(args: &[String]) -> Result<Cli, String> {
         Ok(n)
     }
     let mut opts = Opts::default();
+    let mut only: Option<&str> = None;
+    let (mut skip_cni, mut skip_gossip) = (false, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -230,23 +264,49 @@ fn parse_args(args: &[String]) -> Result<Cli, String> {
             "--raw" if inline.is_none() => opts.raw = true,
             "--raw" => return Err("--raw takes no value".into()),
             "--cni-rounds" => opts.cni_rounds = number(flag, value(), 10, 10_000)?,
-            "--cni-only" | "--skip-cni" if inline.is_some() => {
+            "--gossip-nodes" => {
+                opts.gossip_nodes = number(flag, value(), 0, 5000)?;
+                if (1..10).contains(&opts.gossip_nodes) {
+                    return Err(format!("{flag}: 0 (none) or at least 10"));
+                }
+            }
+            "--gossip-partition-nodes" => {
+                opts.gossip_partition_nodes = number(flag, value(), 10, 5000)?;
+            }
+            "--gossip-rounds" => opts.gossip_rounds = number(flag, value(), 0, 100)?,
+            "--gossip-seed" => opts.gossip_seed = number(flag, value(), 0, u32::MAX)?,
+            "--cni-only" | "--skip-cni" | "--gossip-only" | "--skip-gossip" if inline.is_some() => {
                 return Err(format!("{flag} takes no value"));
             }
-            "--cni-only" | "--skip-cni" => {
-                let parts = if flag == "--cni-only" {
-                    Parts::CniOnly
-                } else {
-                    Parts::SkipCni
-                };
-                if opts.parts != Parts::All && opts.parts != parts {
-                    return Err("--cni-only and --skip-cni exclude each other".into());
+            "--cni-only" | "--gossip-only" => {
+                if let Some(other) = only.filter(|o| *o != flag) {
+                    return Err(format!("{other} and {flag} exclude each other"));
                 }
-                opts.parts = parts;
+                only = Some(flag);
             }
+            "--skip-cni" => skip_cni = true,
+            "--skip-gossip" => skip_gossip = true,
             _ => return Err(format!("unexpected argument {arg:?}")),
         }
     }
+    opts.parts = match only {
+        Some("--cni-only") if skip_cni => {
+            return Err("--cni-only and --skip-cni exclude each other".into());
+        }
+        Some("--gossip-only") if skip_gossip => {
+            return Err("--gossip-only and --skip-gossip exclude each other".into());
+        }
+        Some(flag) => Parts {
+            datapath: false,
+            cni: flag == "--cni-only",
+            gossip: flag == "--gossip-only",
+        },
+        None => Parts {
+            datapath: true,
+            cni: !skip_cni,
+            gossip: !skip_gossip,
+        },
+    };
     Ok(Cli::Run(opts))
 }
 
@@ -1067,6 +1127,93 @@ fn report(results: &[Vec<Sample>; N_SCENARIOS], opts: &Opts, complete: bool) -> 
     o
 }
 
+/// Steady-traffic window measured after the gossip formation.
+const GOSSIP_WINDOW: Duration = Duration::from_secs(20);
+
+/// Waits of the gossip simulation give up when this says so (Ctrl-C).
+fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// What the gossip part produced, kept as it comes.
+#[derive(Default)]
+struct GossipResults {
+    membership: Option<Membership>,
+    partitions: Option<Partitions>,
+}
+
+impl GossipResults {
+    fn violations(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(m) = &self.membership {
+            v.extend(m.formation.problems.iter().cloned());
+        }
+        if let Some(p) = &self.partitions {
+            v.extend(p.violations());
+        }
+        v
+    }
+}
+
+/// Wall-clock seconds of the membership scenarios per million (nodes²),
+/// measured on this machine (release build).
+const GOSSIP_SECONDS_PER_MILLION_NODES_SQUARED: f64 = 300.0;
+/// Wall-clock seconds of one partition round per million (nodes²),
+/// measured likewise.
+const PARTITION_SECONDS_PER_ROUND_PER_MILLION: f64 = 750.0;
+
+/// Rough wall-clock minutes of the gossip part on this two-core machine:
+/// the simulation is single-threaded and its cost per virtual second grows
+/// with the square of the node count (every node gossips digests of every
+/// node).
+fn gossip_minutes(opts: &Opts) -> u32 {
+    if !opts.parts.gossip {
+        return 0;
+    }
+    let squared = |n: u32| f64::from(n) * f64::from(n);
+    let membership = GOSSIP_SECONDS_PER_MILLION_NODES_SQUARED * squared(opts.gossip_nodes) / 1e6;
+    // The cluster forms first: about one round's worth.
+    let rounds = match opts.gossip_rounds {
+        0 => 0,
+        r => r + 1,
+    };
+    let partitions = PARTITION_SECONDS_PER_ROUND_PER_MILLION
+        * squared(opts.gossip_partition_nodes)
+        * f64::from(rounds)
+        / 1e6;
+    ((membership + partitions) / 60.0).ceil() as u32
+}
+
+/// The gossip part: formation, a new node and a death at --gossip-nodes,
+/// then the partition rounds; each result lands in `out` as it comes.
+fn run_gossip(opts: &Opts, out: &mut GossipResults) {
+    let n = opts.gossip_nodes as usize;
+    if n > 0 {
+        eprintln!("[gossip] {n} nodes: formation, a new node, a death");
+        let m = gossip_sim::run(gossip_sim::membership(n, GOSSIP_WINDOW, true, stopped));
+        eprintln!(
+            "[gossip] membership done, {:.0} s wall-clock",
+            m.wall.as_secs_f64()
+        );
+        out.membership = Some(m);
+    }
+    if stopped() || opts.gossip_rounds == 0 {
+        return;
+    }
+    let mut o = PartitionOptions::new(
+        opts.gossip_partition_nodes as usize,
+        opts.gossip_rounds as usize,
+        u64::from(opts.gossip_seed),
+    );
+    o.progress = true;
+    o.stop = stopped;
+    eprintln!(
+        "[gossip] partitions: {} nodes, {} rounds, seed {}",
+        o.nodes, o.rounds, o.seed
+    );
+    out.partitions = Some(gossip_sim::run(gossip_sim::partitions(&o)));
+}
+
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|dir| Path::new(&dir).join(tool).is_file())
@@ -1090,18 +1237,22 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let privileged = opts.parts.datapath || opts.parts.cni;
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if privileged && unsafe { libc::geteuid() } != 0 {
         eprintln!(
             "overlay-bench: error: needs root (network namespaces and BPF); run it as root, \
-             e.g. `sudo -E cargo xtask bench`"
+             e.g. `sudo -E cargo xtask bench` (the gossip part alone, --gossip-only, needs no \
+             root)"
         );
         return ExitCode::FAILURE;
     }
-    let tools: &[&str] = if opts.parts.datapath() {
+    let tools: &[&str] = if opts.parts.datapath {
         &["ip", "iperf3", "sockperf", "taskset", "ss", "ping"]
-    } else {
+    } else if opts.parts.cni {
         &["ip"]
+    } else {
+        &[]
     };
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
     if !missing.is_empty() {
@@ -1112,7 +1263,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let missing_cni = if opts.parts.cni() {
+    let missing_cni = if opts.parts.cni {
         cni_bench::missing_prerequisites()
     } else {
         Vec::new()
@@ -1129,17 +1280,27 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let reps = if opts.parts.datapath() { opts.reps } else { 0 };
-    let cni_rounds = if opts.parts.cni() { opts.cni_rounds } else { 0 };
+    let reps = if opts.parts.datapath { opts.reps } else { 0 };
+    let cni_rounds = if opts.parts.cni { opts.cni_rounds } else { 0 };
     let per_scenario = 2 * (opts.duration + 1) + opts.lat_duration + 10;
-    let plan = match (reps, cni_rounds) {
-        (0, c) => format!("{c} CNI rounds"),
-        (r, 0) => format!("{r} repetition(s) x {N_SCENARIOS} scenarios"),
-        (r, c) => format!("{r} repetition(s) x {N_SCENARIOS} scenarios, then {c} CNI rounds"),
-    };
+    let mut plan = Vec::new();
+    if reps > 0 {
+        plan.push(format!("{reps} repetition(s) x {N_SCENARIOS} scenarios"));
+    }
+    if cni_rounds > 0 {
+        plan.push(format!("{cni_rounds} CNI rounds"));
+    }
+    if opts.parts.gossip {
+        plan.push(format!(
+            "the gossip simulation ({} nodes, then {} partition rounds of {} nodes)",
+            opts.gossip_nodes, opts.gossip_rounds, opts.gossip_partition_nodes
+        ));
+    }
     eprintln!(
-        "overlay-bench: {plan}, about {} min; Ctrl-C stops and tears down",
+        "overlay-bench: {}, about {} min; Ctrl-C stops and tears down",
+        plan.join(", then "),
         (reps * N_SCENARIOS as u32 * per_scenario + cni_rounds / 4).div_ceil(60)
+            + gossip_minutes(&opts)
     );
     let mut results: [Vec<Sample>; N_SCENARIOS] = Default::default();
     let mut failure = None;
@@ -1177,12 +1338,35 @@ fn main() -> ExitCode {
             Err(_) => {}
         }
     }
+    let mut gossip = GossipResults::default();
+    if opts.parts.gossip && failure.is_none() && !stopped() {
+        // A panic (a bug in the simulation itself) keeps what finished.
+        if let Err(p) =
+            std::panic::catch_unwind(AssertUnwindSafe(|| run_gossip(&opts, &mut gossip)))
+            && !stopped()
+        {
+            failure = Some(format!("gossip: panicked: {}", panic_message(&*p)));
+        }
+    }
     let interrupted = STOP.load(Ordering::SeqCst);
     if results.iter().any(|r| !r.is_empty()) {
         print!("{}", report(&results, &opts, complete));
     }
     if let Some(r) = &cni {
         print!("{}", cni_bench::report(r));
+    }
+    if gossip.membership.is_some() || gossip.partitions.is_some() {
+        print!(
+            "{}",
+            gossip_sim::report(gossip.membership.as_ref(), gossip.partitions.as_ref())
+        );
+        let violations = gossip.violations();
+        if !violations.is_empty() && failure.is_none() {
+            failure = Some(format!(
+                "gossip: {} broken invariant(s), see the VIOLATION lines",
+                violations.len()
+            ));
+        }
     }
     if let Some(f) = failure {
         eprintln!("overlay-bench: FAILED: {f}");
@@ -1236,7 +1420,11 @@ mod tests {
         assert_eq!(
             parse_args(&args(&["--cni-only", "--cni-rounds=50"])),
             Ok(Cli::Run(Opts {
-                parts: Parts::CniOnly,
+                parts: Parts {
+                    datapath: false,
+                    cni: true,
+                    gossip: false
+                },
                 cni_rounds: 50,
                 ..Opts::default()
             }))
@@ -1244,13 +1432,60 @@ mod tests {
         assert_eq!(
             parse_args(&args(&["--skip-cni", "--skip-cni"])),
             Ok(Cli::Run(Opts {
-                parts: Parts::SkipCni,
+                parts: Parts {
+                    cni: false,
+                    ..Parts::ALL
+                },
                 ..Opts::default()
             }))
         );
         assert!(parse_args(&args(&["--cni-only", "--skip-cni"])).is_err());
         assert!(parse_args(&args(&["--cni-only=1"])).is_err());
         assert!(parse_args(&args(&["--cni-rounds", "9"])).is_err());
+    }
+
+    #[test]
+    fn parses_gossip_flags() {
+        assert_eq!(
+            parse_args(&args(&[
+                "--gossip-only",
+                "--gossip-nodes=300",
+                "--gossip-partition-nodes",
+                "250",
+                "--gossip-rounds",
+                "0",
+                "--gossip-seed",
+                "7"
+            ])),
+            Ok(Cli::Run(Opts {
+                parts: Parts {
+                    datapath: false,
+                    cni: false,
+                    gossip: true
+                },
+                gossip_nodes: 300,
+                gossip_partition_nodes: 250,
+                gossip_rounds: 0,
+                gossip_seed: 7,
+                ..Opts::default()
+            }))
+        );
+        assert_eq!(
+            parse_args(&args(&["--skip-gossip", "--skip-cni"])),
+            Ok(Cli::Run(Opts {
+                parts: Parts {
+                    datapath: true,
+                    cni: false,
+                    gossip: false
+                },
+                ..Opts::default()
+            }))
+        );
+        assert!(parse_args(&args(&["--gossip-only", "--cni-only"])).is_err());
+        assert!(parse_args(&args(&["--gossip-only", "--skip-gossip"])).is_err());
+        assert!(parse_args(&args(&["--skip-gossip=1"])).is_err());
+        assert!(parse_args(&args(&["--gossip-nodes", "9"])).is_err());
+        assert!(parse_args(&args(&["--gossip-nodes", "0"])).is_ok());
     }
 
     #[test]

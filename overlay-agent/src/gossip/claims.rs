@@ -19,8 +19,10 @@
 //! the loser withdraws before settling. Two nodes that cannot gossip are in
 //! different partitions, and at most one partition holds a majority, so at
 //! most one of them can settle. The settle period must exceed the failure
-//! detector's window, so that a node cut off from the majority notices it
-//! has lost the quorum before its claim would settle. A settled claim beats
+//! detector's window plus the time a claim takes to spread, so that a node
+//! cut off from the majority notices it has lost the quorum before a claim
+//! made just before the cut (which the other side may not have seen) could
+//! settle. A settled claim beats
 //! any pending one, so healing never takes a block from the node using it.
 //! Two settled claims on one block (possible only if membership itself was
 //! wrong, e.g. a `forget` of a live node) are reported as a conflict: the

@@ -63,8 +63,9 @@ pub struct AgentConfig {
     #[arg(long, env = "OVERLAY_GOSSIP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub gossip_interval: Duration,
     /// How long a block claim is held, with a quorum, before addresses are
-    /// handed out of it. Must exceed the failure-detection time, so that a
-    /// node cut off from the majority notices before its claim settles.
+    /// handed out of it. Must exceed the failure-detection time plus the
+    /// few rounds a claim takes to spread, so that a node cut off from the
+    /// majority notices before its claim settles.
     #[arg(long, env = "OVERLAY_CLAIM_SETTLE", default_value = "30s", value_parser = parse_duration)]
     pub claim_settle: Duration,
     /// Failure detector threshold (phi): higher declares nodes dead later

@@ -681,7 +681,8 @@ impl fmt::Display for Formation {
         if let Some(t) = &self.steady {
             writeln!(
                 f,
-                "  steady traffic over {} s: {:.0} B/node/s, {:.1} datagrams/node/s, {:.0} B/datagram",
+                "  steady traffic over {} s: {:.0} B/node/s, {:.1} datagrams/node/s, \
+                 {:.0} B/datagram",
                 t.window.as_secs(),
                 t.bytes_per_node_per_s,
                 t.datagrams_per_node_per_s,
@@ -1081,7 +1082,8 @@ impl fmt::Display for PartitionRound {
         for (k, g) in self.groups.iter().enumerate() {
             writeln!(
                 f,
-                "  group {k}: {} nodes{}, {} starved: settled {} during the partition, {} pending at heal",
+                "  group {k}: {} nodes{}, {} starved: settled {} during the partition, \
+                 {} pending at heal",
                 g.size,
                 if g.majority { " (majority)" } else { "" },
                 g.starved,
@@ -1564,9 +1566,9 @@ pub fn report(membership: Option<&Membership>, partitions: Option<&Partitions>) 
             p.formation.wall.as_secs_f64()
         );
         o.push_str(
-            "| round | split | starved | held s | minority lost quorum s | settled majority | \
-             settled minority | settled after heal | all alive after heal s | converged after \
-             heal s | violations | wall-clock s |\n\
+            "| round | split | starved | held s | minority lost quorum s (first–last node) | \
+             settled majority | settled minority | settled after heal | all alive after heal s \
+             | converged after heal s | violations | wall-clock s |\n\
              |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &p.rounds {
@@ -1577,7 +1579,11 @@ pub fn report(membership: Option<&Membership>, partitions: Option<&Partitions>) 
                 r.split(),
                 r.groups.iter().map(|g| g.starved).sum::<usize>(),
                 r.hold.as_secs(),
-                secs(r.minority_quorum_lost),
+                format!(
+                    "{}–{}",
+                    secs(r.minority_quorum_lost_first),
+                    secs(r.minority_quorum_lost)
+                ),
                 r.settled_majority(),
                 r.settled_minority(),
                 r.settled_after_heal,

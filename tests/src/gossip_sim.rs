@@ -1574,16 +1574,13 @@ pub fn report(membership: Option<&Membership>, partitions: Option<&Partitions>) 
         for r in &p.rounds {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} | {} | {} | {}–{} | {} | {} | {} | {} | {} | {} | {:.1} |",
                 r.round,
                 r.split(),
                 r.groups.iter().map(|g| g.starved).sum::<usize>(),
                 r.hold.as_secs(),
-                format!(
-                    "{}–{}",
-                    secs(r.minority_quorum_lost_first),
-                    secs(r.minority_quorum_lost)
-                ),
+                secs(r.minority_quorum_lost_first),
+                secs(r.minority_quorum_lost),
                 r.settled_majority(),
                 r.settled_minority(),
                 r.settled_after_heal,

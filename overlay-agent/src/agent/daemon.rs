@@ -293,6 +293,16 @@ async fn start_gossip(config: &AgentConfig, agent: Arc<Agent>) -> Result<Gossip,
         authenticated = key.is_some(),
         "starting gossip"
     );
+    // Detection takes about phi rounds after the last heartbeat, more on
+    // large clusters; the settle period must also cover a claim's spread.
+    let detection = config.gossip_interval.mul_f64(config.phi_threshold);
+    if config.claim_settle < detection * 3 {
+        warn!(
+            settle = ?config.claim_settle, ?detection,
+            "--claim-settle is less than three failure-detection times: a node cut off from \
+             the majority might settle a claim the other side also settles (duplicate addresses)"
+        );
+    }
     let free = Arc::new(move |blocks: &[ipnet::Ipv4Net]| agent.free_addresses(blocks));
     Gossip::spawn(gc, &transport, free, wire)
         .await

@@ -223,6 +223,10 @@ impl Gossip {
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: config.phi_threshold,
                 initial_interval: config.interval,
+                // chitchat's default keeps 1000 heartbeat intervals per peer
+                // (8 KB each: 8 MB per agent at 1000 peers); 100 samples
+                // estimate the mean as well for a detector this coarse.
+                sampling_window_size: 100,
                 // A dead node's state (and so its block claims) is kept until
                 // it is forgotten: dropping it would free blocks whose pods
                 // may still exist.

@@ -207,9 +207,10 @@ pub enum Source {
 /// Gossip interval of lab agents: short, so that failure detection takes
 /// about two seconds.
 pub const LAB_GOSSIP_INTERVAL: &str = "200ms";
-/// Claim settle period of lab agents: above the failure-detection time at
-/// [`LAB_GOSSIP_INTERVAL`].
-pub const LAB_CLAIM_SETTLE: &str = "4s";
+/// Claim settle period of lab agents: three failure-detection times at
+/// [`LAB_GOSSIP_INTERVAL`] (phi 8 × 200 ms × 3 = 4.8 s), the least the agent
+/// accepts without a warning.
+pub const LAB_CLAIM_SETTLE: &str = "5s";
 
 /// Cluster range of the lab.
 pub const RANGE: &str = "10.32.0.0/12";

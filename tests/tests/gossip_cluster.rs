@@ -14,7 +14,7 @@ use std::{
 use overlay_agent::gossip::{DEFAULT_GOSSIP_PORT, auth::KEYED_OVERHEAD};
 use overlay_tests::{
     Process,
-    cluster::{Cluster, CniPod},
+    cluster::{Cluster, CniPod, LAB_CLAIM_SETTLE},
     lab::{UPLINK, node_ip},
     require_privileges,
     rogue::{self, RogueConfig, RogueNode},
@@ -431,10 +431,11 @@ fn node_cut_off_the_underlay_is_withdrawn_loses_quorum_and_rejoins_without_confl
         t.elapsed()
     );
 
-    // Stay cut for longer than the claim settle period (4 s): any claim
-    // made now would have settled by the end.
+    // Stay cut for longer than the claim settle period: any claim made now
+    // would have settled by the end.
+    let settle = overlay_agent::config::parse_duration(LAB_CLAIM_SETTLE).unwrap();
     let hold = Instant::now();
-    while hold.elapsed() < Duration::from_secs(5) {
+    while hold.elapsed() < settle + Duration::from_secs(1) {
         let s = c.status(cut);
         assert_eq!(
             s["gossip"]["quorum"], false,

@@ -188,7 +188,7 @@ impl Agent {
     /// of the report is filled in by the daemon).
     pub fn report(&self) -> report::NodeReport {
         let state = self.lock();
-        let ready = state.topology_applied && !state.ipam.blocks().is_empty();
+        let ready = self.readiness(&state).is_ok();
         let mut datapath = report::DatapathReport {
             attachments: crate::datapath::attachments(&self.config.pin_dir),
             ..Default::default()
@@ -225,11 +225,6 @@ impl Agent {
         self.status().is_ok()
     }
 
-    /// The agent's configuration.
-    pub fn config(&self) -> &AgentConfig {
-        &self.config
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the state as consistent as
         // the steps that ran (each is idempotent and undone by DEL or GC).
@@ -237,7 +232,12 @@ impl Agent {
     }
 
     fn status(&self) -> Result<(), CniError> {
-        let state = self.lock();
+        self.readiness(&self.lock())
+    }
+
+    /// Why ADD cannot be served yet, if it cannot (STATUS, `/healthz` and
+    /// the report's `ready` all ask this).
+    fn readiness(&self, state: &State) -> Result<(), CniError> {
         if !state.topology_applied {
             return Err(CniError::new(
                 code::PLUGIN_NOT_AVAILABLE,

@@ -28,7 +28,7 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::{
-    auth::WireCounters,
+    auth::{WireCounters, WireStats},
     claims::{ClaimConfig, Claimer, Event},
     status::{BlockState, BlockStatus, ConflictStatus, GossipStatus, PeerState, PeerStatus},
     view::{
@@ -161,6 +161,7 @@ struct Shared {
 pub struct Gossip {
     chitchat: ChitchatHandle,
     shared: Arc<Shared>,
+    wire: Arc<WireCounters>,
     topology: watch::Receiver<Topology>,
     task: JoinHandle<()>,
     name: String,
@@ -255,7 +256,6 @@ impl Gossip {
             claimer,
             config,
             free,
-            wire,
             shared: shared.clone(),
             topology: topo_tx,
             cache: HashMap::new(),
@@ -269,6 +269,7 @@ impl Gossip {
         Ok(Self {
             chitchat,
             shared,
+            wire,
             topology: topo_rx,
             task,
             name,
@@ -281,9 +282,12 @@ impl Gossip {
         self.topology.clone()
     }
 
-    /// A snapshot of the status.
+    /// A snapshot of the status, with the wire counters as of now.
     pub fn status(&self) -> GossipStatus {
-        lock(&self.shared.status).clone()
+        GossipStatus {
+            wire: self.wire.snapshot(),
+            ..lock(&self.shared.status).clone()
+        }
     }
 
     /// The chitchat handle (simulations use it to inspect and to partition).
@@ -354,7 +358,6 @@ struct Runner {
     claimer: Claimer,
     config: GossipConfig,
     free: FreeAddresses,
-    wire: Arc<WireCounters>,
     shared: Arc<Shared>,
     topology: watch::Sender<Topology>,
     /// Parsed records by node instance, with the version they were parsed at.
@@ -390,7 +393,8 @@ impl Runner {
         let cc = self.chitchat.clone();
         let mut cc = cc.lock().await;
         let forced = self.shared.rebuild.swap(false, Ordering::Relaxed);
-        if membership_changed || forced || self.ticks % FORCED_REBUILD_TICKS == 1 {
+        let rebuilt = membership_changed || forced || self.ticks % FORCED_REBUILD_TICKS == 1;
+        if rebuilt {
             self.rebuild(&cc);
         }
         let free = (self.free)(&self.claimer.usable());
@@ -426,8 +430,12 @@ impl Runner {
         }
         self.published = want;
         self.persist();
-        self.publish_topology();
-        self.publish_status();
+        // Topology and status derive from the view and the claims only: when
+        // neither moved, there is nothing new to publish.
+        if rebuilt || !events.is_empty() {
+            self.publish_topology();
+            self.publish_status();
+        }
     }
 
     fn rebuild(&mut self, cc: &chitchat::Chitchat) {
@@ -573,7 +581,8 @@ impl Runner {
             conflicts,
             forgotten: v.forgotten.clone(),
             ignored_values: v.ignored_values,
-            wire: self.wire.snapshot(),
+            // Filled in by `Gossip::status` when asked for.
+            wire: WireStats::default(),
         };
         *lock(&self.shared.status) = status;
     }

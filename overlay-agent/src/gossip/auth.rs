@@ -1193,13 +1193,20 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_message_too_large_for_one_datagram_crosses_in_fragments_and_arrives_whole() {
+    /// Two loopback sockets sharing a key; the counters are the receiver's
+    /// (the second socket).
+    async fn keyed_pair() -> (SecureUdpSocket, SecureUdpSocket, Arc<WireCounters>) {
         let counters = Arc::<WireCounters>::default();
         let a = SecureUdpTransport::new(Some(key("pw")), 1, 1, Arc::default());
         let b = SecureUdpTransport::new(Some(key("pw")), 2, 1, counters.clone());
-        let mut a_socket = a.bind(LOOPBACK).await.expect("open a");
-        let mut b_socket = b.bind(LOOPBACK).await.expect("open b");
+        let a_socket = a.bind(LOOPBACK).await.expect("open a");
+        let b_socket = b.bind(LOOPBACK).await.expect("open b");
+        (a_socket, b_socket, counters)
+    }
+
+    #[tokio::test]
+    async fn a_message_too_large_for_one_datagram_crosses_in_fragments_and_arrives_whole() {
+        let (mut a_socket, mut b_socket, counters) = keyed_pair().await;
         // chitchat fills replies up to the UDP limit; this one is as large
         // and does not fit once framed.
         let big = ChitchatMessage::Syn {
@@ -1223,11 +1230,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_syn_crosses_udp_sealed_and_arrives_whole() {
-        let counters = Arc::<WireCounters>::default();
-        let a = SecureUdpTransport::new(Some(key("pw")), 1, 1, Arc::default());
-        let b = SecureUdpTransport::new(Some(key("pw")), 2, 1, counters.clone());
-        let mut a_socket = a.bind(LOOPBACK).await.expect("open a");
-        let mut b_socket = b.bind(LOOPBACK).await.expect("open b");
+        let (mut a_socket, mut b_socket, counters) = keyed_pair().await;
         a_socket
             .send(b_socket.local_addr, syn())
             .await

@@ -21,8 +21,9 @@ pub struct AgentConfig {
     #[arg(long, env = "OVERLAY_NODE_IP")]
     pub node_ip: Ipv4Addr,
     /// The node's underlay interface (VXLAN arrives and leaves here).
+    /// Defaults to the interface that holds --node-ip.
     #[arg(long, env = "OVERLAY_UPLINK")]
-    pub uplink: String,
+    pub uplink: Option<String>,
     /// This node's name in the cluster (unique; letters, digits, `.`, `_`,
     /// `-`). Defaults to the host name.
     #[arg(long, env = "OVERLAY_NODE_NAME")]
@@ -76,6 +77,27 @@ pub struct AgentConfig {
     /// `POST /forget/NODE`). Keep it on loopback: it is not authenticated.
     #[arg(long, env = "OVERLAY_STATUS_ADDR", default_value = crate::paths::STATUS_ADDR)]
     pub status_addr: std::net::SocketAddr,
+    /// Prometheus metrics endpoint (`GET /metrics`). Use `off` to disable.
+    #[arg(long, env = "OVERLAY_METRICS_ADDR", default_value = crate::paths::METRICS_ADDR, value_parser = parse_optional_addr)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Use the Kubernetes API: discover seed peers from the Nodes'
+    /// InternalIP, reclaim the blocks of deleted Nodes, and set this Node's
+    /// NetworkUnavailable condition to False once the datapath is up.
+    /// `auto` uses it when running in a pod (KUBERNETES_SERVICE_HOST set)
+    /// or when --kube-api is given.
+    #[arg(long, env = "OVERLAY_KUBERNETES", default_value = "auto", value_enum)]
+    pub kubernetes: KubeMode,
+    /// Kubernetes API server URL; defaults to the in-cluster one
+    /// (https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT).
+    #[arg(long, env = "OVERLAY_KUBE_API")]
+    pub kube_api: Option<String>,
+    /// Bearer token file for the API (re-read on every call, as projected
+    /// service-account tokens rotate).
+    #[arg(long, env = "OVERLAY_KUBE_TOKEN_FILE", default_value = paths::KUBE_TOKEN_FILE)]
+    pub kube_token_file: PathBuf,
+    /// CA bundle that signs the API server's certificate.
+    #[arg(long, env = "OVERLAY_KUBE_CA_FILE", default_value = paths::KUBE_CA_FILE)]
+    pub kube_ca_file: PathBuf,
     /// Static topology file instead of gossip (testing, or clusters whose
     /// blocks are assigned by hand): one line per node,
     /// `NODE_IP BLOCK [BLOCK...]`, this node included.
@@ -108,6 +130,28 @@ pub struct AgentConfig {
     /// `ip overlay`).
     #[arg(long, env = "OVERLAY_NO_MASQUERADE")]
     pub no_masquerade: bool,
+}
+
+/// Whether to use the Kubernetes API.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeMode {
+    /// When in a pod, or when --kube-api is set.
+    Auto,
+    /// Always; fail at start when the API is not configured.
+    On,
+    /// Never.
+    Off,
+}
+
+/// `off` (or empty) for none, else a socket address.
+pub fn parse_optional_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    match s.trim() {
+        "" | "off" | "none" => Ok(None),
+        a => a
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{a:?} is not IP:PORT (or `off`): {e}")),
+    }
 }
 
 /// Parses `250ms`, `2s`, `1m` (a bare number is seconds).

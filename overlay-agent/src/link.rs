@@ -86,6 +86,41 @@ pub fn mac(iface: &str) -> Result<[u8; 6], LinkError> {
     Ok(out)
 }
 
+/// The interface that holds `ip` (the uplink, when the node's address is
+/// all that is configured). `Ok(None)` when no interface has it.
+pub fn holding(ip: std::net::Ipv4Addr) -> io::Result<Option<String>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null ifa_addr points at a sockaddr of its family.
+        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: AF_INET addresses are sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        if std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == ip {
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+            found = Some(name.to_string_lossy().into_owned());
+            break;
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +133,18 @@ mod tests {
         assert!(e.to_string().contains("no-such-if0"), "{e}");
         assert!(ifindex("a-name-that-is-too-long").is_err());
         assert!(ifindex("").is_err());
+    }
+
+    #[test]
+    fn the_interface_holding_an_address_is_found() {
+        assert_eq!(
+            holding(std::net::Ipv4Addr::LOCALHOST).unwrap().as_deref(),
+            Some("lo")
+        );
+        // TEST-NET-1 is on no interface of a test machine.
+        assert_eq!(
+            holding(std::net::Ipv4Addr::new(192, 0, 2, 213)).unwrap(),
+            None
+        );
     }
 }

@@ -23,3 +23,13 @@ pub const STATUS_ADDR: &str = "127.0.0.1:6784";
 
 /// File under the state directory listing the blocks this node owns.
 pub const BLOCKS_FILE: &str = "blocks.json";
+
+/// Prometheus metrics endpoint (every address: Prometheus scrapes it from
+/// another host).
+pub const METRICS_ADDR: &str = "0.0.0.0:6782";
+
+/// The service-account token a pod gets.
+pub const KUBE_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// The cluster CA a pod gets.
+pub const KUBE_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";

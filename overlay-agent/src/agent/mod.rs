@@ -80,15 +80,31 @@ impl Agent {
                 config.vni
             )));
         }
-        let uplink_ifindex = link::ifindex(&config.uplink).map_err(AgentError::Uplink)?;
+        let uplink = match &config.uplink {
+            Some(u) => u.clone(),
+            None => link::holding(config.node_ip)
+                .map_err(|e| {
+                    AgentError::Config(format!(
+                        "finding the interface that holds {}: {e}",
+                        config.node_ip
+                    ))
+                })?
+                .ok_or_else(|| {
+                    AgentError::Config(format!(
+                        "no interface holds the node address {}: set --uplink (OVERLAY_UPLINK) \
+                         or correct --node-ip (OVERLAY_NODE_IP)",
+                        config.node_ip
+                    ))
+                })?,
+        };
+        let uplink_ifindex = link::ifindex(&uplink).map_err(AgentError::Uplink)?;
         let pod_mtu = match config.mtu {
             Some(m) => m,
             None => {
-                let m = link::mtu(&config.uplink).map_err(AgentError::Uplink)?;
+                let m = link::mtu(&uplink).map_err(AgentError::Uplink)?;
                 m.checked_sub(VXLAN_OVERHEAD).ok_or_else(|| {
                     AgentError::Config(format!(
-                        "uplink {} MTU {m} is smaller than VXLAN's {VXLAN_OVERHEAD} bytes",
-                        config.uplink
+                        "uplink {uplink} MTU {m} is smaller than VXLAN's {VXLAN_OVERHEAD} bytes"
                     ))
                 })?
             }
@@ -111,7 +127,7 @@ impl Agent {
         })
         .map_err(AgentError::Maps)?;
         datapath
-            .attach_uplink(&config.uplink)
+            .attach_uplink(&uplink)
             .map_err(AgentError::Datapath)?;
         let ipam =
             Ipam::open(&config.state_dir.join("ipam"), Vec::new()).map_err(AgentError::Ipam)?;
@@ -120,7 +136,7 @@ impl Agent {
         }
         info!(
             node_ip = %config.node_ip,
-            uplink = %config.uplink,
+            uplink = %uplink,
             pod_mtu,
             vxlan_port = config.vxlan_port,
             vni = config.vni,

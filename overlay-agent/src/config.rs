@@ -79,7 +79,7 @@ pub struct AgentConfig {
     pub status_addr: std::net::SocketAddr,
     /// Prometheus metrics endpoint (`GET /metrics`). Use `off` to disable.
     #[arg(long, env = "OVERLAY_METRICS_ADDR", default_value = crate::paths::METRICS_ADDR, value_parser = parse_optional_addr)]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: OptionalAddr,
     /// Use the Kubernetes API: discover seed peers from the Nodes'
     /// InternalIP, reclaim the blocks of deleted Nodes, and set this Node's
     /// NetworkUnavailable condition to False once the datapath is up.
@@ -143,13 +143,17 @@ pub enum KubeMode {
     Off,
 }
 
+/// A listening address that can be turned off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<std::net::SocketAddr>);
+
 /// `off` (or empty) for none, else a socket address.
-pub fn parse_optional_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+pub fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     match s.trim() {
-        "" | "off" | "none" => Ok(None),
+        "" | "off" | "none" => Ok(OptionalAddr(None)),
         a => a
             .parse()
-            .map(Some)
+            .map(|a| OptionalAddr(Some(a)))
             .map_err(|e| format!("{a:?} is not IP:PORT (or `off`): {e}")),
     }
 }

@@ -19,6 +19,7 @@ pub mod ipam;
 pub mod link;
 pub mod maps;
 pub mod masquerade;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod paths;

@@ -616,6 +616,19 @@ impl Cluster {
             .collect()
     }
 
+    /// Node `i`'s Prometheus metrics (`GET :6782/metrics` on the node's
+    /// loopback), as text.
+    pub fn metrics(&self, i: usize) -> String {
+        let addr: std::net::SocketAddr = "127.0.0.1:6782".parse().expect("constant");
+        let (code, body) = overlay_agent::netns::run_in(&self.lab.nodes[i].ns.path(), || {
+            overlay_agent::api::http::call(addr, "GET", "/metrics")
+        })
+        .expect("entering the node's namespace")
+        .unwrap_or_else(|e| panic!("scraping node {i}'s metrics: {e}"));
+        assert_eq!(code, 200, "GET /metrics on node {i}: {body}");
+        body
+    }
+
     /// The agent's log so far.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.agents[i].log).unwrap_or_default()

@@ -20,6 +20,7 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::{Agent, AgentError};
 use crate::{
+    agent::report::NodeReport,
     api::{
         http::{self, Handler, Request, Response},
         server,
@@ -31,6 +32,7 @@ use crate::{
         claims::ClaimConfig,
         view::fnv1a,
     },
+    metrics::{Instrumented, Metrics},
     paths,
     topology::{Topology, TopologyError},
 };
@@ -96,8 +98,10 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         Some(path) => Some(Topology::load(path).map_err(DaemonError::Topology)?),
         None => None,
     };
+    log_startup(&config);
     let socket = config.socket.clone();
     let status_addr = config.status_addr;
+    let metrics = Arc::new(Metrics::new());
     let agent_config = config.clone();
     let agent = tokio::task::spawn_blocking(move || Agent::start(agent_config))
         .await
@@ -133,19 +137,46 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             what: format!("status endpoint {status_addr}"),
             source,
         })?;
+    let metrics_listener = match config.metrics_addr.0 {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    what: format!("metrics endpoint {addr}"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let cni_handler: Arc<dyn crate::api::Handler> =
+        Arc::new(Instrumented::new(agent.clone(), metrics.clone()));
     let serving = tokio::spawn(
-        server::serve(listener, agent.clone(), stop_rx.clone()).instrument(info_span!("socket")),
+        server::serve(listener, cni_handler, stop_rx.clone()).instrument(info_span!("socket")),
     );
     let serving_http = tokio::spawn(
         http::serve(
             http_listener,
             status_handler(agent.clone(), gossip.clone()),
-            stop_rx,
+            stop_rx.clone(),
         )
         .instrument(info_span!("status")),
     );
-    info!(socket = %socket.display(), status = %status_addr, "serving overlay-cni and the status endpoint");
+    let serving_metrics = metrics_listener.map(|l| {
+        tokio::spawn(
+            http::serve(
+                l,
+                metrics_handler(agent.clone(), gossip.clone(), metrics.clone()),
+                stop_rx.clone(),
+            )
+            .instrument(info_span!("metrics")),
+        )
+    });
+    info!(
+        socket = %socket.display(), status = %status_addr,
+        metrics = %config.metrics_addr.0.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        "serving overlay-cni, the status endpoint and metrics"
+    );
 
     let mut source_open = true;
     loop {
@@ -176,6 +207,9 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let _ = stop_tx.send(true);
     let _ = serving.await;
     let _ = serving_http.await;
+    if let Some(m) = serving_metrics {
+        let _ = m.await;
+    }
     if let Some(g) = gossip.and_then(Arc::into_inner) {
         g.shutdown().await;
     }
@@ -194,6 +228,31 @@ async fn apply(agent: &Arc<Agent>, topology: Topology) -> Result<(), DaemonError
         error!(error = %crate::cni::error::chain(&e), "applying the topology");
     }
     Ok(())
+}
+
+/// One line with everything an operator needs to know about how this
+/// agent was started.
+fn log_startup(config: &AgentConfig) {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node_name = config.node_name.as_deref().unwrap_or("(host name)"),
+        node_ip = %config.node_ip,
+        uplink = config.uplink.as_deref().unwrap_or("(interface holding node_ip)"),
+        mode = if config.topology.is_some() { "static topology" } else { "gossip" },
+        peers = ?config.peers,
+        kubernetes = ?config.kubernetes,
+        ipalloc_range = %config.ipalloc_range,
+        block_size = config.block_size,
+        vxlan_port = config.vxlan_port,
+        vni = config.vni,
+        mtu = config.mtu.map(|m| m.to_string()).unwrap_or_else(|| "auto".into()),
+        gossip_port = config.gossip_port,
+        authenticated = config.password.is_some() || config.password_file.is_some(),
+        masquerade = !config.no_masquerade,
+        pin_dir = %config.pin_dir.display(),
+        state_dir = %config.state_dir.display(),
+        "overlay-agent starting"
+    );
 }
 
 /// Reads the password from the flag or the file; `None` when neither is
@@ -317,17 +376,49 @@ fn status_handler(agent: Arc<Agent>, gossip: Option<Arc<Gossip>>) -> Handler {
     })
 }
 
+/// The node's whole report: the agent's part (maps read on a blocking
+/// thread) and gossip's.
+async fn full_report(
+    agent: &Arc<Agent>,
+    gossip: Option<&Arc<Gossip>>,
+) -> Result<NodeReport, tokio::task::JoinError> {
+    let a = agent.clone();
+    let mut report = tokio::task::spawn_blocking(move || a.report()).await?;
+    report.gossip = gossip.map(|g| g.status());
+    Ok(report)
+}
+
+fn metrics_handler(
+    agent: Arc<Agent>,
+    gossip: Option<Arc<Gossip>>,
+    metrics: Arc<Metrics>,
+) -> Handler {
+    Arc::new(move |req: Request| {
+        let agent = agent.clone();
+        let gossip = gossip.clone();
+        let metrics = metrics.clone();
+        Box::pin(async move {
+            match (req.method.as_str(), req.path.as_str()) {
+                ("GET", "/metrics") => match full_report(&agent, gossip.as_ref()).await {
+                    Ok(report) => Response {
+                        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ..Response::text(200, metrics.render(report))
+                    },
+                    Err(e) => Response::text(500, format!("metrics failed: {e}\n")),
+                },
+                (_, "/metrics") => Response::text(405, "use GET\n"),
+                _ => Response::text(404, "try GET /metrics\n"),
+            }
+        })
+    })
+}
+
 async fn route(req: Request, agent: Arc<Agent>, gossip: Option<Arc<Gossip>>) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/status") => {
-            let a = agent.clone();
-            let mut report = match tokio::task::spawn_blocking(move || a.report()).await {
-                Ok(r) => r,
-                Err(e) => return Response::text(500, format!("status failed: {e}\n")),
-            };
-            report.gossip = gossip.map(|g| g.status());
-            Response::json(200, &report)
-        }
+        ("GET", "/status") => match full_report(&agent, gossip.as_ref()).await {
+            Ok(report) => Response::json(200, &report),
+            Err(e) => Response::text(500, format!("status failed: {e}\n")),
+        },
         ("GET", "/healthz") => {
             let a = agent.clone();
             match tokio::task::spawn_blocking(move || a.is_ready()).await {

@@ -114,8 +114,6 @@ impl Agent {
                 if let Err(release) = state.ipam.release(&req.container_id, &req.ifname) {
                     warn!(error = %chain(&release), "releasing the address of a failed ADD");
                 }
-                warn!(container_id = %req.container_id, pod = pod.as_deref().unwrap_or("-"),
-                    error = %e, "ADD failed");
                 Err(e)
             }
         }

@@ -263,6 +263,7 @@ impl Gossip {
             published: BTreeMap::new(),
             ticks: 0,
             persisted: None,
+            liveness: HashMap::new(),
         };
         let span = info_span!("gossip", node = %name);
         let task = tokio::spawn(runner.run().instrument(span));
@@ -367,6 +368,8 @@ struct Runner {
     published: BTreeMap<Ipv4Net, Claim>,
     ticks: u64,
     persisted: Option<BTreeMap<Ipv4Net, u64>>,
+    /// Each peer's liveness at the last rebuild, to log joins and leaves.
+    liveness: HashMap<String, bool>,
 }
 
 /// Rebuild the view at least this often even if nothing seems to change.
@@ -457,6 +460,37 @@ impl Runner {
             live: live.contains(id),
             record: r,
         }));
+        self.log_membership();
+    }
+
+    /// One line per peer that joined, came back, died or was forgotten
+    /// since the last rebuild.
+    fn log_membership(&mut self) {
+        let me = &self.config.node_name;
+        for m in self.view.members.values().filter(|m| &m.name != me) {
+            let ip = m.record.ip.map(|ip| ip.to_string()).unwrap_or_default();
+            match (self.liveness.get(&m.name).copied(), m.live) {
+                (None, true) => {
+                    info!(peer = %m.name, %ip, gossip_addr = %m.gossip_addr, "peer joined")
+                }
+                (Some(false), true) => info!(peer = %m.name, %ip, "peer is back: routes restored"),
+                (Some(true), false) => warn!(
+                    peer = %m.name, %ip,
+                    "peer declared dead: its routes are withdrawn, its blocks stay reserved"
+                ),
+                (None, false) => info!(peer = %m.name, %ip, "peer known, but not alive"),
+                _ => {}
+            }
+        }
+        let members = &self.view.members;
+        for name in self.liveness.keys().filter(|n| !members.contains_key(*n)) {
+            info!(peer = %name, "peer left the membership (forgotten or expired)");
+        }
+        self.liveness = members
+            .values()
+            .filter(|m| &m.name != me)
+            .map(|m| (m.name.clone(), m.live))
+            .collect();
     }
 
     fn persist(&mut self) {

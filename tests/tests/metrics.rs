@@ -1,0 +1,178 @@
+//! The Prometheus endpoint in the lab: scraped from a running gossip
+//! cluster, its numbers move with what happens on the node (pods added,
+//! pod traffic across nodes, spoofed VXLAN, forged gossip, failed CNI
+//! calls), and the agent's log names the pods of CNI operations.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use overlay_agent::gossip::{
+    DEFAULT_GOSSIP_PORT,
+    auth::{Key, Sealer},
+};
+use overlay_common::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
+use overlay_tests::{
+    cluster::{Cluster, CniCall, invoke_env, result_ip},
+    lab::node_ip,
+    require_privileges,
+    rogue::send_datagrams,
+};
+
+/// The value of the sample `series` (metric name and labels, exactly as
+/// exposed), or `None` when there is no such line.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or_else(|| panic!("no {series} in the scrape:\n{text}"))
+}
+
+fn with_prev(config: &str, prev: &serde_json::Value) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(config).expect("config is JSON");
+    v["prevResult"] = prev.clone();
+    v.to_string()
+}
+
+/// A VXLAN datagram (header + inner Ethernet/IPv4) as a rogue host would
+/// send it to a node's VXLAN port.
+fn vxlan_datagram() -> Vec<u8> {
+    let mut d = vec![0x08, 0, 0, 0];
+    d.extend_from_slice(&DEFAULT_VNI.to_be_bytes()[1..]);
+    d.push(0);
+    d.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00]);
+    d.extend_from_slice(&[
+        0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 32, 9, 9, 10, 32, 0, 2,
+    ]);
+    d
+}
+
+#[test]
+fn metrics_move_with_pods_traffic_drops_and_forged_gossip() {
+    if !require_privileges("metrics_move_with_pods_traffic_drops_and_forged_gossip") {
+        return;
+    }
+    let mut c = Cluster::gossip(3);
+    c.wait_converged(3, Duration::from_secs(30));
+    let before = c.metrics(0);
+    println!("first scrape of node 0:\n{before}");
+    assert_eq!(value(&before, "overlay_ready"), 1.0);
+    assert_eq!(value(&before, r#"overlay_peers{state="alive"}"#), 2.0);
+    assert_eq!(value(&before, r#"overlay_peers{state="dead"}"#), 0.0);
+    assert!(value(&before, "overlay_ipam_blocks") >= 1.0);
+    assert_eq!(value(&before, "overlay_gossip_quorum"), 1.0);
+
+    // A pod on node 0, added as kubelet would (with CNI_ARGS), and one on
+    // node 1.
+    let ns = c.new_pod_ns(0);
+    let path = ns.path().display().to_string();
+    let config = c.config(0, "1.1.0");
+    let container_id = format!("metrics-{}", std::process::id());
+    let out = invoke_env(
+        &c.lab.nodes[0].ns,
+        &CniCall {
+            command: "ADD",
+            container_id: &container_id,
+            netns: Some(&path),
+            ifname: "eth0",
+            config: &config,
+        },
+        &[(
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=x",
+        )],
+    )
+    .ok();
+    let a_ip = result_ip(&out);
+    let b = c.add_pod(1);
+
+    // Pod traffic across nodes: every ping is encapsulated on node 0 and
+    // every reply decapsulated there.
+    let pings = 20;
+    assert!(
+        ns.ping(&b.ip.to_string(), pings),
+        "{a_ip} cannot reach {}",
+        b.ip
+    );
+
+    // Spoofed VXLAN from a host on the underlay that is not a peer, and
+    // forged gossip from the same host.
+    let rogue_ip = Ipv4Addr::new(172, 31, 0, 200);
+    let rogue = c.lab.underlay_host("rogue", rogue_ip);
+    let vxlan = SocketAddr::from((node_ip(0), DEFAULT_VXLAN_PORT));
+    send_datagrams(&rogue, vxlan, &vec![vxlan_datagram(); 5]);
+    let gossip = SocketAddr::from((node_ip(0), DEFAULT_GOSSIP_PORT));
+    // Sealed with a key from the wrong password: each fails authentication.
+    let mut sealer = Sealer::new(Some(Key::derive(b"wrong password", "overlay")), 77, 1);
+    let forged: Vec<Vec<u8>> = (0..4)
+        .map(|_| {
+            let mut d = Vec::new();
+            sealer.seal(b"forged gossip", &mut d);
+            d
+        })
+        .collect();
+    send_datagrams(&rogue, gossip, &forged);
+    send_datagrams(&rogue, gossip, &[b"not a gossip datagram".to_vec()]);
+
+    // A CNI call that fails: DEL without a container id never reaches the
+    // agent, so use a CHECK of a container the agent does not know.
+    let failed = invoke_env(
+        &c.lab.nodes[0].ns,
+        &CniCall {
+            command: "CHECK",
+            container_id: "no-such-container",
+            netns: Some(&path),
+            ifname: "eth0",
+            config: &with_prev(&config, &out),
+        },
+        &[],
+    );
+    assert_ne!(failed.code, 0, "CHECK of an unknown container passed");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let after = c.metrics(0);
+    println!("second scrape of node 0:\n{after}");
+    let delta = |series: &str| value(&after, series) - sample(&before, series).unwrap_or(0.0);
+
+    let encap = delta(r#"overlay_datapath_packets_total{event="from_pod_encapsulated"}"#);
+    let decap = delta(r#"overlay_datapath_packets_total{event="from_uplink_decapsulated"}"#);
+    assert!(encap >= f64::from(pings), "encapsulated moved by {encap}");
+    assert!(decap >= f64::from(pings), "decapsulated moved by {decap}");
+    let unknown = delta(r#"overlay_datapath_drops_total{reason="unknown_peer"}"#);
+    assert!(unknown >= 5.0, "unknown_peer drops moved by {unknown}");
+    assert_eq!(
+        delta(r#"overlay_ipam_addresses{state="in_use"}"#),
+        1.0,
+        "one pod added on node 0"
+    );
+    assert_eq!(value(&after, "overlay_datapath_endpoints"), 1.0);
+    let auth = delta("overlay_gossip_auth_failures_total");
+    assert!(auth >= 4.0, "auth failures moved by {auth}");
+    let malformed = delta(r#"overlay_gossip_dropped_datagrams_total{reason="malformed"}"#);
+    assert!(malformed >= 1.0, "malformed moved by {malformed}");
+    assert!(delta(r#"overlay_gossip_bytes_total{direction="in"}"#) > 0.0);
+    assert!(delta(r#"overlay_gossip_bytes_total{direction="out"}"#) > 0.0);
+    let adds = r#"overlay_cni_operation_duration_seconds_count{command="ADD",result="success"}"#;
+    assert_eq!(delta(adds), 1.0);
+    let checks = r#"overlay_cni_operation_duration_seconds_count{command="CHECK",result="error"}"#;
+    assert_eq!(delta(checks), 1.0);
+
+    // The log names the pod of the CNI operation and the failure's cause.
+    let log = c.log(0);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("pod added") && l.contains("shop/web-0")),
+        "no 'pod added' line naming shop/web-0 in:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("CNI operation failed") && l.contains("CHECK")),
+        "no failed CHECK line in:\n{log}"
+    );
+    assert!(log.contains("overlay-agent starting"), "{log}");
+    assert!(log.contains("peer joined"), "{log}");
+    drop(rogue);
+}

@@ -369,7 +369,17 @@ struct Runner {
     ticks: u64,
     persisted: Option<BTreeMap<Ipv4Net, u64>>,
     /// Each peer's liveness at the last rebuild, to log joins and leaves.
-    liveness: HashMap<String, bool>,
+    liveness: HashMap<String, Liveness>,
+}
+
+/// What the membership log remembers of a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Liveness {
+    /// Known (e.g. from the persisted state) but never seen alive.
+    NeverAlive,
+    Alive,
+    /// Was alive, then declared dead.
+    Dead,
 }
 
 /// Rebuild the view at least this often even if nothing seems to change.
@@ -467,30 +477,36 @@ impl Runner {
     /// since the last rebuild.
     fn log_membership(&mut self) {
         let me = &self.config.node_name;
+        let mut next = HashMap::new();
         for m in self.view.members.values().filter(|m| &m.name != me) {
             let ip = m.record.ip.map(|ip| ip.to_string()).unwrap_or_default();
-            match (self.liveness.get(&m.name).copied(), m.live) {
-                (None, true) => {
-                    info!(peer = %m.name, %ip, gossip_addr = %m.gossip_addr, "peer joined")
+            let before = self.liveness.get(&m.name).copied();
+            let now = match (before, m.live) {
+                (None | Some(Liveness::NeverAlive), true) => {
+                    info!(peer = %m.name, %ip, gossip_addr = %m.gossip_addr, "peer joined");
+                    Liveness::Alive
                 }
-                (Some(false), true) => info!(peer = %m.name, %ip, "peer is back: routes restored"),
-                (Some(true), false) => warn!(
-                    peer = %m.name, %ip,
-                    "peer declared dead: its routes are withdrawn, its blocks stay reserved"
-                ),
-                (None, false) => info!(peer = %m.name, %ip, "peer known, but not alive"),
-                _ => {}
-            }
+                (Some(Liveness::Dead), true) => {
+                    info!(peer = %m.name, %ip, "peer is back: routes restored");
+                    Liveness::Alive
+                }
+                (Some(Liveness::Alive), false) => {
+                    warn!(
+                        peer = %m.name, %ip,
+                        "peer declared dead: its routes are withdrawn, its blocks stay reserved"
+                    );
+                    Liveness::Dead
+                }
+                (Some(l), true) => l,
+                (Some(l), false) => l,
+                (None, false) => Liveness::NeverAlive,
+            };
+            next.insert(m.name.clone(), now);
         }
-        let members = &self.view.members;
-        for name in self.liveness.keys().filter(|n| !members.contains_key(*n)) {
-            info!(peer = %name, "peer left the membership (forgotten or expired)");
+        for name in self.liveness.keys().filter(|n| !next.contains_key(*n)) {
+            info!(peer = %name, "peer left the membership (forgotten)");
         }
-        self.liveness = members
-            .values()
-            .filter(|m| &m.name != me)
-            .map(|m| (m.name.clone(), m.live))
-            .collect();
+        self.liveness = next;
     }
 
     fn persist(&mut self) {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod datapath;
 pub mod gossip;
 pub mod ipam;
+pub mod k8s;
 pub mod link;
 pub mod maps;
 pub mod masquerade;

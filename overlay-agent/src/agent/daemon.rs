@@ -4,6 +4,7 @@
 //! the datapath.
 
 use std::{
+    collections::BTreeSet,
     io,
     net::SocketAddr,
     path::PathBuf,
@@ -25,13 +26,15 @@ use crate::{
         http::{self, Handler, Request, Response},
         server,
     },
-    config::AgentConfig,
+    config::{AgentConfig, KubeMode},
     gossip::{
         ForgetError, Gossip, GossipConfig, GossipError,
         auth::{Key, SecureUdpTransport, WireCounters},
         claims::ClaimConfig,
+        status::PeerState,
         view::fnv1a,
     },
+    k8s::{Controller, KubeClient, KubeError, KubeSettings, Members, seeds_from},
     metrics::{Instrumented, Metrics},
     paths,
     topology::{Topology, TopologyError},
@@ -73,6 +76,15 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    /// `--kubernetes on` without an API server to talk to.
+    #[error(
+        "--kubernetes=on but no API server is known: set --kube-api (OVERLAY_KUBE_API) or run \
+         in a pod (KUBERNETES_SERVICE_HOST)"
+    )]
+    NoKubeApi,
+    /// The Kubernetes client could not be set up.
+    #[error("setting up the Kubernetes API client")]
+    Kube(#[source] KubeError),
     /// Signal handlers could not be installed.
     #[error("installing signal handlers")]
     Signals(#[source] io::Error),
@@ -108,6 +120,19 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         .map_err(DaemonError::Join)?
         .map_err(DaemonError::Start)?;
     let agent = Arc::new(agent);
+    let kube = match (&config.topology, kube_settings(&config)?) {
+        (None, Some(settings)) => {
+            info!(api = %settings.api_server, "using the Kubernetes API: peers from Nodes, deleted Nodes reclaimed, NetworkUnavailable set");
+            Some(Arc::new(
+                KubeClient::new(settings).map_err(DaemonError::Kube)?,
+            ))
+        }
+        (Some(_), Some(_)) => {
+            info!("static topology: the Kubernetes API is not used");
+            None
+        }
+        (_, None) => None,
+    };
 
     let (mut topology, gossip, mut first_apply) = match static_topology {
         Some(t) => {
@@ -117,6 +142,15 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             (rx, None, None)
         }
         None => {
+            let mut config = config.clone();
+            if let Some(client) = &kube {
+                let Some(found) = discover_seeds(client, config.gossip_port, &mut sigterm).await
+                else {
+                    info!("SIGTERM while looking for peers: stopping");
+                    return Ok(());
+                };
+                config.peers.extend(found);
+            }
             let g = start_gossip(&config, agent.clone()).await?;
             let warmup = (config.gossip_interval * 5).max(Duration::from_secs(1));
             (
@@ -172,6 +206,20 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             .instrument(info_span!("metrics")),
         )
     });
+    let controller = match (&kube, &gossip) {
+        (Some(client), Some(g)) => {
+            let a = agent.clone();
+            Some(
+                Controller::new(
+                    client.clone(),
+                    Arc::new(GossipMembers(g.clone())),
+                    Arc::new(move || a.is_ready()),
+                )
+                .spawn(stop_rx.clone()),
+            )
+        }
+        _ => None,
+    };
     info!(
         socket = %socket.display(), status = %status_addr,
         metrics = %config.metrics_addr.0.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
@@ -210,6 +258,9 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     if let Some(m) = serving_metrics {
         let _ = m.await;
     }
+    if let Some(c) = controller {
+        let _ = c.await;
+    }
     if let Some(g) = gossip.and_then(Arc::into_inner) {
         g.shutdown().await;
     }
@@ -228,6 +279,102 @@ async fn apply(agent: &Arc<Agent>, topology: Topology) -> Result<(), DaemonError
         error!(error = %crate::cni::error::chain(&e), "applying the topology");
     }
     Ok(())
+}
+
+/// The API server to use, per `--kubernetes`: `None` when off (or `auto`
+/// outside a pod with no `--kube-api`).
+fn kube_settings(config: &AgentConfig) -> Result<Option<KubeSettings>, DaemonError> {
+    if config.kubernetes == KubeMode::Off {
+        return Ok(None);
+    }
+    let api = config
+        .kube_api
+        .clone()
+        .or_else(|| KubeSettings::in_cluster().map(|s| s.api_server));
+    match (api, config.kubernetes) {
+        (Some(api_server), _) => Ok(Some(KubeSettings {
+            api_server,
+            token_file: Some(config.kube_token_file.clone()),
+            ca_file: Some(config.kube_ca_file.clone()),
+            timeout: KubeSettings::DEFAULT_TIMEOUT,
+        })),
+        (None, KubeMode::On) => Err(DaemonError::NoKubeApi),
+        (None, _) => Ok(None),
+    }
+}
+
+/// Gossip seeds from the Nodes' InternalIPs. An agent that cannot list
+/// the Nodes does not start a cluster of its own (it would claim blocks
+/// others may own): it keeps trying, with backoff, until it can or until
+/// SIGTERM (`None`).
+async fn discover_seeds(
+    client: &Arc<KubeClient>,
+    gossip_port: u16,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> Option<Vec<String>> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let c = client.clone();
+        match tokio::task::spawn_blocking(move || c.list_nodes()).await {
+            Ok(Ok(list)) => {
+                let seeds = seeds_from(&list, gossip_port);
+                info!(
+                    nodes = list.items.len(),
+                    ?seeds,
+                    "gossip seeds from the Kubernetes Nodes"
+                );
+                return Some(seeds);
+            }
+            Ok(Err(e)) => error!(
+                error = %crate::cni::error::chain(&e), retry_in = ?backoff,
+                "listing Nodes for gossip seeds failed"
+            ),
+            Err(e) => error!(error = %e, "listing Nodes for gossip seeds failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = sigterm.recv() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// What the Kubernetes controller sees of gossip.
+struct GossipMembers(Arc<Gossip>);
+
+#[async_trait::async_trait]
+impl Members for GossipMembers {
+    fn me(&self) -> String {
+        self.0.status().name
+    }
+
+    fn peers(&self) -> Vec<(String, bool)> {
+        self.0
+            .status()
+            .peers
+            .into_iter()
+            .map(|p| (p.name, p.state == PeerState::Alive))
+            .collect()
+    }
+
+    /// Names forgotten at their newest generation: a node that came back
+    /// (a newer generation) and was deleted again is not "already done".
+    fn forgotten(&self) -> BTreeSet<String> {
+        let s = self.0.status();
+        s.forgotten
+            .into_iter()
+            .filter(|(name, g)| !s.peers.iter().any(|p| &p.name == name && p.generation > *g))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    async fn forget(&self, name: &str) -> Result<(), String> {
+        self.0
+            .forget(name)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// One line with everything an operator needs to know about how this

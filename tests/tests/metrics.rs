@@ -176,3 +176,66 @@ fn metrics_move_with_pods_traffic_drops_and_forged_gossip() {
     assert!(log.contains("peer joined"), "{log}");
     drop(rogue);
 }
+
+/// What the README's troubleshooting section promises: `bpftool map dump
+/// pinned` prints every map with named fields (BTF), not raw bytes only.
+#[test]
+fn bpftool_dumps_every_pinned_map_with_named_fields() {
+    if !require_privileges("bpftool_dumps_every_pinned_map_with_named_fields") {
+        return;
+    }
+    let mut c = Cluster::gossip(2);
+    c.wait_converged(2, Duration::from_secs(30));
+    let pod = c.add_pod(0);
+    let want: [(&str, &[&str]); 5] = [
+        (
+            "ovl_config_v1",
+            &["node_ip", "uplink_ifindex", "vxlan_port", "vni", "mtu"],
+        ),
+        ("ovl_routes_v1", &["prefix_len", "node_ip"]),
+        ("ovl_endpoints_v1", &["ifindex", "pod_mac", "host_mac"]),
+        ("ovl_peers_v1", &["flags"]),
+        ("ovl_stats_v1", &["cpu", "values"]),
+    ];
+    assert_eq!(
+        want.map(|(m, _)| m),
+        overlay_common::ALL_MAPS,
+        "a map was added: say here which fields its dump must name"
+    );
+    for (map, fields) in want {
+        let path = c.pin_dir(0).join(map);
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&path)
+            .output()
+            .expect("running bpftool (cargo xtask setup installs it)");
+        assert!(
+            out.status.success(),
+            "bpftool map dump pinned {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON");
+        assert!(!entries.is_empty(), "{map} is empty");
+        let formatted = entries[0]
+            .get("formatted")
+            .unwrap_or_else(|| panic!("{map}: no BTF-formatted entry: {}", entries[0]))
+            .to_string();
+        for f in fields {
+            assert!(
+                formatted.contains(&format!("\"{f}\"")),
+                "{map}: no field {f} in {formatted}"
+            );
+        }
+    }
+    // The endpoint of the pod reads back as its address, in network order.
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(c.pin_dir(0).join("ovl_endpoints_v1"))
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout).replace([' ', '\n'], "");
+    let octets = pod.ip.octets().map(|o| o.to_string()).join(",");
+    assert!(text.contains(&format!("\"key\":[{octets}]")), "{text}");
+}

@@ -202,6 +202,20 @@ pub enum Source {
         /// Passed as `--password-file` when set.
         password_file: Option<PathBuf>,
     },
+    /// Gossip seeded from a Kubernetes API server (no `--peers`): the
+    /// agents list the Nodes and gossip with their InternalIPs.
+    Kube {
+        /// `--kube-api`.
+        api: String,
+        /// `--kube-token-file`.
+        token_file: PathBuf,
+        /// `--kube-ca-file`: a path in the cluster directory where no file
+        /// is, as the API is plain `http://` (and the host's own service
+        /// account, if any, must not be used).
+        ca_file: PathBuf,
+        /// `--password-file`.
+        password_file: PathBuf,
+    },
 }
 
 /// Gossip interval of lab agents: short, so that failure detection takes
@@ -252,6 +266,34 @@ impl Cluster {
             std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
             Source::Gossip {
                 password_file: Some(password_file),
+            }
+        });
+        for i in 0..nodes {
+            c.spawn_agent(i);
+        }
+        for i in 0..nodes {
+            c.wait_ready(i, Duration::from_secs(40));
+        }
+        c
+    }
+
+    /// Like [`Cluster::gossip`], but the agents are given no `--peers`:
+    /// they run with `--kubernetes on --kube-api URL --kube-token-file`
+    /// and find each other from the Nodes the API lists. `api` gets the lab
+    /// (to put a server on it) and the bearer token the agents send, and
+    /// returns the API server's URL. Node `i`'s agent is named `n{i+1}`.
+    pub fn kube(nodes: usize, api: impl FnOnce(&Lab, &str) -> String) -> Self {
+        let mut c = Self::unstarted(nodes, |lab, dir| {
+            let password_file = dir.join("password");
+            std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
+            let token = format!("lab-token-{}", lab.tag);
+            let token_file = dir.join("token");
+            std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+            Source::Kube {
+                api: api(lab, &token),
+                token_file,
+                ca_file: dir.join("ca.crt"),
+                password_file,
             }
         });
         for i in 0..nodes {
@@ -429,6 +471,24 @@ impl Cluster {
                     cmd.arg("--password-file").arg(p);
                 }
             }
+            Source::Kube {
+                api,
+                token_file,
+                ca_file,
+                password_file,
+            } => {
+                cmd.arg("--node-name")
+                    .arg(format!("n{}", i + 1))
+                    .args(["--kubernetes", "on", "--kube-api", api])
+                    .arg("--kube-token-file")
+                    .arg(token_file)
+                    .arg("--kube-ca-file")
+                    .arg(ca_file)
+                    .args(["--gossip-interval", LAB_GOSSIP_INTERVAL])
+                    .args(["--claim-settle", LAB_CLAIM_SETTLE])
+                    .arg("--password-file")
+                    .arg(password_file);
+            }
         }
         let child = cmd
             .arg("--pin-dir")
@@ -466,7 +526,8 @@ impl Cluster {
             let exited = self.agents[i]
                 .process
                 .as_mut()
-                .and_then(|p| p.wait_timeout(Duration::ZERO));
+                // (A zero timeout would not look at all.)
+                .and_then(|p| p.wait_timeout(Duration::from_millis(1)));
             if exited.is_some() || Instant::now() > deadline {
                 panic!(
                     "agent {i} not ready ({}), log:\n{}",

@@ -293,9 +293,12 @@ fn kube_settings(config: &AgentConfig) -> Result<Option<KubeSettings>, DaemonErr
         .or_else(|| KubeSettings::in_cluster().map(|s| s.api_server));
     match (api, config.kubernetes) {
         (Some(api_server), _) => Ok(Some(KubeSettings {
+            // Plain http (a local proxy, the tests' fake API) has no CA.
+            ca_file: api_server
+                .starts_with("https://")
+                .then(|| config.kube_ca_file.clone()),
             api_server,
             token_file: Some(config.kube_token_file.clone()),
-            ca_file: Some(config.kube_ca_file.clone()),
             timeout: KubeSettings::DEFAULT_TIMEOUT,
         })),
         (None, KubeMode::On) => Err(DaemonError::NoKubeApi),

@@ -177,6 +177,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
             c.drops()
         );
     }
+    println!("\nnode 0's Prometheus metrics (GET :6782/metrics), datapath and CNI lines:");
+    for line in cluster.metrics(0).lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.starts_with("overlay_datapath_")
+                || l.starts_with("overlay_peers")
+                || l.starts_with("overlay_ipam_addresses")
+                || l.starts_with("overlay_cni_operation_duration_seconds_count"))
+    }) {
+        println!("  {line}");
+    }
     println!(
         "\nInspect: ip netns exec {} ping {}   |   ip netns exec {} {} status",
         pods[0].ns.name,

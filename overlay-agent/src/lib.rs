@@ -15,6 +15,7 @@ pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod gossip;
+pub mod install;
 pub mod ipam;
 pub mod k8s;
 pub mod link;

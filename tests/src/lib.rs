@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod cni_bench;
 pub mod cni_clients;
+pub mod deploy;
 pub mod fake_kube;
 pub mod gossip_sim;
 pub mod lab;

@@ -3,6 +3,7 @@
 //! xtask deliberately depends on nothing that builds eBPF: on a fresh machine
 //! it must compile before `setup` has installed bpf-linker and rust-src.
 
+mod image;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -27,12 +28,18 @@ enum Task {
     /// its path.
     BuildEbpf,
     /// Run setup, then every test: unit, BPF test_run, privileged namespace
-    /// tests (root needed; under CI=true a skipped privileged test fails).
+    /// tests (root needed; under CI=true a skipped privileged test fails),
+    /// and the deploy tests (manifests and the image, which this builds
+    /// first as `image` does).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run setup, then build the container image: static binaries and an
+    /// OCI archive made FROM SCRATCH with buildah
+    /// (target/image/overlay-agent-0.1.0.oci.tar).
+    Image,
     /// Run setup, then bring up the namespace lab: four nodes whose
     /// `overlay-agent run` daemons, given only seed peers, form the cluster
     /// by gossip; two pods each created through the `overlay-cni` plugin as a
@@ -94,6 +101,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::BuildEbpf => setup::run().and_then(|()| setup::build_ebpf().map(|_| ())),
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
+        Task::Image => setup::run().and_then(|()| image::build().map(|_| ())),
         Task::Lab { args } => setup::run().and_then(|()| run_harness_bin("overlay-lab", &args)),
         Task::Bench { args } => setup::run().and_then(|()| run_harness_bin("overlay-bench", &args)),
     };
@@ -168,15 +176,18 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // threads: the namespace tests move real traffic and this machine has
     // two cores.
     // The CLI tests run the real `overlay-agent` binary, which `cargo test`
-    // does not build for another package's tests.
+    // does not build for another package's tests; the deploy tests inspect
+    // the image and validate the manifests with kubernetes-validate.
     let rest = host
         .and_then(|()| exec(cargo().args(["build", "--workspace", "--bins"])))
+        .and_then(|()| image::build().map(|_| ()))
         .and_then(|()| {
             exec_tallied(
                 cargo()
                     .args(["test", "--workspace", "--exclude", "overlay-ebpf", "--"])
                     .args(["--test-threads", "2"])
-                    .args(extra),
+                    .args(extra)
+                    .env("OVERLAY_KUBE_VALIDATE", setup::kubernetes_validate()),
                 &mut tally,
             )
         });

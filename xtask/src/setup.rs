@@ -41,7 +41,24 @@ const APT_PACKAGES: &[&str] = &[
     // libcni sources and the Go toolchain that builds tests/cni-driver.
     "golang-go",
     "golang-github-appc-cni-dev",
+    // The container image (`cargo xtask image`): built FROM SCRATCH by
+    // buildah; inspected and unpacked by the deploy tests with skopeo and
+    // umoci.
+    "buildah",
+    "skopeo",
+    "umoci",
+    // The venv of kubernetes-validate, which checks deploy/*.yaml.
+    "python3-venv",
 ];
+
+/// kubernetes-validate from PyPI: OpenAPI schemas of every Kubernetes
+/// release from 1.25 on, with strict mode (unknown fields are errors).
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// The venv holding kubernetes-validate, relative to the workspace root;
+/// the deploy tests look for `bin/kubernetes-validate` in it (or in
+/// `OVERLAY_KUBE_VALIDATE`, which `cargo xtask test` sets).
+pub const VENV: &str = "target/venv";
 
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -118,9 +135,45 @@ fn bpf_linker() -> anyhow::Result<()> {
     )
 }
 
+/// The `kubernetes-validate` of the venv.
+pub fn kubernetes_validate() -> PathBuf {
+    crate::image::workspace_root()
+        .join(VENV)
+        .join("bin/kubernetes-validate")
+}
+
+fn venv() -> anyhow::Result<()> {
+    let tool = kubernetes_validate();
+    let version = output(Command::new(&tool).arg("--version")).unwrap_or_default();
+    if version.trim() == KUBERNETES_VALIDATE_VERSION {
+        eprintln!("setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} present");
+        return Ok(());
+    }
+    let venv = crate::image::workspace_root().join(VENV);
+    eprintln!(
+        "setup: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}",
+        venv.display()
+    );
+    // Debian's python (python3-venv above) is always there; --clear makes a
+    // venv whose interpreter went away usable again.
+    exec(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    exec(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!(
+                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+            )),
+    )
+}
+
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {
     apt()?;
+    venv()?;
     rust_src()?;
     bpf_linker()?;
     if !quiet_ok(Command::new("bpf-linker").arg("--version")) {

@@ -14,6 +14,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 pub use daemon::{DaemonError, run};
 use overlay_common::{CONFIG_F_READY, MAX_VNI, NodeConfig, VXLAN_OVERHEAD};
+pub use pods::{HOST_IF_PREFIX, is_host_ifname};
 use tracing::{info, warn};
 
 use crate::{

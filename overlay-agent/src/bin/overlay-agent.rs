@@ -9,7 +9,7 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
-use overlay_agent::{datapath, link, maps::Maps, paths};
+use overlay_agent::{datapath, install, link, maps::Maps, paths};
 use overlay_common::{
     CONFIG_F_READY, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Endpoint, MAX_VNI, NodeConfig, VXLAN_OVERHEAD,
 };
@@ -141,9 +141,67 @@ enum Command {
         #[arg(long, env = "OVERLAY_STATUS_ADDR", default_value = paths::STATUS_ADDR)]
         status_addr: std::net::SocketAddr,
     },
-    /// Detach everything and remove every pin: the node is left as before
-    /// `install`.
-    Uninstall,
+    /// Install the CNI plugin on this node (the DaemonSet's init
+    /// container): copy `overlay-cni` into the plugin directory and write
+    /// the conflist, each atomically and only when its content changed. A
+    /// conflist of the same name that is not ours is replaced with a warning
+    /// and kept as `<file>.overlay-backup`; configurations sorting before
+    /// ours are warned about, not removed.
+    InstallCni {
+        #[command(flatten)]
+        cni: CniDirs,
+        /// The `overlay-cni` binary to install; defaults to the one next to
+        /// this executable.
+        #[arg(long, env = "OVERLAY_CNI_PLUGIN")]
+        plugin: Option<PathBuf>,
+        /// The agent socket, as the plugin on the host reaches it (written
+        /// into the conflist as `agentSocket`).
+        #[arg(long, env = "OVERLAY_SOCKET", default_value = paths::AGENT_SOCKET)]
+        socket: PathBuf,
+        /// `cniVersion` of the conflist; 1.0.0 suits every runtime with
+        /// libcni 1.1 or later.
+        #[arg(long, env = "OVERLAY_CNI_VERSION", default_value = install::DEFAULT_CNI_VERSION,
+              value_parser = clap::builder::PossibleValuesParser::new(install::CNI_VERSIONS))]
+        cni_version: String,
+        /// Chain the reference `portmap` plugin (hostPort): `auto` when it
+        /// is in the plugin directory.
+        #[arg(long, env = "OVERLAY_CNI_PORTMAP", default_value = "auto", value_enum)]
+        portmap: install::Portmap,
+    },
+    /// Remove the overlay from this node for good: the conflist (if ours;
+    /// a replaced one is restored) and the plugin, every pinned link (which
+    /// detaches the programs) and map, the pods' host veths, the nftables
+    /// table `ip overlay`, the state directory and the socket. Idempotent.
+    /// Refused while an agent answers on the socket. Not for restarts or
+    /// upgrades: those must keep the datapath so pods keep their traffic.
+    Uninstall {
+        #[command(flatten)]
+        cni: CniDirs,
+        /// Directory of the agent's persistent state.
+        #[arg(long, env = "OVERLAY_STATE_DIR", default_value = paths::STATE_DIR)]
+        state_dir: PathBuf,
+        /// The agent socket (also how a running agent is detected).
+        #[arg(long, env = "OVERLAY_SOCKET", default_value = paths::AGENT_SOCKET)]
+        socket: PathBuf,
+        /// Uninstall even while an agent answers on the socket.
+        #[arg(long)]
+        force: bool,
+        /// After uninstalling, wait for SIGTERM or SIGINT instead of
+        /// exiting (for a DaemonSet, whose pods must keep running).
+        #[arg(long)]
+        then_wait: bool,
+    },
+}
+
+/// Where the container runtime finds CNI plugins and configurations.
+#[derive(clap::Args, Debug)]
+struct CniDirs {
+    /// Directory of CNI plugin binaries.
+    #[arg(long, env = "OVERLAY_CNI_BIN_DIR", default_value = install::CNI_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+    /// Directory of CNI network configurations.
+    #[arg(long, env = "OVERLAY_CNI_CONF_DIR", default_value = install::CNI_CONF_DIR)]
+    cni_conf_dir: PathBuf,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -231,9 +289,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EndpointDel { ip } => Maps::open(pin)?.remove_endpoint(ip)?,
         Command::Status { status_addr, json } => status(pin, status_addr, json)?,
         Command::Forget { node, status_addr } => forget(&node, status_addr)?,
-        Command::Uninstall => {
-            datapath::uninstall(pin)?;
-            println!("removed {}", pin.display());
+        Command::InstallCni {
+            cni,
+            plugin,
+            socket,
+            cni_version,
+            portmap,
+        } => {
+            init_cli_logging();
+            let plugin = match plugin {
+                Some(p) => p,
+                None => std::env::current_exe()
+                    .context("finding this executable, to find overlay-cni next to it")?
+                    .with_file_name(overlay_agent::cni::PLUGIN_TYPE),
+            };
+            install::install_cni(&install::CniInstall {
+                bin_dir: cni.cni_bin_dir,
+                conf_dir: cni.cni_conf_dir,
+                plugin,
+                socket,
+                cni_version,
+                portmap,
+            })?;
+        }
+        Command::Uninstall {
+            cni,
+            state_dir,
+            socket,
+            force,
+            then_wait,
+        } => {
+            init_cli_logging();
+            let removed = install::uninstall(&install::Uninstall {
+                pin_dir: pin.to_owned(),
+                bin_dir: cni.cni_bin_dir,
+                conf_dir: cni.cni_conf_dir,
+                state_dir,
+                socket,
+                force,
+            })?;
+            if removed.is_empty() {
+                println!("nothing to remove: the overlay is not installed on this node");
+            }
+            for line in removed {
+                println!("{line}");
+            }
+            if then_wait {
+                println!("uninstalled; waiting for SIGTERM");
+                wait_for_signal()?;
+            }
         }
     }
     Ok(())
@@ -281,6 +385,35 @@ fn forget(node: &str, addr: std::net::SocketAddr) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Logs of the one-shot commands (`install-cni`, `uninstall`): text on
+/// stderr, `info` and up.
+fn init_cli_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+/// Blocks until SIGTERM or SIGINT (as PID 1 of a container, the default
+/// actions do not apply, so the signals need handlers).
+fn wait_for_signal() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    })
 }
 
 fn run_daemon(
@@ -352,6 +485,43 @@ mod tests {
             let e = parse_mac(bad).expect_err(bad);
             assert!(e.contains("is not a MAC address"), "{e}");
         }
+    }
+
+    #[test]
+    fn install_cni_and_uninstall_take_the_node_paths_with_the_run_defaults() {
+        let cli = Cli::try_parse_from(["overlay-agent", "install-cni"]).unwrap();
+        let Command::InstallCni {
+            cni,
+            plugin,
+            socket,
+            cni_version,
+            portmap,
+        } = cli.command
+        else {
+            panic!("not install-cni: {cli:?}");
+        };
+        assert_eq!(cni.cni_bin_dir, PathBuf::from("/opt/cni/bin"));
+        assert_eq!(cni.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(plugin, None);
+        assert_eq!(socket, PathBuf::from(paths::AGENT_SOCKET));
+        assert_eq!(cni_version, "1.0.0");
+        assert_eq!(portmap, install::Portmap::Auto);
+        let cli = Cli::try_parse_from(["overlay-agent", "uninstall", "--then-wait"]).unwrap();
+        let Command::Uninstall {
+            state_dir,
+            force,
+            then_wait,
+            ..
+        } = cli.command
+        else {
+            panic!("not uninstall: {cli:?}");
+        };
+        assert_eq!(state_dir, PathBuf::from(paths::STATE_DIR));
+        assert!(!force && then_wait);
+        assert!(
+            Cli::try_parse_from(["overlay-agent", "install-cni", "--cni-version", "2.0.0"])
+                .is_err()
+        );
     }
 
     #[test]

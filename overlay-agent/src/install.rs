@@ -1,0 +1,935 @@
+//! Putting the CNI plugin on a node (`overlay-agent install-cni`, the
+//! DaemonSet's init container) and taking the whole overlay off it again
+//! (`overlay-agent uninstall`).
+//!
+//! Install writes two files, each atomically (a temporary file in the same
+//! directory, fsync, rename, fsync of the directory), so a runtime reading
+//! the directory never sees half a file: the plugin binary and the conflist.
+//! Both are rewritten only when their content changes, so an init container
+//! that runs on every pod restart leaves the node alone.
+//!
+//! The conflist carries [`MANAGED_KEY`]` = true`, a top-level key that
+//! libcni ignores (it reads `name`, `cniVersion`, `disableCheck` and
+//! `plugins`, and hands plugins only their own entry), and that tells us the
+//! file is ours: a foreign file of the same name is replaced only with a
+//! warning and a backup, and uninstall removes the file only when it is ours.
+//!
+//! Uninstall leaves the node as before the agent ran, and is meant for good:
+//! never on an agent restart or rolling update, which must keep the pinned
+//! datapath so pods keep their traffic.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::{
+    agent::{HOST_IF_PREFIX, is_host_ifname},
+    cni::PLUGIN_TYPE,
+    datapath::{self, DatapathError},
+    masquerade::{self, MasqueradeError},
+    netlink::{self, NetlinkError},
+};
+
+/// Where the runtime looks for plugin binaries.
+pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
+
+/// Where the runtime looks for network configurations.
+pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
+
+/// Our conflist's file name: runtimes take the first configuration in
+/// lexical order, so the `10-` prefix puts it ahead of most defaults.
+pub const CONFLIST_NAME: &str = "10-overlay.conflist";
+
+/// Network name in the conflist.
+pub const NETWORK_NAME: &str = "overlay";
+
+/// Top-level conflist key marking the file as written by us.
+pub const MANAGED_KEY: &str = "x-overlay-managed";
+
+/// Suffix of the copy of a foreign conflist we replaced; uninstall puts it
+/// back. libcni only loads `.conf`, `.conflist` and `.json`, so the copy is
+/// inert.
+pub const BACKUP_SUFFIX: &str = ".overlay-backup";
+
+/// The CNI specification version the conflist asks for: 1.0.0 is the
+/// newest that libcni 1.1 (containerd 1.6 and 1.7) accepts; the plugin also
+/// speaks 0.3.1, 0.4.0 and 1.1.0.
+pub const DEFAULT_CNI_VERSION: &str = "1.0.0";
+
+/// The `cniVersion`s the plugin implements.
+pub const CNI_VERSIONS: &[&str] = &["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// File extensions libcni loads from the configuration directory.
+const CONF_EXTENSIONS: &[&str] = &["conf", "conflist", "json"];
+
+/// What failed while installing or uninstalling.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// A file or directory operation failed.
+    #[error("{op} {path}")]
+    Fs {
+        /// What was being done.
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The plugin binary to install is not there.
+    #[error(
+        "the plugin binary {path} does not exist (pass --plugin or OVERLAY_CNI_PLUGIN, or put \
+         overlay-cni next to overlay-agent)"
+    )]
+    PluginMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The requested `cniVersion` is not one the plugin implements.
+    #[error("cniVersion {version:?} is not one overlay-cni implements ({})", CNI_VERSIONS.join(", "))]
+    CniVersion {
+        /// What was asked.
+        version: String,
+    },
+    /// An agent answers on the socket, so uninstalling would pull the
+    /// datapath from under it.
+    #[error(
+        "an overlay agent is running (it answers on {socket}): stop it first (delete the \
+         overlay DaemonSet, or stop the service), or pass --force"
+    )]
+    AgentRunning {
+        /// The socket it answers on.
+        socket: PathBuf,
+    },
+    /// A directory uninstall would remove whole is one that holds more
+    /// than ours (`/`, a top-level directory, the bpffs root).
+    #[error("refusing to remove {path}: {why}; pass our own directory")]
+    NotOurs {
+        /// The directory.
+        path: PathBuf,
+        /// Why it is refused.
+        why: &'static str,
+    },
+    /// Removing the pinned datapath failed.
+    #[error("removing the pinned datapath")]
+    Datapath(#[source] DatapathError),
+    /// Listing or deleting pod veths failed.
+    #[error("deleting the pods' host veths")]
+    Netlink(#[source] NetlinkError),
+    /// Removing the masquerade table failed.
+    #[error("removing the nftables table ip {}", masquerade::TABLE)]
+    Masquerade(#[source] MasqueradeError),
+}
+
+fn fs_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
+    move |source| InstallError::Fs {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Whether libcni chains the `portmap` plugin after ours (hostPort support).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Portmap {
+    /// When `portmap` is in the plugin directory.
+    Auto,
+    /// Always (pods fail to start if `portmap` is missing).
+    On,
+    /// Never: hostPort does not work.
+    Off,
+}
+
+/// What `install-cni` installs, and where.
+#[derive(Clone, Debug)]
+pub struct CniInstall {
+    /// Directory of plugin binaries (`/opt/cni/bin`).
+    pub bin_dir: PathBuf,
+    /// Directory of network configurations (`/etc/cni/net.d`).
+    pub conf_dir: PathBuf,
+    /// The `overlay-cni` binary to copy.
+    pub plugin: PathBuf,
+    /// The agent socket, as the plugin (on the host) sees it.
+    pub socket: PathBuf,
+    /// `cniVersion` of the conflist.
+    pub cni_version: String,
+    /// Whether to chain `portmap`.
+    pub portmap: Portmap,
+}
+
+/// What happened to one installed file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileChange {
+    /// It was already there with this content: nothing written.
+    Unchanged,
+    /// It did not exist.
+    Created,
+    /// Ours, with other content: rewritten.
+    Updated,
+    /// Someone else's: moved to the backup path, ours written.
+    ReplacedForeign {
+        /// Where the previous file is now.
+        backup: PathBuf,
+    },
+}
+
+/// What `install-cni` did.
+#[derive(Clone, Debug)]
+pub struct InstallReport {
+    /// The installed plugin binary.
+    pub plugin_path: PathBuf,
+    /// What happened to it.
+    pub plugin: FileChange,
+    /// The installed conflist.
+    pub conflist_path: PathBuf,
+    /// What happened to it.
+    pub conflist: FileChange,
+    /// Other configurations that sort before ours, which a runtime would
+    /// use instead.
+    pub shadowing: Vec<PathBuf>,
+}
+
+/// The conflist `install-cni` writes for `opts`, given whether `portmap`
+/// is to be chained.
+pub fn conflist(opts: &CniInstall, portmap: bool) -> String {
+    let mut plugins = vec![json!({
+        "type": PLUGIN_TYPE,
+        "agentSocket": opts.socket,
+    })];
+    if portmap {
+        plugins.push(json!({
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "snat": true,
+        }));
+    }
+    let v = json!({
+        "cniVersion": opts.cni_version,
+        "name": NETWORK_NAME,
+        MANAGED_KEY: true,
+        "plugins": plugins,
+    });
+    let mut s = serde_json::to_string_pretty(&v).expect("JSON values always serialize");
+    s.push('\n');
+    s
+}
+
+/// Whether `content` is a conflist we wrote.
+pub fn is_ours(content: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(content)
+        .ok()
+        .is_some_and(|v| v.get(MANAGED_KEY) == Some(&Value::Bool(true)))
+}
+
+/// Installs the plugin binary and the conflist. Idempotent.
+pub fn install_cni(opts: &CniInstall) -> Result<InstallReport, InstallError> {
+    if !CNI_VERSIONS.contains(&opts.cni_version.as_str()) {
+        return Err(InstallError::CniVersion {
+            version: opts.cni_version.clone(),
+        });
+    }
+    let plugin = fs::read(&opts.plugin).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            InstallError::PluginMissing {
+                path: opts.plugin.clone(),
+            }
+        } else {
+            InstallError::Fs {
+                op: "reading the plugin binary",
+                path: opts.plugin.clone(),
+                source,
+            }
+        }
+    })?;
+    for dir in [&opts.bin_dir, &opts.conf_dir] {
+        fs::create_dir_all(dir).map_err(fs_err("creating", dir))?;
+    }
+
+    let plugin_path = opts.bin_dir.join(PLUGIN_TYPE);
+    let plugin_change = match fs::read(&plugin_path) {
+        Ok(old) if old == plugin => FileChange::Unchanged,
+        Ok(_) => FileChange::Updated,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => FileChange::Created,
+        Err(e) => return Err(fs_err("reading", &plugin_path)(e)),
+    };
+    match plugin_change {
+        FileChange::Unchanged => info!(path = %plugin_path.display(), "plugin binary unchanged"),
+        _ => {
+            write_atomic(&plugin_path, &plugin, 0o755)?;
+            info!(path = %plugin_path.display(), from = %opts.plugin.display(),
+                change = ?plugin_change, "installed the plugin binary");
+        }
+    }
+
+    let portmap = match opts.portmap {
+        Portmap::On => true,
+        Portmap::Off => false,
+        Portmap::Auto => {
+            let found = opts.bin_dir.join("portmap").is_file();
+            info!(
+                chained = found,
+                "portmap {} in {}",
+                if found { "found" } else { "not found" },
+                opts.bin_dir.display()
+            );
+            found
+        }
+    };
+    let content = conflist(opts, portmap);
+    let conflist_path = opts.conf_dir.join(CONFLIST_NAME);
+    let conflist_change = match fs::read(&conflist_path) {
+        Ok(old) if old == content.as_bytes() => FileChange::Unchanged,
+        Ok(old) if is_ours(&old) => FileChange::Updated,
+        Ok(_) => {
+            let backup = free_backup_path(&conflist_path);
+            warn!(
+                file = %conflist_path.display(),
+                backup = %backup.display(),
+                "{} exists and was not written by overlay-agent: replacing it, the old one is \
+                 kept as {}",
+                conflist_path.display(),
+                backup.display()
+            );
+            fs::rename(&conflist_path, &backup).map_err(fs_err("backing up", &conflist_path))?;
+            FileChange::ReplacedForeign { backup }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => FileChange::Created,
+        Err(e) => return Err(fs_err("reading", &conflist_path)(e)),
+    };
+    match conflist_change {
+        FileChange::Unchanged => {
+            info!(path = %conflist_path.display(), "conflist unchanged");
+        }
+        _ => {
+            write_atomic(&conflist_path, content.as_bytes(), 0o644)?;
+            info!(path = %conflist_path.display(), change = ?conflist_change, "wrote the conflist");
+        }
+    }
+
+    let shadowing = shadowing_configs(&opts.conf_dir, CONFLIST_NAME)?;
+    for other in &shadowing {
+        warn!(
+            file = %other.display(),
+            "{} sorts before {CONFLIST_NAME}: the container runtime uses the first network \
+             configuration in {}, so pods get that network instead of the overlay; remove it \
+             if it is not wanted",
+            other.display(),
+            opts.conf_dir.display()
+        );
+    }
+    Ok(InstallReport {
+        plugin_path,
+        plugin: plugin_change,
+        conflist_path,
+        conflist: conflist_change,
+        shadowing,
+    })
+}
+
+/// `<file>.overlay-backup`, or `.overlay-backup.N` with the first free `N`
+/// when an earlier backup is there (that one is the original: keep it).
+fn free_backup_path(file: &Path) -> PathBuf {
+    let base = backup_path(file);
+    if !base.exists() {
+        return base;
+    }
+    (1..)
+        .map(|n| PathBuf::from(format!("{}.{n}", base.display())))
+        .find(|p| !p.exists())
+        .expect("some number is free")
+}
+
+fn backup_path(file: &Path) -> PathBuf {
+    PathBuf::from(format!("{}{BACKUP_SUFFIX}", file.display()))
+}
+
+/// Network configurations in `dir` that a runtime would load before
+/// `ours` (libcni sorts the file names and takes the first).
+pub fn shadowing_configs(dir: &Path, ours: &str) -> Result<Vec<PathBuf>, InstallError> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(fs_err("listing", dir))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| {
+            n.as_str() < ours
+                && Path::new(n)
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| CONF_EXTENSIONS.contains(&e))
+        })
+        .collect();
+    names.sort();
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+/// Writes `content` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename over `path`, fsync of the directory.
+pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), InstallError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(fs_err("creating", &tmp))?;
+        f.write_all(content).map_err(fs_err("writing", &tmp))?;
+        // The umask may have narrowed `mode`.
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(fs_err("setting the mode of", &tmp))?;
+        f.sync_all().map_err(fs_err("syncing", &tmp))?;
+        fs::rename(&tmp, path).map_err(fs_err("renaming into place", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fs_err("syncing", dir))
+}
+
+/// What `uninstall` removes, and where.
+#[derive(Clone, Debug)]
+pub struct Uninstall {
+    /// bpffs directory of the pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Directory of plugin binaries.
+    pub bin_dir: PathBuf,
+    /// Directory of network configurations.
+    pub conf_dir: PathBuf,
+    /// The agent's state directory.
+    pub state_dir: PathBuf,
+    /// The agent socket.
+    pub socket: PathBuf,
+    /// Uninstall even when an agent answers on the socket.
+    pub force: bool,
+}
+
+/// Whether an agent answers on `socket`: something accepts connections
+/// there (a stale socket file of a dead agent refuses them).
+pub fn agent_running(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+/// Removes everything the overlay put on this node, in the caller's
+/// network namespace: first the conflist (so the runtime stops calling the
+/// plugin) and the plugin, then the datapath (pinned links, which detaches
+/// the programs, and maps), the pods' host veths and the masquerade table,
+/// last the state directory and the socket. Returns one line per thing
+/// removed; empty when there was nothing left (a second run). Refuses while
+/// an agent runs, unless `force`.
+pub fn uninstall(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
+    if !opts.force && agent_running(&opts.socket) {
+        return Err(InstallError::AgentRunning {
+            socket: opts.socket.clone(),
+        });
+    }
+    for dir in [&opts.pin_dir, &opts.state_dir] {
+        check_removable(dir)?;
+    }
+    let mut done = remove_cni_files(opts)?;
+    done.extend(remove_datapath(opts)?);
+    done.extend(remove_agent_files(opts)?);
+    Ok(done)
+}
+
+/// Refuses to remove whole a directory that cannot be only ours: a
+/// relative path, `/` or a top-level directory, or the bpffs mount itself
+/// (which holds every program's pins).
+fn check_removable(dir: &Path) -> Result<(), InstallError> {
+    let refuse = |why| {
+        Err(InstallError::NotOurs {
+            path: dir.to_owned(),
+            why,
+        })
+    };
+    if !dir.is_absolute() {
+        return refuse("not an absolute path");
+    }
+    let depth = dir
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .count();
+    if depth < 2
+        || dir
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return refuse("it is / or a top-level directory");
+    }
+    if dir == Path::new(crate::paths::BPFFS) {
+        return refuse("it is the bpffs mount, which holds every program's pins");
+    }
+    Ok(())
+}
+
+/// The conflist when it is ours (putting back the one we replaced) and the
+/// plugin binary.
+fn remove_cni_files(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
+    let mut done = Vec::new();
+    let conflist_path = opts.conf_dir.join(CONFLIST_NAME);
+    match fs::read(&conflist_path) {
+        Ok(content) if is_ours(&content) => {
+            remove_file(&conflist_path)?;
+            done.push(format!("removed {}", conflist_path.display()));
+        }
+        Ok(_) => warn!(
+            file = %conflist_path.display(),
+            "{} was not written by overlay-agent: kept",
+            conflist_path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fs_err("reading", &conflist_path)(e)),
+    }
+    let backup = backup_path(&conflist_path);
+    if backup.exists() && !conflist_path.exists() {
+        fs::rename(&backup, &conflist_path).map_err(fs_err("restoring", &backup))?;
+        done.push(format!(
+            "restored {} from {}",
+            conflist_path.display(),
+            backup.display()
+        ));
+    }
+    let plugin = opts.bin_dir.join(PLUGIN_TYPE);
+    if remove_file(&plugin)? {
+        done.push(format!("removed {}", plugin.display()));
+    }
+    Ok(done)
+}
+
+/// The pinned links (detaching the programs) and maps, the pods' host
+/// veths and the masquerade table of the caller's network namespace.
+fn remove_datapath(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
+    let mut done = Vec::new();
+    if opts.pin_dir.exists() {
+        for (prog, iface) in datapath::attachments(&opts.pin_dir) {
+            done.push(format!("detached {prog} from {iface}"));
+        }
+        let pins = count_files(&opts.pin_dir);
+        datapath::uninstall(&opts.pin_dir).map_err(InstallError::Datapath)?;
+        done.push(format!(
+            "removed {} ({pins} pinned maps and links)",
+            opts.pin_dir.display()
+        ));
+    }
+    let veths = netlink::host_links_with_prefix(HOST_IF_PREFIX).map_err(InstallError::Netlink)?;
+    for veth in veths.iter().filter(|n| is_host_ifname(n)) {
+        if netlink::delete_pod_link(veth).map_err(InstallError::Netlink)? {
+            done.push(format!("deleted pod veth {veth}"));
+        }
+    }
+    match nft_table_exists() {
+        Some(true) => {
+            masquerade::remove().map_err(InstallError::Masquerade)?;
+            done.push(format!("deleted nftables table ip {}", masquerade::TABLE));
+        }
+        Some(false) => {}
+        None => warn!(
+            "nft cannot be run: not checking for the nftables table ip {} (an agent without nft \
+             cannot have made it either)",
+            masquerade::TABLE
+        ),
+    }
+    Ok(done)
+}
+
+/// The state directory, the socket, and the socket's directory when
+/// nothing else is in it (a mount point, e.g. a hostPath volume, stays).
+fn remove_agent_files(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
+    let mut done = Vec::new();
+    if opts.state_dir.exists() {
+        fs::remove_dir_all(&opts.state_dir).map_err(fs_err("removing", &opts.state_dir))?;
+        done.push(format!("removed {}", opts.state_dir.display()));
+    }
+    if remove_file(&opts.socket)? {
+        done.push(format!("removed {}", opts.socket.display()));
+    }
+    if let Some(dir) = opts.socket.parent()
+        && fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+        && fs::remove_dir(dir).is_ok()
+    {
+        done.push(format!("removed {}", dir.display()));
+    }
+    Ok(done)
+}
+
+/// Removes a file; `false` when it was not there.
+fn remove_file(path: &Path) -> Result<bool, InstallError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(fs_err("removing", path)(e)),
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    count_files(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+/// Whether our nftables table exists in this network namespace; `None`
+/// when `nft` cannot be run.
+fn nft_table_exists() -> Option<bool> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "ip", masquerade::TABLE])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    Some(out.status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's CNI directories, a plugin to install and agent files, all
+    /// under one temporary directory.
+    struct Node {
+        tmp: tempfile::TempDir,
+        opts: CniInstall,
+    }
+
+    impl Node {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().expect("temp dir");
+            let plugin = tmp.path().join("image/overlay-cni");
+            fs::create_dir_all(plugin.parent().unwrap()).unwrap();
+            fs::write(&plugin, b"\x7fELF plugin v1").unwrap();
+            let opts = CniInstall {
+                bin_dir: tmp.path().join("opt/cni/bin"),
+                conf_dir: tmp.path().join("etc/cni/net.d"),
+                plugin,
+                socket: tmp.path().join("run/overlay/agent.sock"),
+                cni_version: DEFAULT_CNI_VERSION.into(),
+                portmap: Portmap::Auto,
+            };
+            Self { tmp, opts }
+        }
+
+        fn conflist(&self) -> PathBuf {
+            self.opts.conf_dir.join(CONFLIST_NAME)
+        }
+
+        fn plugin(&self) -> PathBuf {
+            self.opts.bin_dir.join(PLUGIN_TYPE)
+        }
+
+        fn uninstall(&self) -> Uninstall {
+            Uninstall {
+                pin_dir: self.tmp.path().join("bpf/overlay"),
+                bin_dir: self.opts.bin_dir.clone(),
+                conf_dir: self.opts.conf_dir.clone(),
+                state_dir: self.tmp.path().join("var/lib/overlay"),
+                socket: self.opts.socket.clone(),
+                force: false,
+            }
+        }
+
+        /// The filesystem steps of [`uninstall`] (the datapath steps act
+        /// on this machine's network namespace and are tested end to end).
+        fn uninstall_files(&self) -> Vec<String> {
+            let u = self.uninstall();
+            let mut done = remove_cni_files(&u).unwrap();
+            done.extend(remove_agent_files(&u).unwrap());
+            done
+        }
+    }
+
+    fn mtime(p: &Path) -> std::time::SystemTime {
+        fs::metadata(p).unwrap().modified().unwrap()
+    }
+
+    #[test]
+    fn install_creates_both_files_and_the_plugin_parses_what_libcni_hands_it() {
+        let n = Node::new();
+        let r = install_cni(&n.opts).unwrap();
+        assert_eq!(
+            (&r.plugin, &r.conflist),
+            (&FileChange::Created, &FileChange::Created)
+        );
+        assert!(r.shadowing.is_empty());
+        assert_eq!(fs::read(n.plugin()).unwrap(), b"\x7fELF plugin v1");
+        let mode = fs::metadata(n.plugin()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        let text = fs::read_to_string(n.conflist()).unwrap();
+        assert!(is_ours(text.as_bytes()), "{text}");
+        // libcni gives each plugin its own entry plus the list's name and
+        // cniVersion; the marker stays behind, but the plugin would accept
+        // it too.
+        let list: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(list["plugins"].as_array().unwrap().len(), 1, "{text}");
+        let mut entry = list["plugins"][0].clone();
+        entry["name"] = list["name"].clone();
+        entry["cniVersion"] = list["cniVersion"].clone();
+        let conf = crate::cni::config::parse(entry.to_string().as_bytes()).unwrap();
+        assert_eq!(conf.agent_socket.as_deref(), Some(n.opts.socket.as_path()));
+        entry[MANAGED_KEY] = Value::Bool(true);
+        crate::cni::config::parse(entry.to_string().as_bytes()).unwrap();
+        // No temporary file is left behind.
+        for dir in [&n.opts.bin_dir, &n.opts.conf_dir] {
+            let names: Vec<_> = fs::read_dir(dir).unwrap().flatten().collect();
+            assert_eq!(names.len(), 1, "{names:?}");
+        }
+    }
+
+    #[test]
+    fn a_second_install_writes_nothing_and_changed_content_is_rewritten() {
+        let n = Node::new();
+        install_cni(&n.opts).unwrap();
+        let (t_bin, t_conf) = (mtime(&n.plugin()), mtime(&n.conflist()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let r = install_cni(&n.opts).unwrap();
+        assert_eq!(
+            (r.plugin, r.conflist),
+            (FileChange::Unchanged, FileChange::Unchanged)
+        );
+        assert_eq!((mtime(&n.plugin()), mtime(&n.conflist())), (t_bin, t_conf));
+
+        fs::write(&n.opts.plugin, b"\x7fELF plugin v2").unwrap();
+        let mut opts = n.opts.clone();
+        opts.socket = PathBuf::from("/run/other/agent.sock");
+        let r = install_cni(&opts).unwrap();
+        assert_eq!(
+            (r.plugin, r.conflist),
+            (FileChange::Updated, FileChange::Updated)
+        );
+        assert_eq!(fs::read(n.plugin()).unwrap(), b"\x7fELF plugin v2");
+        let text = fs::read_to_string(n.conflist()).unwrap();
+        assert!(text.contains("/run/other/agent.sock"), "{text}");
+        assert!(
+            !backup_path(&n.conflist()).exists(),
+            "our own file is not backed up"
+        );
+    }
+
+    #[test]
+    fn a_foreign_conflist_is_backed_up_and_uninstall_puts_it_back() {
+        let n = Node::new();
+        fs::create_dir_all(&n.opts.conf_dir).unwrap();
+        let foreign = r#"{"cniVersion":"1.0.0","name":"weave","plugins":[{"type":"weave-net"}]}"#;
+        fs::write(n.conflist(), foreign).unwrap();
+        let backup = backup_path(&n.conflist());
+        let r = install_cni(&n.opts).unwrap();
+        assert_eq!(
+            r.conflist,
+            FileChange::ReplacedForeign {
+                backup: backup.clone()
+            }
+        );
+        assert_eq!(fs::read_to_string(&backup).unwrap(), foreign);
+        assert!(is_ours(&fs::read(n.conflist()).unwrap()));
+        assert_eq!(
+            install_cni(&n.opts).unwrap().conflist,
+            FileChange::Unchanged
+        );
+
+        let done = n.uninstall_files();
+        assert_eq!(
+            fs::read_to_string(n.conflist()).unwrap(),
+            foreign,
+            "{done:?}"
+        );
+        assert!(!backup.exists());
+        assert!(!n.plugin().exists());
+        assert!(done.iter().any(|l| l.starts_with("restored")), "{done:?}");
+        assert_eq!(n.uninstall_files(), Vec::<String>::new(), "second run");
+        assert_eq!(fs::read_to_string(n.conflist()).unwrap(), foreign, "kept");
+    }
+
+    #[test]
+    fn a_second_foreign_file_does_not_overwrite_the_first_backup() {
+        let n = Node::new();
+        fs::create_dir_all(&n.opts.conf_dir).unwrap();
+        fs::write(n.conflist(), "original").unwrap();
+        install_cni(&n.opts).unwrap();
+        fs::write(n.conflist(), "second").unwrap();
+        let r = install_cni(&n.opts).unwrap();
+        let second = PathBuf::from(format!("{}.1", backup_path(&n.conflist()).display()));
+        assert_eq!(
+            r.conflist,
+            FileChange::ReplacedForeign {
+                backup: second.clone()
+            }
+        );
+        assert_eq!(
+            fs::read_to_string(backup_path(&n.conflist())).unwrap(),
+            "original"
+        );
+        assert_eq!(fs::read_to_string(second).unwrap(), "second");
+    }
+
+    #[test]
+    fn uninstall_removes_our_files_state_and_socket_and_then_has_nothing_to_do() {
+        let n = Node::new();
+        install_cni(&n.opts).unwrap();
+        let u = n.uninstall();
+        fs::create_dir_all(u.state_dir.join("ipam/allocations")).unwrap();
+        fs::write(u.state_dir.join("blocks.json"), "[]").unwrap();
+        fs::create_dir_all(u.socket.parent().unwrap()).unwrap();
+        // A socket file left by an agent that was killed.
+        drop(std::os::unix::net::UnixListener::bind(&u.socket).unwrap());
+        let done = n.uninstall_files();
+        for gone in [
+            n.conflist(),
+            n.plugin(),
+            u.state_dir.clone(),
+            u.socket.clone(),
+        ] {
+            assert!(!gone.exists(), "{} left; did {done:?}", gone.display());
+            assert!(
+                done.iter()
+                    .any(|l| l.ends_with(&*gone.display().to_string())),
+                "{} not reported: {done:?}",
+                gone.display()
+            );
+        }
+        assert!(
+            !u.socket.parent().unwrap().exists(),
+            "empty socket dir left"
+        );
+        assert!(
+            n.opts.conf_dir.is_dir() && n.opts.bin_dir.is_dir(),
+            "shared dirs stay"
+        );
+        assert_eq!(n.uninstall_files(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn uninstall_keeps_a_conflist_that_is_not_ours_and_a_busy_socket_dir() {
+        let n = Node::new();
+        fs::create_dir_all(&n.opts.conf_dir).unwrap();
+        fs::write(n.conflist(), r#"{"name":"other"}"#).unwrap();
+        let u = n.uninstall();
+        fs::create_dir_all(u.socket.parent().unwrap()).unwrap();
+        fs::write(u.socket.parent().unwrap().join("other"), "").unwrap();
+        assert_eq!(n.uninstall_files(), Vec::<String>::new());
+        assert!(n.conflist().exists());
+        assert!(u.socket.parent().unwrap().exists());
+    }
+
+    #[test]
+    fn uninstall_is_refused_while_an_agent_answers_unless_forced() {
+        let n = Node::new();
+        let u = n.uninstall();
+        fs::create_dir_all(u.socket.parent().unwrap()).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&u.socket).unwrap();
+        let e = uninstall(&u).unwrap_err();
+        assert!(matches!(e, InstallError::AgentRunning { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains(&*u.socket.display().to_string()),
+            "{e}"
+        );
+        drop(listener);
+        assert!(u.socket.exists(), "the file stays behind, as after a crash");
+        assert!(!agent_running(&u.socket), "a stale socket is no agent");
+    }
+
+    #[test]
+    fn uninstall_refuses_directories_that_hold_more_than_ours() {
+        for (pin, state) in [
+            ("/sys/fs/bpf", "/var/lib/overlay"),
+            ("/sys/fs/bpf/overlay", "/"),
+            ("/sys/fs/bpf/overlay", "/var"),
+            ("/sys/fs/bpf/overlay", "var/lib/overlay"),
+            ("/sys/fs/bpf/overlay", "/var/lib/.."),
+        ] {
+            let u = Uninstall {
+                pin_dir: pin.into(),
+                bin_dir: "/nonexistent/bin".into(),
+                conf_dir: "/nonexistent/conf".into(),
+                state_dir: state.into(),
+                socket: "/nonexistent/agent.sock".into(),
+                force: true,
+            };
+            let e = uninstall(&u).expect_err(&format!("{pin} {state}"));
+            assert!(matches!(e, InstallError::NotOurs { .. }), "{e:?}");
+        }
+        check_removable(Path::new("/var/lib/overlay")).unwrap();
+        check_removable(Path::new("/sys/fs/bpf/overlay")).unwrap();
+    }
+
+    #[test]
+    fn configurations_sorting_before_ours_are_reported_and_kept() {
+        let n = Node::new();
+        fs::create_dir_all(&n.opts.conf_dir).unwrap();
+        for name in [
+            "05-cilium.conf",
+            "00-x.json",
+            "99-late.conflist",
+            "01-notes.txt",
+        ] {
+            fs::write(n.opts.conf_dir.join(name), "{}").unwrap();
+        }
+        let r = install_cni(&n.opts).unwrap();
+        assert_eq!(
+            r.shadowing,
+            vec![
+                n.opts.conf_dir.join("00-x.json"),
+                n.opts.conf_dir.join("05-cilium.conf")
+            ]
+        );
+        assert!(n.opts.conf_dir.join("05-cilium.conf").exists());
+    }
+
+    #[test]
+    fn portmap_is_chained_when_asked_or_when_present() {
+        let mut n = Node::new();
+        let plugins = |n: &Node| -> Vec<Value> {
+            let v: Value = serde_json::from_slice(&fs::read(n.conflist()).unwrap()).unwrap();
+            v["plugins"].as_array().unwrap().clone()
+        };
+        install_cni(&n.opts).unwrap();
+        assert_eq!(plugins(&n).len(), 1, "auto, no portmap binary");
+        fs::write(n.opts.bin_dir.join("portmap"), b"x").unwrap();
+        install_cni(&n.opts).unwrap();
+        assert_eq!(plugins(&n)[1]["type"], "portmap", "auto, portmap present");
+        n.opts.portmap = Portmap::Off;
+        install_cni(&n.opts).unwrap();
+        assert_eq!(plugins(&n).len(), 1, "off");
+    }
+
+    #[test]
+    fn errors_name_the_path_and_the_cause() {
+        let mut n = Node::new();
+        n.opts.plugin = PathBuf::from("/nonexistent/overlay-cni");
+        let e = install_cni(&n.opts).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/overlay-cni"), "{e}");
+
+        let mut n = Node::new();
+        n.opts.cni_version = "9.9.9".into();
+        let e = install_cni(&n.opts).unwrap_err();
+        assert!(e.to_string().contains("9.9.9"), "{e}");
+
+        // A file where the configuration directory should be.
+        let mut n = Node::new();
+        n.opts.conf_dir = n.opts.plugin.join("net.d");
+        let e = install_cni(&n.opts).unwrap_err();
+        let chain = crate::cni::error::chain(&e);
+        assert!(
+            chain.contains(&*n.opts.conf_dir.display().to_string()),
+            "{chain}"
+        );
+        assert!(chain.contains("Not a directory"), "{chain}");
+    }
+}

@@ -48,7 +48,8 @@ pub struct AgentConfig {
     )]
     pub password: Option<String>,
     /// File holding the shared secret (trailing newline ignored), e.g. a
-    /// mounted Kubernetes Secret.
+    /// mounted Kubernetes Secret. A file that does not exist means no
+    /// password (with a warning): the DaemonSet's Secret is optional.
     #[arg(long, env = "OVERLAY_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
     /// Cluster name: agents only gossip with agents of the same name (and

@@ -344,7 +344,32 @@ fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits() {
     eprintln!("tcx links system-wide after restart: {}", tcx.trim());
 
     // Uninstall leaves nothing pinned and stops forwarding.
-    agent(&lab.nodes[0].ns, &lab.nodes[0].pin_dir, &["uninstall"]);
+    // Scratch directories: uninstall also removes the CNI files, state and
+    // socket directory, which must not be the host's.
+    let scratch = std::env::temp_dir().join(format!("ovl-uninstall-{}", std::process::id()));
+    let sub = |d: &str| scratch.join(d).display().to_string();
+    let (bin, conf, state, sock) = (
+        sub("bin"),
+        sub("net.d"),
+        sub("state"),
+        format!("{}/agent.sock", sub("run")),
+    );
+    agent(
+        &lab.nodes[0].ns,
+        &lab.nodes[0].pin_dir,
+        &[
+            "uninstall",
+            "--cni-bin-dir",
+            &bin,
+            "--cni-conf-dir",
+            &conf,
+            "--state-dir",
+            &state,
+            "--socket",
+            &sock,
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
     assert!(!lab.nodes[0].pin_dir.exists(), "pins left behind");
     assert!(
         !a.ns.ping(&b.ip.to_string(), 1),

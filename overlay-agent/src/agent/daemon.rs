@@ -410,13 +410,24 @@ fn log_startup(config: &AgentConfig) {
 fn password(config: &AgentConfig) -> Result<Option<String>, DaemonError> {
     let pw = match (&config.password, &config.password_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|source| DaemonError::PasswordFile {
-                path: path.clone(),
-                source,
-            })?
-            .trim_end_matches(['\n', '\r'])
-            .to_owned(),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(pw) => pw.trim_end_matches(['\n', '\r']).to_owned(),
+            // The DaemonSet mounts an optional Secret: no Secret, no file.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                warn!(
+                    path = %path.display(),
+                    "the password file does not exist (no `overlay-password` Secret?): \
+                     running without a password"
+                );
+                return Ok(None);
+            }
+            Err(source) => {
+                return Err(DaemonError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        },
         (None, None) => return Ok(None),
     };
     if pw.is_empty() {

@@ -30,21 +30,12 @@ use tracing::{info, warn};
 
 use crate::{
     agent::{HOST_IF_PREFIX, is_host_ifname},
-    cni::PLUGIN_TYPE,
+    cni::{PLUGIN_TYPE, Version},
     datapath::{self, DatapathError},
     masquerade::{self, MasqueradeError},
     netlink::{self, NetlinkError},
+    paths,
 };
-
-/// Where the runtime looks for plugin binaries.
-pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
-
-/// Where the runtime looks for network configurations.
-pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
-
-/// Our conflist's file name: runtimes take the first configuration in
-/// lexical order, so the `10-` prefix puts it ahead of most defaults.
-pub const CONFLIST_NAME: &str = "10-overlay.conflist";
 
 /// Network name in the conflist.
 pub const NETWORK_NAME: &str = "overlay";
@@ -59,11 +50,8 @@ pub const BACKUP_SUFFIX: &str = ".overlay-backup";
 
 /// The CNI specification version the conflist asks for: 1.0.0 is the
 /// newest that libcni 1.1 (containerd 1.6 and 1.7) accepts; the plugin also
-/// speaks 0.3.1, 0.4.0 and 1.1.0.
-pub const DEFAULT_CNI_VERSION: &str = "1.0.0";
-
-/// The `cniVersion`s the plugin implements.
-pub const CNI_VERSIONS: &[&str] = &["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// speaks the others of [`Version::ALL`].
+pub const DEFAULT_CNI_VERSION: Version = Version::V1_0_0;
 
 /// File extensions libcni loads from the configuration directory.
 const CONF_EXTENSIONS: &[&str] = &["conf", "conflist", "json"];
@@ -90,12 +78,6 @@ pub enum InstallError {
     PluginMissing {
         /// Where it was looked for.
         path: PathBuf,
-    },
-    /// The requested `cniVersion` is not one the plugin implements.
-    #[error("cniVersion {version:?} is not one overlay-cni implements ({})", CNI_VERSIONS.join(", "))]
-    CniVersion {
-        /// What was asked.
-        version: String,
     },
     /// An agent answers on the socket, so uninstalling would pull the
     /// datapath from under it.
@@ -158,7 +140,7 @@ pub struct CniInstall {
     /// The agent socket, as the plugin (on the host) sees it.
     pub socket: PathBuf,
     /// `cniVersion` of the conflist.
-    pub cni_version: String,
+    pub cni_version: Version,
     /// Whether to chain `portmap`.
     pub portmap: Portmap,
 }
@@ -210,7 +192,7 @@ pub fn conflist(opts: &CniInstall, portmap: bool) -> String {
         }));
     }
     let v = json!({
-        "cniVersion": opts.cni_version,
+        "cniVersion": opts.cni_version.as_str(),
         "name": NETWORK_NAME,
         MANAGED_KEY: true,
         "plugins": plugins,
@@ -229,11 +211,6 @@ pub fn is_ours(content: &[u8]) -> bool {
 
 /// Installs the plugin binary and the conflist. Idempotent.
 pub fn install_cni(opts: &CniInstall) -> Result<InstallReport, InstallError> {
-    if !CNI_VERSIONS.contains(&opts.cni_version.as_str()) {
-        return Err(InstallError::CniVersion {
-            version: opts.cni_version.clone(),
-        });
-    }
     let plugin = fs::read(&opts.plugin).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
             InstallError::PluginMissing {
@@ -282,7 +259,7 @@ pub fn install_cni(opts: &CniInstall) -> Result<InstallReport, InstallError> {
         }
     };
     let content = conflist(opts, portmap);
-    let conflist_path = opts.conf_dir.join(CONFLIST_NAME);
+    let conflist_path = opts.conf_dir.join(paths::CONFLIST_NAME);
     let conflist_change = match fs::read(&conflist_path) {
         Ok(old) if old == content.as_bytes() => FileChange::Unchanged,
         Ok(old) if is_ours(&old) => FileChange::Updated,
@@ -312,14 +289,15 @@ pub fn install_cni(opts: &CniInstall) -> Result<InstallReport, InstallError> {
         }
     }
 
-    let shadowing = shadowing_configs(&opts.conf_dir, CONFLIST_NAME)?;
+    let shadowing = shadowing_configs(&opts.conf_dir, paths::CONFLIST_NAME)?;
     for other in &shadowing {
         warn!(
             file = %other.display(),
-            "{} sorts before {CONFLIST_NAME}: the container runtime uses the first network \
+            "{} sorts before {}: the container runtime uses the first network \
              configuration in {}, so pods get that network instead of the overlay; remove it \
              if it is not wanted",
             other.display(),
+            paths::CONFLIST_NAME,
             opts.conf_dir.display()
         );
     }
@@ -478,7 +456,7 @@ fn check_removable(dir: &Path) -> Result<(), InstallError> {
 /// plugin binary.
 fn remove_cni_files(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
     let mut done = Vec::new();
-    let conflist_path = opts.conf_dir.join(CONFLIST_NAME);
+    let conflist_path = opts.conf_dir.join(paths::CONFLIST_NAME);
     match fs::read(&conflist_path) {
         Ok(content) if is_ours(&content) => {
             remove_file(&conflist_path)?;
@@ -621,14 +599,14 @@ mod tests {
                 conf_dir: tmp.path().join("etc/cni/net.d"),
                 plugin,
                 socket: tmp.path().join("run/overlay/agent.sock"),
-                cni_version: DEFAULT_CNI_VERSION.into(),
+                cni_version: DEFAULT_CNI_VERSION,
                 portmap: Portmap::Auto,
             };
             Self { tmp, opts }
         }
 
         fn conflist(&self) -> PathBuf {
-            self.opts.conf_dir.join(CONFLIST_NAME)
+            self.opts.conf_dir.join(paths::CONFLIST_NAME)
         }
 
         fn plugin(&self) -> PathBuf {
@@ -915,11 +893,6 @@ mod tests {
         n.opts.plugin = PathBuf::from("/nonexistent/overlay-cni");
         let e = install_cni(&n.opts).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/overlay-cni"), "{e}");
-
-        let mut n = Node::new();
-        n.opts.cni_version = "9.9.9".into();
-        let e = install_cni(&n.opts).unwrap_err();
-        assert!(e.to_string().contains("9.9.9"), "{e}");
 
         // A file where the configuration directory should be.
         let mut n = Node::new();

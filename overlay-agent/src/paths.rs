@@ -24,6 +24,16 @@ pub const STATUS_ADDR: &str = "127.0.0.1:6784";
 /// File under the state directory listing the blocks this node owns.
 pub const BLOCKS_FILE: &str = "blocks.json";
 
+/// Where the container runtime looks for plugin binaries.
+pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
+
+/// Where the container runtime looks for network configurations.
+pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
+
+/// Our conflist's file name: runtimes take the first configuration in
+/// lexical order, so the `10-` prefix puts it ahead of most defaults.
+pub const CONFLIST_NAME: &str = "10-overlay.conflist";
+
 /// Prometheus metrics endpoint (every address: Prometheus scrapes it from
 /// another host).
 pub const METRICS_ADDR: &str = "0.0.0.0:6782";

@@ -212,7 +212,10 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             Some(
                 Controller::new(
                     client.clone(),
-                    Arc::new(GossipMembers(g.clone())),
+                    Arc::new(GossipMembers {
+                        name: g.name().to_owned(),
+                        gossip: g.clone(),
+                    }),
                     Arc::new(move || a.is_ready()),
                 )
                 .spawn(stop_rx.clone()),
@@ -293,12 +296,9 @@ fn kube_settings(config: &AgentConfig) -> Result<Option<KubeSettings>, DaemonErr
         .or_else(|| KubeSettings::in_cluster().map(|s| s.api_server));
     match (api, config.kubernetes) {
         (Some(api_server), _) => Ok(Some(KubeSettings {
-            // Plain http (a local proxy, the tests' fake API) has no CA.
-            ca_file: api_server
-                .starts_with("https://")
-                .then(|| config.kube_ca_file.clone()),
             api_server,
             token_file: Some(config.kube_token_file.clone()),
+            ca_file: Some(config.kube_ca_file.clone()),
             timeout: KubeSettings::DEFAULT_TIMEOUT,
         })),
         (None, KubeMode::On) => Err(DaemonError::NoKubeApi),
@@ -343,16 +343,20 @@ async fn discover_seeds(
 }
 
 /// What the Kubernetes controller sees of gossip.
-struct GossipMembers(Arc<Gossip>);
+struct GossipMembers {
+    /// This node's name (fixed for the agent's life).
+    name: String,
+    gossip: Arc<Gossip>,
+}
 
 #[async_trait::async_trait]
 impl Members for GossipMembers {
     fn me(&self) -> String {
-        self.0.status().name
+        self.name.clone()
     }
 
     fn peers(&self) -> Vec<(String, bool)> {
-        self.0
+        self.gossip
             .status()
             .peers
             .into_iter()
@@ -363,7 +367,7 @@ impl Members for GossipMembers {
     /// Names forgotten at their newest generation: a node that came back
     /// (a newer generation) and was deleted again is not "already done".
     fn forgotten(&self) -> BTreeSet<String> {
-        let s = self.0.status();
+        let s = self.gossip.status();
         s.forgotten
             .into_iter()
             .filter(|(name, g)| !s.peers.iter().any(|p| &p.name == name && p.generation > *g))
@@ -372,7 +376,7 @@ impl Members for GossipMembers {
     }
 
     async fn forget(&self, name: &str) -> Result<(), String> {
-        self.0
+        self.gossip
             .forget(name)
             .await
             .map(|_| ())

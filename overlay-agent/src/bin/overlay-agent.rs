@@ -9,7 +9,7 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
-use overlay_agent::{datapath, install, link, maps::Maps, paths};
+use overlay_agent::{cni::Version, datapath, install, link, maps::Maps, paths};
 use overlay_common::{
     CONFIG_F_READY, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Endpoint, MAX_VNI, NodeConfig, VXLAN_OVERHEAD,
 };
@@ -160,9 +160,9 @@ enum Command {
         socket: PathBuf,
         /// `cniVersion` of the conflist; 1.0.0 suits every runtime with
         /// libcni 1.1 or later.
-        #[arg(long, env = "OVERLAY_CNI_VERSION", default_value = install::DEFAULT_CNI_VERSION,
-              value_parser = clap::builder::PossibleValuesParser::new(install::CNI_VERSIONS))]
-        cni_version: String,
+        #[arg(long, env = "OVERLAY_CNI_VERSION", default_value_t = install::DEFAULT_CNI_VERSION,
+              value_parser = parse_cni_version)]
+        cni_version: Version,
         /// Chain the reference `portmap` plugin (hostPort): `auto` when it
         /// is in the plugin directory.
         #[arg(long, env = "OVERLAY_CNI_PORTMAP", default_value = "auto", value_enum)]
@@ -197,11 +197,16 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct CniDirs {
     /// Directory of CNI plugin binaries.
-    #[arg(long, env = "OVERLAY_CNI_BIN_DIR", default_value = install::CNI_BIN_DIR)]
+    #[arg(long, env = "OVERLAY_CNI_BIN_DIR", default_value = paths::CNI_BIN_DIR)]
     cni_bin_dir: PathBuf,
     /// Directory of CNI network configurations.
-    #[arg(long, env = "OVERLAY_CNI_CONF_DIR", default_value = install::CNI_CONF_DIR)]
+    #[arg(long, env = "OVERLAY_CNI_CONF_DIR", default_value = paths::CNI_CONF_DIR)]
     cni_conf_dir: PathBuf,
+}
+
+/// A `cniVersion` the plugin implements.
+fn parse_cni_version(s: &str) -> Result<Version, String> {
+    s.parse().map_err(|e: overlay_agent::cni::CniError| e.msg)
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -504,7 +509,7 @@ mod tests {
         assert_eq!(cni.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
         assert_eq!(plugin, None);
         assert_eq!(socket, PathBuf::from(paths::AGENT_SOCKET));
-        assert_eq!(cni_version, "1.0.0");
+        assert_eq!(cni_version, Version::V1_0_0);
         assert_eq!(portmap, install::Portmap::Auto);
         let cli = Cli::try_parse_from(["overlay-agent", "uninstall", "--then-wait"]).unwrap();
         let Command::Uninstall {
@@ -518,10 +523,10 @@ mod tests {
         };
         assert_eq!(state_dir, PathBuf::from(paths::STATE_DIR));
         assert!(!force && then_wait);
-        assert!(
-            Cli::try_parse_from(["overlay-agent", "install-cni", "--cni-version", "2.0.0"])
-                .is_err()
-        );
+        let e = Cli::try_parse_from(["overlay-agent", "install-cni", "--cni-version", "9.9.9"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("9.9.9") && e.contains("1.1.0"), "{e}");
     }
 
     #[test]

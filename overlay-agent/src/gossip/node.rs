@@ -291,6 +291,11 @@ impl Gossip {
         }
     }
 
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The chitchat handle (simulations use it to inspect and to partition).
     pub fn chitchat(&self) -> &ChitchatHandle {
         &self.chitchat

@@ -19,9 +19,7 @@ use ureq::{
 };
 
 use super::types::{NodeList, RawWatchEvent, Status, WatchEvent};
-
-/// Where a pod's service account is mounted (token, CA bundle, namespace).
-pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+use crate::paths;
 
 /// Nodes asked for per page of a list.
 pub const LIST_PAGE_SIZE: u32 = 500;
@@ -47,7 +45,8 @@ pub struct KubeSettings {
     /// service-account tokens rotate. `None` sends no `Authorization`.
     pub token_file: Option<PathBuf>,
     /// PEM bundle whose certificates are the only roots trusted for
-    /// `https`. `None` trusts the Mozilla roots (webpki-roots).
+    /// `https` (not read for `http`). `None` trusts the Mozilla roots
+    /// (webpki-roots).
     pub ca_file: Option<PathBuf>,
     /// Bound on connecting, and on a whole list page or patch. A watch
     /// gets its own `timeoutSeconds` on top.
@@ -74,11 +73,10 @@ impl KubeSettings {
         } else {
             host
         };
-        let dir = Path::new(SERVICE_ACCOUNT_DIR);
         Some(Self {
             api_server: format!("https://{host}:{port}"),
-            token_file: Some(dir.join("token")),
-            ca_file: Some(dir.join("ca.crt")),
+            token_file: Some(PathBuf::from(paths::KUBE_TOKEN_FILE)),
+            ca_file: Some(PathBuf::from(paths::KUBE_CA_FILE)),
             timeout: Self::DEFAULT_TIMEOUT,
         })
     }
@@ -227,7 +225,12 @@ impl KubeClient {
             return Err(KubeError::BadServer(settings.api_server));
         }
         let mut tls = TlsConfig::builder();
-        if let Some(ca) = &settings.ca_file {
+        // Plain http (a local proxy, a test server) has no CA to read.
+        if let Some(ca) = settings
+            .ca_file
+            .as_ref()
+            .filter(|_| base.starts_with("https://"))
+        {
             tls = tls.root_certs(RootCerts::new_with_certs(&load_ca(ca)?));
         }
         let config = Agent::config_builder()

@@ -367,6 +367,13 @@ fn bad_settings_are_refused_up_front() {
     let missing = dir.path().join("ca.crt");
     let err = KubeClient::new(settings("https://127.0.0.1:1", Some(missing))).expect_err("no CA");
     assert!(matches!(err, KubeError::CaUnreadable { .. }), "{err:?}");
+    // Plain http has no TLS: the CA file is not read, so its absence is
+    // no error (the daemon passes the service-account path whatever the URL).
+    KubeClient::new(settings(
+        "http://127.0.0.1:1",
+        Some(dir.path().join("ca.crt")),
+    ))
+    .expect("http ignores the CA file");
 
     let junk = dir.path().join("junk.crt");
     std::fs::write(&junk, "not a certificate\n").expect("writing");

@@ -599,22 +599,28 @@ impl Cluster {
 
     /// Creates a pod on node `i` through the plugin (ADD, version 1.1.0).
     pub fn add_pod(&mut self, i: usize) -> CniPod {
+        self.add_pod_with_env(i, &[])
+    }
+
+    /// [`Cluster::add_pod`] with extra environment for the plugin, e.g.
+    /// `CNI_ARGS` naming the Kubernetes pod as kubelet passes it.
+    pub fn add_pod_with_env(&mut self, i: usize, extra: &[(&str, &str)]) -> CniPod {
         let ns = self.new_pod_ns(i);
         let container_id = format!("{}-{}", self.lab.tag, ns.name.rsplit('-').next().unwrap());
         let path = ns.path().display().to_string();
         let config = self.config(i, "1.1.0");
-        let result = self
-            .cni(
-                i,
-                &CniCall {
-                    command: "ADD",
-                    container_id: &container_id,
-                    netns: Some(&path),
-                    ifname: "eth0",
-                    config: &config,
-                },
-            )
-            .ok();
+        let result = invoke_env(
+            &self.lab.nodes[i].ns,
+            &CniCall {
+                command: "ADD",
+                container_id: &container_id,
+                netns: Some(&path),
+                ifname: "eth0",
+                config: &config,
+            },
+            extra,
+        )
+        .ok();
         let ip = result_ip(&result);
         CniPod {
             ns,
@@ -699,6 +705,13 @@ impl Cluster {
     pub fn pin_dir(&self, i: usize) -> &Path {
         &self.lab.nodes[i].pin_dir
     }
+}
+
+/// `config` with `prevResult` set to `prev` (for CHECK and DEL).
+pub fn with_prev(config: &str, prev: &Value) -> String {
+    let mut v: Value = serde_json::from_str(config).expect("the network configuration is JSON");
+    v["prevResult"] = prev.clone();
+    v.to_string()
 }
 
 /// The pod address in an ADD result.

@@ -16,3 +16,14 @@ pub fn require_privileges(test: &str) -> bool {
     eprintln!("SKIPPED {test}: {reason}");
     false
 }
+
+/// Returns from the calling test when it may not run (see
+/// [`require_privileges`]): `privileged!("test_name");` as its first line.
+#[macro_export]
+macro_rules! privileged {
+    ($name:literal) => {
+        if !$crate::require_privileges($name) {
+            return;
+        }
+    };
+}

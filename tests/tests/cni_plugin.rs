@@ -11,19 +11,11 @@ use std::{
 
 use overlay_tests::{
     Netns,
-    cluster::{Cluster, CniCall, invoke_in, result_ip},
-    require_privileges,
+    cluster::{Cluster, CniCall, invoke_in, result_ip, with_prev},
+    privileged,
     traffic::tcp_fetch_retry,
 };
 use serde_json::{Value, json};
-
-macro_rules! privileged {
-    ($name:literal) => {
-        if !require_privileges($name) {
-            return;
-        }
-    };
-}
 
 /// Nothing of a pod is left on node `i`: no host veth, no address, no
 /// endpoint entry.
@@ -52,12 +44,6 @@ fn call<'a>(cmd: &'a str, cid: &'a str, netns: Option<&'a str>, config: &'a str)
 }
 
 /// The configuration `config` with a `prevResult` added.
-fn with_prev(config: &str, prev: &Value) -> String {
-    let mut v: Value = serde_json::from_str(config).unwrap();
-    v["prevResult"] = prev.clone();
-    v.to_string()
-}
-
 #[test]
 fn pods_added_through_the_plugin_reach_each_other_across_nodes_and_on_one_node() {
     privileged!("pods_added_through_the_plugin_reach_each_other_across_nodes_and_on_one_node");

@@ -16,18 +16,10 @@ use overlay_tests::{
     Process,
     cluster::{Cluster, CniPod, LAB_CLAIM_SETTLE},
     lab::{UPLINK, node_ip},
-    require_privileges,
+    privileged,
     rogue::{self, RogueConfig, RogueNode},
 };
 use serde_json::Value;
-
-macro_rules! privileged {
-    ($name:literal) => {
-        if !require_privileges($name) {
-            return;
-        }
-    };
-}
 
 const NODES: usize = 4;
 /// Every wait on gossip (failure detection, joins) ends by then.

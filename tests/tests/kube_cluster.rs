@@ -17,17 +17,9 @@ use overlay_tests::{
     Netns,
     cluster::Cluster,
     fake_kube::{FakeKube, MAX_WATCH, Recorded},
-    require_privileges,
+    privileged,
 };
 use serde_json::Value;
-
-macro_rules! privileged {
-    ($name:literal) => {
-        if !require_privileges($name) {
-            return;
-        }
-    };
-}
 
 const NODES: usize = 4;
 /// Every wait on gossip (joins, failure detection, forgetting) ends by then.

@@ -14,7 +14,7 @@ use overlay_agent::gossip::{
 };
 use overlay_common::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 use overlay_tests::{
-    cluster::{Cluster, CniCall, invoke_env, result_ip},
+    cluster::{Cluster, CniCall, invoke_env, with_prev},
     lab::node_ip,
     require_privileges,
     rogue::send_datagrams,
@@ -29,12 +29,6 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 fn value(text: &str, series: &str) -> f64 {
     sample(text, series).unwrap_or_else(|| panic!("no {series} in the scrape:\n{text}"))
-}
-
-fn with_prev(config: &str, prev: &serde_json::Value) -> String {
-    let mut v: serde_json::Value = serde_json::from_str(config).expect("config is JSON");
-    v["prevResult"] = prev.clone();
-    v.to_string()
 }
 
 /// A VXLAN datagram (header + inner Ethernet/IPv4) as a rogue host would
@@ -67,26 +61,16 @@ fn metrics_move_with_pods_traffic_drops_and_forged_gossip() {
 
     // A pod on node 0, added as kubelet would (with CNI_ARGS), and one on
     // node 1.
-    let ns = c.new_pod_ns(0);
-    let path = ns.path().display().to_string();
-    let config = c.config(0, "1.1.0");
-    let container_id = format!("metrics-{}", std::process::id());
-    let out = invoke_env(
-        &c.lab.nodes[0].ns,
-        &CniCall {
-            command: "ADD",
-            container_id: &container_id,
-            netns: Some(&path),
-            ifname: "eth0",
-            config: &config,
-        },
+    let a = c.add_pod_with_env(
+        0,
         &[(
             "CNI_ARGS",
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=x",
         )],
-    )
-    .ok();
-    let a_ip = result_ip(&out);
+    );
+    let (ns, a_ip) = (&a.ns, a.ip);
+    let path = ns.path().display().to_string();
+    let config = c.config(0, "1.1.0");
     let b = c.add_pod(1);
 
     // Pod traffic across nodes: every ping is encapsulated on node 0 and
@@ -126,7 +110,7 @@ fn metrics_move_with_pods_traffic_drops_and_forged_gossip() {
             container_id: "no-such-container",
             netns: Some(&path),
             ifname: "eth0",
-            config: &with_prev(&config, &out),
+            config: &with_prev(&config, &a.result),
         },
         &[],
     );

@@ -1,7 +1,8 @@
-//! The Prometheus endpoint in the lab: scraped from a running gossip
-//! cluster, its numbers move with what happens on the node (pods added,
-//! pod traffic across nodes, spoofed VXLAN, forged gossip, failed CNI
-//! calls), and the agent's log names the pods of CNI operations.
+//! Operability: the Prometheus endpoint in the lab (scraped from a running
+//! gossip cluster, its numbers move with what happens on the node: pods
+//! added, pod traffic across nodes, spoofed VXLAN, forged gossip, failed
+//! CNI calls), the agent's log (pods of CNI operations, text or JSON, a
+//! fatal error with its cause) and `bpftool` dumps of every map.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -222,4 +223,61 @@ fn bpftool_dumps_every_pinned_map_with_named_fields() {
     let text = String::from_utf8_lossy(&out.stdout).replace([' ', '\n'], "");
     let octets = pod.ip.octets().map(|o| o.to_string()).join(",");
     assert!(text.contains(&format!("\"key\":[{octets}]")), "{text}");
+}
+
+/// `--log-format json` makes every line one JSON event, the start-up
+/// summary and a fatal error (with its cause) included; text is one line
+/// per event. The node address is on no interface, so the agent stops
+/// before touching anything.
+#[test]
+fn logs_are_one_event_per_line_in_text_or_json_and_a_fatal_error_names_its_cause() {
+    let state = std::env::temp_dir().join(format!("ovl-logs-{}", std::process::id()));
+    let run = |format: &str| {
+        let out = std::process::Command::new(overlay_tests::cluster::bin_path("overlay-agent"))
+            .args(["run", "--node-ip", "192.0.2.213", "--kubernetes", "off"])
+            .args(["--log-format", format, "--metrics-addr", "off"])
+            .arg("--state-dir")
+            .arg(&state)
+            .env_clear()
+            .output()
+            .expect("running overlay-agent");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cause = "no interface holds the node address 192.0.2.213";
+
+    let json = run("json");
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let start = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "overlay-agent starting")
+        .unwrap_or_else(|| panic!("no start-up summary in:\n{json}"));
+    assert_eq!(start["fields"]["node_ip"], "192.0.2.213", "{start}");
+    assert_eq!(start["fields"]["ipalloc_range"], "10.32.0.0/12", "{start}");
+    let fatal = events.last().expect("at least one event");
+    assert_eq!(fatal["level"], "ERROR", "{fatal}");
+    assert!(
+        fatal["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(cause)),
+        "{fatal}"
+    );
+
+    let text = run("text");
+    assert!(text.lines().all(|l| !l.starts_with('{')), "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("INFO") && first.contains("overlay-agent starting"),
+        "{text}"
+    );
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.contains("ERROR") && last.contains(cause), "{text}");
+    assert!(
+        !state.exists(),
+        "the agent created {} before failing",
+        state.display()
+    );
 }

@@ -441,9 +441,18 @@ fn run_daemon(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(overlay_agent::agent::run(config))?;
+    if let Err(e) = runtime.block_on(overlay_agent::agent::run(config)) {
+        // As a log event (JSON under --log-format json), with its causes.
+        tracing::error!(error = %overlay_agent::cni::error::chain(&e), "overlay-agent stopped");
+        return Err(Logged.into());
+    }
     Ok(())
 }
+
+/// An error already reported through the log.
+#[derive(Debug, thiserror::Error)]
+#[error("see the log above")]
+struct Logged;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -460,6 +469,7 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Logged>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("overlay-agent: error: {e:#}");
             ExitCode::FAILURE

@@ -114,6 +114,23 @@ pub struct AgentConfig {
     /// VXLAN network identifier, 0 to 16777215 (every node must agree).
     #[arg(long, env = "OVERLAY_VNI", default_value_t = DEFAULT_VNI)]
     pub vni: u32,
+    /// UDP port of datapath liveness probes (every node must agree; 0 turns
+    /// probing off, and peers are then routed while gossip sees them
+    /// alive). Each node's eBPF program answers probes on this port by
+    /// itself, so a peer whose agent is down (restart, crash, upgrade)
+    /// stays routed while its datapath answers; pods cannot send to it.
+    #[arg(long, env = "OVERLAY_PROBE_PORT", default_value_t = overlay_common::DEFAULT_PROBE_PORT)]
+    pub probe_port: u16,
+    /// How often each peer's datapath is probed. With many peers the
+    /// interval stretches so that at most 1000 probes a second leave the
+    /// node.
+    #[arg(long, env = "OVERLAY_PROBE_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    pub probe_interval: Duration,
+    /// A peer whose datapath answered before and has not answered for this
+    /// long is withdrawn (its routes removed), whatever gossip says; it is
+    /// restored at its next answer.
+    #[arg(long, env = "OVERLAY_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
     /// Pod MTU; defaults to the uplink's MTU minus the 50 bytes of VXLAN.
     #[arg(long, env = "OVERLAY_MTU")]
     pub mtu: Option<u32>,

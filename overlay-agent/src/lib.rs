@@ -4,6 +4,7 @@
 //! - [`datapath`]: load the eBPF object, pin maps and TC links, attach and
 //!   detach, uninstall;
 //! - [`link`]: interface index, MTU and MAC of the caller's namespace;
+//! - [`liveness`]: peers' datapaths probed, apart from their agents;
 //! - [`maps`]: typed access to the pinned maps;
 //! - [`netns`]: run work inside another network namespace on its own thread;
 //! - [`paths`]: every filesystem path the agent uses;
@@ -19,6 +20,7 @@ pub mod install;
 pub mod ipam;
 pub mod k8s;
 pub mod link;
+pub mod liveness;
 pub mod maps;
 pub mod masquerade;
 pub mod metrics;

@@ -61,9 +61,9 @@ pub struct SyncReport {
     pub routes_set: usize,
     /// Routes withdrawn.
     pub routes_removed: usize,
-    /// Peers added.
+    /// Peers made active (routed).
     pub peers_added: usize,
-    /// Peers withdrawn.
+    /// Peers withdrawn (inactive or removed).
     pub peers_removed: usize,
 }
 
@@ -241,17 +241,24 @@ impl Maps {
         Ok(out)
     }
 
-    /// Allows the node at `ip` to send us VXLAN.
+    /// Accepts VXLAN from `ip` (a routed peer). Idempotent.
     pub fn upsert_peer(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
+        self.set_peer(ip, true)
+    }
+
+    /// Lists `ip` as a node of the cluster: `active`, its VXLAN is accepted
+    /// and it is routed to; otherwise only its liveness probes are
+    /// answered. Idempotent.
+    pub fn set_peer(&mut self, ip: Ipv4Addr, active: bool) -> Result<(), MapsError> {
         let peer = Peer {
-            flags: PEER_F_ACTIVE,
+            flags: if active { PEER_F_ACTIVE } else { 0 },
         };
         self.peers
             .insert(ip.octets(), peer, 0)
             .map_err(access("inserting a peer", MAP_PEERS))
     }
 
-    /// Stops accepting VXLAN from `ip`. Idempotent.
+    /// Forgets `ip` altogether. Idempotent.
     pub fn remove_peer(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
         removed(
             self.peers.remove(&ip.octets()),
@@ -260,13 +267,14 @@ impl Maps {
         )
     }
 
-    /// Makes the routes and peers maps hold exactly `routes` and `peers` by
-    /// changing only the entries that differ: unaffected entries are never
-    /// removed, so traffic to nodes whose blocks did not change never blips.
+    /// Makes the routes and peers maps hold exactly `routes` and `peers`
+    /// (node → active) by changing only the entries that differ:
+    /// unaffected entries are never removed, so traffic to nodes whose
+    /// blocks did not change never blips.
     pub fn reconcile(
         &mut self,
         routes: &BTreeMap<Ipv4Net, Ipv4Addr>,
-        peers: &[Ipv4Addr],
+        peers: &BTreeMap<Ipv4Addr, bool>,
     ) -> Result<SyncReport, MapsError> {
         let mut report = SyncReport::default();
         let have = self.routes()?;
@@ -280,27 +288,45 @@ impl Maps {
             self.remove_route(*block)?;
             report.routes_removed += 1;
         }
-        let have = self.peers()?;
-        for peer in peers.iter().filter(|p| !have.contains(p)) {
-            self.upsert_peer(*peer)?;
-            report.peers_added += 1;
+        let have = self.known_peers()?;
+        for (peer, active) in peers {
+            let before = have.get(peer).copied();
+            if before == Some(*active) {
+                continue;
+            }
+            self.set_peer(*peer, *active)?;
+            match (before, *active) {
+                (Some(true), false) => report.peers_removed += 1,
+                (_, true) => report.peers_added += 1,
+                (None, false) => {}
+                (Some(false), false) => unreachable!("unchanged entries are skipped"),
+            }
         }
-        for peer in have.iter().filter(|p| !peers.contains(p)) {
+        for (peer, active) in have.iter().filter(|(p, _)| !peers.contains_key(p)) {
             self.remove_peer(*peer)?;
-            report.peers_removed += 1;
+            if *active {
+                report.peers_removed += 1;
+            }
         }
         Ok(report)
     }
 
-    /// Every node allowed to send us VXLAN.
+    /// Every routed node: those whose VXLAN is accepted.
     pub fn peers(&self) -> Result<Vec<Ipv4Addr>, MapsError> {
-        let mut out = Vec::new();
-        for key in self.peers.keys() {
-            out.push(Ipv4Addr::from(
-                key.map_err(access("listing peers", MAP_PEERS))?,
-            ));
+        Ok(self
+            .known_peers()?
+            .into_iter()
+            .filter_map(|(ip, active)| active.then_some(ip))
+            .collect())
+    }
+
+    /// Every node in the peer map, and whether it is active (routed).
+    pub fn known_peers(&self) -> Result<BTreeMap<Ipv4Addr, bool>, MapsError> {
+        let mut out = BTreeMap::new();
+        for entry in self.peers.iter() {
+            let (key, peer) = entry.map_err(access("listing peers", MAP_PEERS))?;
+            out.insert(Ipv4Addr::from(key), peer.flags & PEER_F_ACTIVE != 0);
         }
-        out.sort();
         Ok(out)
     }
 

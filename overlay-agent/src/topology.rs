@@ -18,6 +18,11 @@ pub struct Node {
     pub ip: Ipv4Addr,
     /// Pod address blocks the node hands addresses out of.
     pub blocks: Vec<Ipv4Net>,
+    /// Whether the node's agent is heard from (gossip's failure detector
+    /// holds it alive; always true in a static topology). A node whose
+    /// agent is silent stays listed with its blocks: whether it is still
+    /// routed is the datapath's liveness to decide ([`crate::liveness`]).
+    pub alive: bool,
 }
 
 /// Every node of the cluster, this one included.
@@ -111,7 +116,11 @@ impl Topology {
         let topo = Topology {
             nodes: nodes
                 .into_iter()
-                .map(|(ip, blocks)| Node { ip, blocks })
+                .map(|(ip, blocks)| Node {
+                    ip,
+                    blocks,
+                    alive: true,
+                })
                 .collect(),
         };
         topo.check_overlaps()?;
@@ -139,6 +148,11 @@ impl Topology {
         Ok(())
     }
 
+    /// The nodes whose agents are heard from.
+    pub fn live_nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.alive)
+    }
+
     /// The blocks `node` owns (empty if it is not listed).
     pub fn blocks_of(&self, node: Ipv4Addr) -> Vec<Ipv4Net> {
         self.nodes
@@ -148,21 +162,25 @@ impl Topology {
             .unwrap_or_default()
     }
 
-    /// What `ovl_routes_v1` must hold: every block of every node, ours
-    /// included (the datapath hands traffic for our own blocks to the host).
-    pub fn routes(&self) -> BTreeMap<Ipv4Net, Ipv4Addr> {
+    /// What `ovl_routes_v1` must hold: every block of every node for which
+    /// `routed` holds, ours included (the datapath hands traffic for our
+    /// own blocks to the host).
+    pub fn routes(&self, routed: impl Fn(&Node) -> bool) -> BTreeMap<Ipv4Net, Ipv4Addr> {
         self.nodes
             .iter()
+            .filter(|n| routed(n))
             .flat_map(|n| n.blocks.iter().map(move |b| (*b, n.ip)))
             .collect()
     }
 
-    /// What `ovl_peers_v1` must hold: every node but `me`.
-    pub fn peers(&self, me: Ipv4Addr) -> Vec<Ipv4Addr> {
+    /// What `ovl_peers_v1` must hold: every node but `me`, and whether it
+    /// is routed (`PEER_F_ACTIVE`: its VXLAN accepted) or only known (its
+    /// liveness probes answered).
+    pub fn peers(&self, me: Ipv4Addr, routed: impl Fn(&Node) -> bool) -> BTreeMap<Ipv4Addr, bool> {
         self.nodes
             .iter()
-            .map(|n| n.ip)
-            .filter(|ip| *ip != me)
+            .filter(|n| n.ip != me)
+            .map(|n| (n.ip, routed(n)))
             .collect()
     }
 }
@@ -179,8 +197,16 @@ mod tests {
         .unwrap();
         let me: Ipv4Addr = "172.31.0.1".parse().unwrap();
         assert_eq!(t.blocks_of(me), vec!["10.32.1.0/24".parse().unwrap()]);
-        assert_eq!(t.routes().len(), 3);
-        assert_eq!(t.peers(me), vec!["172.31.0.2".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(t.routes(|_| true).len(), 3);
+        assert_eq!(t.routes(|n| n.ip == me).len(), 1);
+        assert_eq!(
+            t.peers(me, |_| true),
+            BTreeMap::from([("172.31.0.2".parse::<Ipv4Addr>().unwrap(), true)])
+        );
+        assert!(
+            t.nodes.iter().all(|n| n.alive),
+            "a static topology is alive"
+        );
         assert_eq!(t.nodes[0].ip, me, "sorted by address");
     }
 

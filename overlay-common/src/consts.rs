@@ -3,6 +3,19 @@
 /// Default UDP destination port of our VXLAN traffic (Weave's data port).
 pub const DEFAULT_VXLAN_PORT: u16 = 6784;
 
+/// Default UDP port of datapath liveness probes: `from_uplink` answers a
+/// probe sent to this port by itself, with no agent involved.
+pub const DEFAULT_PROBE_PORT: u16 = 6785;
+
+/// First bytes of every probe payload.
+pub const PROBE_MAGIC: [u8; 4] = *b"OVLP";
+/// Version byte of the probe payload.
+pub const PROBE_VERSION: u8 = 1;
+/// Length of a probe payload: magic (4), version (1), reserved (3), nonce
+/// (8), send time (8). The answering program only checks magic and version
+/// and reflects the rest unchanged.
+pub const PROBE_LEN: usize = 24;
+
 /// Default VXLAN network identifier.
 pub const DEFAULT_VNI: u32 = 1;
 

@@ -53,7 +53,8 @@ mod tests {
         assert!(
             ALL_MAPS
                 .iter()
-                .all(|m| m.starts_with("ovl_") && m.ends_with("_v1"))
+                .all(|m| m.starts_with("ovl_") && (m.ends_with("_v1") || m.ends_with("_v2")))
         );
+        assert!(RETIRED_MAPS.iter().all(|r| !ALL_MAPS.contains(r)));
     }
 }

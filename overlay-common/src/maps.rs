@@ -15,7 +15,13 @@ pub const MAP_ENDPOINTS: &str = "ovl_endpoints_v1";
 /// Name of the peer map (hash: node IPv4 → [`Peer`]).
 pub const MAP_PEERS: &str = "ovl_peers_v1";
 /// Name of the counter map (per-CPU array of `u64`, indexed by [`crate::Stat`]).
-pub const MAP_STATS: &str = "ovl_stats_v1";
+/// `_v2`: four counters were added (the array grew from 17 to 21 slots).
+pub const MAP_STATS: &str = "ovl_stats_v2";
+
+/// Names of maps an earlier release pinned and this one replaced (a layout
+/// change bumps the suffix): the agent unpins them once its programs no
+/// longer use them, and uninstall removes them.
+pub const RETIRED_MAPS: [&str; 1] = ["ovl_stats_v1"];
 
 /// Every map the programs use, in a fixed order.
 pub const ALL_MAPS: [&str; 5] = [MAP_CONFIG, MAP_ROUTES, MAP_ENDPOINTS, MAP_PEERS, MAP_STATS];
@@ -49,8 +55,11 @@ pub struct NodeConfig {
     pub uplink_ifindex: u32,
     /// VXLAN UDP destination port (host byte order).
     pub vxlan_port: u16,
-    /// Explicit padding; always zero.
-    pub _pad0: u16,
+    /// UDP port on which `from_uplink` answers datapath liveness probes
+    /// (host byte order); 0 turns the answering off. It was an always-zero
+    /// padding field before probes existed, so a map written by an older
+    /// agent reads as "probes off".
+    pub probe_port: u16,
     /// VXLAN network identifier, 24 bits (host byte order).
     pub vni: u32,
     /// Pod MTU (host byte order).
@@ -90,10 +99,12 @@ pub struct Endpoint {
 }
 const _: () = assert!(size_of::<Endpoint>() == 20);
 
-/// Bit in [`Peer::flags`]: the peer is alive and may send us VXLAN.
+/// Bit in [`Peer::flags`]: the peer's datapath is alive: it is routed to
+/// and may send us VXLAN. A peer in the map without this bit is a known
+/// node whose routes are withdrawn: only its liveness probes are answered.
 pub const PEER_F_ACTIVE: u32 = 1 << 0;
 
-/// Value of [`MAP_PEERS`]: a node allowed to send us VXLAN.
+/// Value of [`MAP_PEERS`]: a node of the cluster (see [`PEER_F_ACTIVE`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Peer {

@@ -40,10 +40,22 @@ pub enum Stat {
     DropRedirectFailed = 15,
     /// Passed: the node configuration is not written yet.
     NotConfigured = 16,
+    /// Dropped: a pod sent an IPv4 packet whose source is not its own
+    /// address (the endpoint attached to the interface it came from).
+    DropPodSpoofedSource = 17,
+    /// Dropped: a pod sent UDP to the VXLAN or probe port of something
+    /// outside the pod network (a node, above all): only nodes may speak
+    /// the tunnel.
+    DropPodToTunnel = 18,
+    /// Dropped: a liveness probe from an address that is not a node of the
+    /// cluster.
+    DropProbeUnknownPeer = 19,
+    /// `from_uplink`: a peer's liveness probe, answered by reflecting it.
+    ProbeAnswered = 20,
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STATS_LEN: u32 = 17;
+pub const STATS_LEN: u32 = 21;
 
 impl Stat {
     /// Every counter, in index order.
@@ -65,6 +77,10 @@ impl Stat {
         Stat::DropDecapFailed,
         Stat::DropRedirectFailed,
         Stat::NotConfigured,
+        Stat::DropPodSpoofedSource,
+        Stat::DropPodToTunnel,
+        Stat::DropProbeUnknownPeer,
+        Stat::ProbeAnswered,
     ];
 
     /// Stable snake-case name, used in `status` output and metric labels.
@@ -87,13 +103,32 @@ impl Stat {
             Stat::DropDecapFailed => "drop_decap_failed",
             Stat::DropRedirectFailed => "drop_redirect_failed",
             Stat::NotConfigured => "not_configured",
+            Stat::DropPodSpoofedSource => "drop_pod_spoofed_source",
+            Stat::DropPodToTunnel => "drop_pod_to_tunnel",
+            Stat::DropProbeUnknownPeer => "drop_probe_unknown_peer",
+            Stat::ProbeAnswered => "probe_answered",
         }
     }
 
     /// Whether this counter counts dropped packets.
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= (Stat::DropTruncated as u32)
-            && (self as u32) <= (Stat::DropRedirectFailed as u32)
+        matches!(
+            self,
+            Stat::DropTruncated
+                | Stat::DropMalformed
+                | Stat::DropUnknownPeer
+                | Stat::DropWrongVni
+                | Stat::DropNoEndpoint
+                | Stat::DropSpoofedSource
+                | Stat::DropFragmented
+                | Stat::DropNoRouteToPeer
+                | Stat::DropEncapFailed
+                | Stat::DropDecapFailed
+                | Stat::DropRedirectFailed
+                | Stat::DropPodSpoofedSource
+                | Stat::DropPodToTunnel
+                | Stat::DropProbeUnknownPeer
+        )
     }
 }
 

@@ -7,6 +7,13 @@
 //!   of the underlay device towards that node;
 //! - anything else (ARP, IPv6, the node itself, the outside world) →
 //!   `OK`, untouched, for the host stack (masquerade, etc.).
+//!
+//! Before any of that, a pod may only send as itself: an IPv4 packet whose
+//! source is not the address of the endpoint attached to this interface is
+//! dropped (`drop_pod_spoofed_source`), and so is UDP a pod aims at the
+//! VXLAN or probe port of anything outside the pod network
+//! (`drop_pod_to_tunnel`): masqueraded to the node's address, it would
+//! reach another node as if a peer had sent it.
 
 use core::ffi::c_void;
 
@@ -24,7 +31,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use overlay_common::{ETH_HLEN, Endpoint, NodeConfig, Stat, VXLAN_OVERHEAD};
+use overlay_common::{ETH_HLEN, Endpoint, IPPROTO_UDP, NodeConfig, Stat, VXLAN_OVERHEAD};
 
 use crate::{
     maps::{ENDPOINTS, config, route},
@@ -68,6 +75,13 @@ fn try_from_pod(ctx: &TcContext) -> Verdict {
     }
     let ip = packet::ipv4(ctx, L3)?;
 
+    // A pod sends only from its own address, through its own interface.
+    match ENDPOINTS.get_ptr(ip.src) {
+        // SAFETY: the pointer comes from a successful lookup.
+        Some(me) if unsafe { (*me).ifindex } == ingress_ifindex(ctx) => {}
+        _ => return Err(Stat::DropPodSpoofedSource),
+    }
+
     if let Some(ep) = ENDPOINTS.get_ptr(ip.dst) {
         // SAFETY: the pointer comes from a successful lookup; copy out at once.
         let ep = unsafe { *ep };
@@ -75,14 +89,38 @@ fn try_from_pod(ctx: &TcContext) -> Verdict {
     }
 
     let Some(r) = route(ip.dst) else {
-        return Ok((OK, Stat::FromPodPassed));
+        return to_host(ctx, cfg, &ip);
     };
     let peer = r.node_ip;
     if peer == cfg.node_ip {
         // Our own block but no such pod: let the host stack answer.
-        return Ok((OK, Stat::FromPodPassed));
+        return to_host(ctx, cfg, &ip);
     }
     encapsulate(ctx, cfg, peer, ip.tos).map(|a| (a, Stat::FromPodEncapsulated))
+}
+
+/// The interface the packet came in on: the pod's host-side veth.
+#[inline(always)]
+fn ingress_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the context the kernel handed us.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Traffic for the host stack (the node, other nodes, the outside world),
+/// except UDP to the tunnel's ports: the stack would masquerade it to the
+/// node's address, and the receiving node would take it for a peer's
+/// VXLAN or probe. Later fragments carry no port; the receiving
+/// `from_uplink` drops fragmented VXLAN anyway.
+#[inline(always)]
+fn to_host(ctx: &TcContext, cfg: &NodeConfig, ip: &packet::Ipv4) -> Verdict {
+    if ip.proto == IPPROTO_UDP && !ip.is_later_fragment() {
+        let ports: [u8; 4] = ctx.load(L3 + ip.ihl).map_err(|_| Stat::DropTruncated)?;
+        let dport = u16::from_be_bytes([ports[2], ports[3]]);
+        if dport == cfg.vxlan_port || (cfg.probe_port != 0 && dport == cfg.probe_port) {
+            return Err(Stat::DropPodToTunnel);
+        }
+    }
+    Ok((OK, Stat::FromPodPassed))
 }
 
 /// Hands the frame to a pod on this node: MACs as if the gateway routed it,

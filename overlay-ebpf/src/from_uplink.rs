@@ -6,6 +6,9 @@
 //! `bpf_redirect_peer`. VXLAN for us that fails a check is dropped with its
 //! reason counted. Everything else, the node's own traffic above all, is
 //! `TC_ACT_OK`, untouched.
+//!
+//! A peer's liveness probe (UDP to our node IP and probe port) is answered
+//! here by reflecting it ([`crate::probe`]).
 
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
@@ -21,6 +24,7 @@ use crate::{
     from_pod::deliver_local,
     maps::{ENDPOINTS, PEERS, config, route},
     packet::{self, L3},
+    probe,
     verdict::{OK, Verdict, finish},
 };
 
@@ -51,7 +55,11 @@ fn try_from_uplink(ctx: &TcContext) -> Verdict {
     let Ok(udp) = ctx.load::<[u8; UDP_HLEN]>(L3 + outer.ihl) else {
         return PASS;
     };
-    if u16::from_be_bytes([udp[2], udp[3]]) != cfg.vxlan_port {
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    if cfg.probe_port != 0 && dport == cfg.probe_port {
+        return probe::answer(ctx, &outer, &udp, cfg.probe_port);
+    }
+    if dport != cfg.vxlan_port {
         return PASS;
     }
 

@@ -2,7 +2,8 @@
 //!
 //! One module per attach point, each a thin `#[classifier]` entry around a
 //! `try_*` body that returns a [`Verdict`] or the drop reason ([`Stat`]); the
-//! entry bumps exactly one counter per packet. Shared helpers: `maps` (the
+//! entry bumps exactly one counter per packet; `probe` answers datapath
+//! liveness probes for `from_uplink`. Shared helpers: `maps` (the
 //! map definitions), `packet` (header parsing), `vxlan` (building and
 //! checking the outer headers).
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -16,6 +17,8 @@ mod from_uplink;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
+#[cfg(target_arch = "bpf")]
+mod probe;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 mod vxlan;

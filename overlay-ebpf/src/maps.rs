@@ -22,7 +22,7 @@ pub static ENDPOINTS: HashMap<Ipv4Bytes, Endpoint, { MAX_ENDPOINTS as usize }> =
 #[btf_map(name = "ovl_peers_v1")]
 pub static PEERS: HashMap<Ipv4Bytes, Peer, { MAX_PEERS as usize }> = HashMap::new();
 
-#[btf_map(name = "ovl_stats_v1")]
+#[btf_map(name = "ovl_stats_v2")]
 pub static STATS: PerCpuArray<u64, { STATS_LEN as usize }> = PerCpuArray::new();
 
 /// This node's configuration, once the agent has written it.

@@ -273,7 +273,7 @@ impl Lab {
             node_ip: node.ip.octets(),
             uplink_ifindex: node.ns.ifindex(UPLINK),
             vxlan_port: DEFAULT_VXLAN_PORT,
-            _pad0: 0,
+            probe_port: 0,
             vni: DEFAULT_VNI,
             mtu: Self::pod_mtu(node.mode),
             flags: CONFIG_F_READY,

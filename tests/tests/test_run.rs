@@ -46,6 +46,8 @@ const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 32, 1, 10);
 const LOCAL_NO_POD: Ipv4Addr = Ipv4Addr::new(10, 32, 1, 77);
 /// A pod in the peer's block.
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 32, 2, 10);
+/// A second local pod (an endpoint on its own interface, `pod1`).
+const NEIGHBOUR_POD: Ipv4Addr = Ipv4Addr::new(10, 32, 1, 11);
 /// MAC of the local pod's interface.
 const POD_MAC: [u8; 6] = [0x02, 0x50, 0x0a, 0x20, 0x01, 0x0a];
 /// MAC of the local pod's host-side veth.
@@ -59,6 +61,7 @@ const NODE_VTEP_MAC: [u8; 6] = [0x0e, 0x4f, 172, 31, 0, 1];
 const PEER_VTEP_MAC: [u8; 6] = [0x0e, 0x4f, 172, 31, 0, 2];
 
 const VXLAN_PORT: u16 = 6784;
+const PROBE_PORT: u16 = 6785;
 const VNI: u32 = 1;
 
 const ETH_P_IP: u16 = 0x0800;
@@ -449,6 +452,8 @@ struct Fixture {
     ul0: u32,
     /// Ifindex of the local pod's host-side veth (`pod0`).
     pod_ifindex: u32,
+    /// Ifindex of the neighbour pod's host-side veth (`pod1`).
+    neighbour_ifindex: u32,
     _pin: PinDir,
     ns: Netns,
 }
@@ -470,6 +475,15 @@ impl Fixture {
         };
         fx.maps
             .upsert_endpoint(LOCAL_POD, &ep)
+            .expect("insert endpoint");
+        let neighbour = Endpoint {
+            ifindex: fx.neighbour_ifindex,
+            pod_mac: SENDER_MAC,
+            host_mac: SENDER_GW_MAC,
+            flags: 0,
+        };
+        fx.maps
+            .upsert_endpoint(NEIGHBOUR_POD, &neighbour)
             .expect("insert endpoint");
         fx
     }
@@ -494,9 +508,12 @@ impl Fixture {
         ns.ip(&[
             "link", "add", "pod0", "type", "veth", "peer", "name", "pod0p",
         ]);
+        ns.ip(&[
+            "link", "add", "pod1", "type", "veth", "peer", "name", "pod1p",
+        ]);
         ns.exec(&["sysctl", "-qw", "net.ipv4.conf.ul0.forwarding=1"]);
         ns.ip(&["addr", "add", "172.31.0.1/24", "dev", "ul0"]);
-        for l in ["ul0", "ulp", "pod0", "pod0p"] {
+        for l in ["ul0", "ulp", "pod0", "pod0p", "pod1", "pod1p"] {
             ns.ip(&["link", "set", l, "up"]);
         }
         ns.ip(&[
@@ -512,6 +529,7 @@ impl Fixture {
         ]);
         let ul0 = ns.ifindex("ul0");
         let pod_ifindex = ns.ifindex("pod0");
+        let neighbour_ifindex = ns.ifindex("pod1");
 
         let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/ovltr-{tag}")));
         let dp = Datapath::load(&pin.0)
@@ -523,6 +541,7 @@ impl Fixture {
             maps,
             ul0,
             pod_ifindex,
+            neighbour_ifindex,
             _pin: pin,
             ns,
         }
@@ -533,7 +552,7 @@ impl Fixture {
             node_ip: NODE.octets(),
             uplink_ifindex: self.ul0,
             vxlan_port: VXLAN_PORT,
-            _pad0: 0,
+            probe_port: PROBE_PORT,
             vni: VNI,
             mtu: 1450,
             flags: CONFIG_F_READY,
@@ -558,15 +577,16 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("reading counters: {}", error_chain(&e)))
     }
 
-    /// Runs `prog` once on `frame` inside the fixture's namespace.
-    fn run(&mut self, prog: &'static str, frame: &[u8]) -> Run {
+    /// Runs `prog` once on `frame` inside the fixture's namespace, as if
+    /// it came in on `ifindex` (0: the kernel's default, loopback).
+    fn run(&mut self, prog: &'static str, frame: &[u8], ifindex: u32) -> Run {
         let before = self.counters();
         let path = self.ns.path();
         let program: &SchedClassifier = self
             .dp
             .program(prog)
             .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-        let (verdict, out) = run_program(&path, prog, program, frame);
+        let (verdict, out) = run_program(&path, prog, program, frame, ifindex);
         let delta = self.counters().since(&before);
         Run {
             verdict,
@@ -575,12 +595,26 @@ impl Fixture {
         }
     }
 
+    /// `from_pod` on a frame sent by the pod whose address is the frame's
+    /// IPv4 source (on `pod0` when that is no local pod).
     fn run_from_pod(&mut self, frame: &[u8]) -> Run {
-        self.run(PROG_FROM_POD, frame)
+        let src = (frame.len() >= 34 && frame[12..14] == ETH_P_IP.to_be_bytes())
+            .then(|| Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]));
+        let ifindex = match src {
+            Some(ip) if ip == NEIGHBOUR_POD => self.neighbour_ifindex,
+            _ => self.pod_ifindex,
+        };
+        self.run(PROG_FROM_POD, frame, ifindex)
+    }
+
+    /// `from_pod` on a frame that came in on `ifindex`.
+    fn run_from_pod_on(&mut self, ifindex: u32, frame: &[u8]) -> Run {
+        self.run(PROG_FROM_POD, frame, ifindex)
     }
 
     fn run_from_uplink(&mut self, frame: &[u8]) -> Run {
-        self.run(PROG_FROM_UPLINK, frame)
+        let ul0 = self.ul0;
+        self.run(PROG_FROM_UPLINK, frame, ul0)
     }
 }
 
@@ -590,14 +624,20 @@ fn run_program(
     name: &str,
     program: &SchedClassifier,
     frame: &[u8],
+    ifindex: u32,
 ) -> (u32, Vec<u8>) {
     const OUT_CAP: usize = 2048;
+    // The start of a `struct __sk_buff`: BPF_PROG_TEST_RUN takes the
+    // device from its `ifindex` field (offset 40) when it is above 1.
+    let mut skb = [0u8; 44];
+    skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     overlay_agent::netns::run_in(netns, || {
         let mut out = vec![0u8; OUT_CAP];
         let res = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: (ifindex > 1).then_some(&skb[..]),
                 ..TestRunOptions::default()
             })
             .unwrap_or_else(|e| {
@@ -891,8 +931,7 @@ fn from_pod_delivers_to_a_local_pod() {
         return;
     }
     let mut fx = Fixture::new();
-    let sender = Ipv4Addr::new(10, 32, 1, 11);
-    let ip = pod_udp(sender, LOCAL_POD, 5353, 9000, b"neighbourly");
+    let ip = pod_udp(NEIGHBOUR_POD, LOCAL_POD, 5353, 9000, b"neighbourly");
     let input = from_pod_frame(&ip);
 
     let r = fx.run_from_pod(&input);
@@ -1404,5 +1443,238 @@ fn programs_pass_everything_before_any_config_is_written() {
         "from_uplink, empty maps",
         &vxlan,
         Stat::NotConfigured,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A pod sends only as itself, and never into the tunnel
+// ---------------------------------------------------------------------------
+
+#[test]
+fn from_pod_drops_packets_whose_source_is_not_the_pods_own_address() {
+    if !require_privileges("from_pod_drops_packets_whose_source_is_not_the_pods_own_address") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let pod0 = fx.pod_ifindex;
+    let cases = [
+        ("the neighbour pod's address", NEIGHBOUR_POD, REMOTE_POD),
+        (
+            "the neighbour pod's address, to a local pod",
+            NEIGHBOUR_POD,
+            LOCAL_POD,
+        ),
+        ("a remote pod's address", REMOTE_POD, LOCAL_POD),
+        ("a free address of our block", LOCAL_NO_POD, REMOTE_POD),
+        ("the node's address", NODE, REMOTE_POD),
+        (
+            "an outside address",
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(8, 8, 8, 8),
+        ),
+        ("the unspecified address", Ipv4Addr::UNSPECIFIED, REMOTE_POD),
+    ];
+    for (what, src, dst) in cases {
+        let input = from_pod_frame(&pod_udp(src, dst, 40000, 8080, b"not me"));
+        fx.run_from_pod_on(pod0, &input).expect_dropped(
+            &format!("pod0 sending from {what} ({src})"),
+            &input,
+            Stat::DropPodSpoofedSource,
+        );
+    }
+    // Its own address, but from the other pod's interface.
+    let input = from_pod_frame(&pod_udp(LOCAL_POD, REMOTE_POD, 40000, 8080, b"not here"));
+    fx.run_from_pod_on(fx.neighbour_ifindex, &input)
+        .expect_dropped(
+            "10.32.1.10 sent on pod1",
+            &input,
+            Stat::DropPodSpoofedSource,
+        );
+    // The pod's own address on its own interface goes on as before.
+    fx.run_from_pod_on(pod0, &input).expect(
+        "10.32.1.10 sent on pod0",
+        TC_ACT_REDIRECT,
+        Stat::FromPodEncapsulated,
+    );
+}
+
+#[test]
+fn from_pod_drops_pod_udp_to_the_tunnel_ports_of_nodes_and_the_outside() {
+    if !require_privileges("from_pod_drops_pod_udp_to_the_tunnel_ports_of_nodes_and_the_outside") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vx = Vxlan::new(remote_to_local()).frame();
+    for (what, dst, dport) in [
+        ("another node's VXLAN port", PEER, VXLAN_PORT),
+        ("this node's VXLAN port", NODE, VXLAN_PORT),
+        ("another node's probe port", PEER, PROBE_PORT),
+        ("a non-peer's VXLAN port", STRANGER, VXLAN_PORT),
+        (
+            "an outside VXLAN port",
+            Ipv4Addr::new(198, 51, 100, 7),
+            VXLAN_PORT,
+        ),
+        ("our block, no such pod", LOCAL_NO_POD, VXLAN_PORT),
+    ] {
+        // A VXLAN frame with a crafted inner packet, as an attacker sends it.
+        let input = from_pod_frame(&pod_udp(LOCAL_POD, dst, 40000, dport, &vx[14 + 20 + 8..]));
+        fx.run_from_pod(&input).expect_dropped(
+            &format!("UDP to {what} ({dst}:{dport})"),
+            &input,
+            Stat::DropPodToTunnel,
+        );
+    }
+    // Other ports of nodes are ordinary traffic for the host stack.
+    for (dst, dport) in [(PEER, 6783), (NODE, 53), (PEER, VXLAN_PORT + 100)] {
+        let input = from_pod_frame(&pod_udp(LOCAL_POD, dst, 40000, dport, b"hello"));
+        fx.run_from_pod(&input).expect_passed(
+            &format!("UDP to {dst}:{dport}"),
+            &input,
+            Stat::FromPodPassed,
+        );
+    }
+    // TCP to a node's VXLAN port number is not tunnel traffic.
+    let tcp = from_pod_frame(
+        &Ipv4::new(PROTO_TCP, LOCAL_POD, PEER).packet(&tcp_syn(LOCAL_POD, PEER, 40000, VXLAN_PORT)),
+    );
+    fx.run_from_pod(&tcp)
+        .expect_passed("TCP to the peer's port 6784", &tcp, Stat::FromPodPassed);
+    // Pods may use the port number among themselves: pod to pod is carried.
+    let to_pod = from_pod_frame(&pod_udp(LOCAL_POD, REMOTE_POD, 40000, VXLAN_PORT, b"app"));
+    fx.run_from_pod(&to_pod).expect(
+        "UDP to a remote pod's port 6784",
+        TC_ACT_REDIRECT,
+        Stat::FromPodEncapsulated,
+    );
+    let local = from_pod_frame(&pod_udp(
+        NEIGHBOUR_POD,
+        LOCAL_POD,
+        40000,
+        PROBE_PORT,
+        b"app",
+    ));
+    fx.run_from_pod(&local).expect(
+        "UDP to a local pod's port 6785",
+        TC_ACT_REDIRECT,
+        Stat::FromPodLocal,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Datapath liveness probes, answered by from_uplink
+// ---------------------------------------------------------------------------
+
+/// A probe payload: magic, version, reserved, nonce, time.
+fn probe_payload(nonce: u64) -> Vec<u8> {
+    let mut p = b"OVLP\x01\0\0\0".to_vec();
+    p.extend_from_slice(&nonce.to_be_bytes());
+    p.extend_from_slice(&123_456_789u64.to_be_bytes());
+    p
+}
+
+/// A probe as it arrives on `ul0` from `src` (through `src_mac`).
+fn probe_frame(src: Ipv4Addr, src_mac: [u8; 6], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    ethernet(
+        UL0_MAC,
+        src_mac,
+        ETH_P_IP,
+        &Ipv4::new(PROTO_UDP, src, NODE).packet(&udp(src, NODE, sport, dport, payload)),
+    )
+}
+
+#[test]
+fn from_uplink_answers_a_peers_probe_by_reflecting_it() {
+    if !require_privileges("from_uplink_answers_a_peers_probe_by_reflecting_it") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let payload = probe_payload(0x0123_4567_89ab_cdef);
+    let input = probe_frame(PEER, PEER_MAC, 43210, PROBE_PORT, &payload);
+    let r = fx.run_from_uplink(&input);
+    r.expect("probe from the peer", TC_ACT_REDIRECT, Stat::ProbeAnswered);
+    // Addresses and ports swapped, payload untouched, checksums valid.
+    let want = ethernet(
+        PEER_MAC,
+        UL0_MAC,
+        ETH_P_IP,
+        &Ipv4::new(PROTO_UDP, NODE, PEER).packet(&udp(NODE, PEER, PROBE_PORT, 43210, &payload)),
+    );
+    assert_bytes("the answer", &r.out, &want);
+
+    // A known node whose routes are withdrawn (inactive) is answered too,
+    // so both sides see each other again after a cut; its VXLAN is not
+    // accepted.
+    fx.maps.set_peer(PEER, false).expect("deactivate peer");
+    fx.run_from_uplink(&input).expect(
+        "probe from an inactive peer",
+        TC_ACT_REDIRECT,
+        Stat::ProbeAnswered,
+    );
+    let vx = Vxlan::new(remote_to_local()).frame();
+    fx.run_from_uplink(&vx).expect_dropped(
+        "VXLAN from an inactive peer",
+        &vx,
+        Stat::DropUnknownPeer,
+    );
+
+    // The answer itself, back at the prober's node, is ordinary UDP for
+    // the prober's socket.
+    let reply = probe_frame(PEER, PEER_MAC, PROBE_PORT, 43210, &payload);
+    fx.run_from_uplink(&reply)
+        .expect_passed("a probe's answer", &reply, Stat::FromUplinkPassed);
+}
+
+#[test]
+fn from_uplink_drops_forged_and_malformed_probes() {
+    if !require_privileges("from_uplink_drops_forged_and_malformed_probes") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let good = probe_payload(7);
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    let mut bad_version = good.clone();
+    bad_version[4] = 9;
+    let cases: [(&str, Vec<u8>, Stat); 5] = [
+        (
+            "from a non-peer",
+            probe_frame(STRANGER, [2, 0xcc, 0, 0, 0, 9], 43210, PROBE_PORT, &good),
+            Stat::DropProbeUnknownPeer,
+        ),
+        (
+            "from the probe port itself (would bounce forever)",
+            probe_frame(PEER, PEER_MAC, PROBE_PORT, PROBE_PORT, &good),
+            Stat::DropMalformed,
+        ),
+        (
+            "with a wrong magic",
+            probe_frame(PEER, PEER_MAC, 43210, PROBE_PORT, &bad_magic),
+            Stat::DropMalformed,
+        ),
+        (
+            "with an unknown version",
+            probe_frame(PEER, PEER_MAC, 43210, PROBE_PORT, &bad_version),
+            Stat::DropMalformed,
+        ),
+        (
+            "shorter than a probe",
+            probe_frame(PEER, PEER_MAC, 43210, PROBE_PORT, &good[..10]),
+            Stat::DropTruncated,
+        ),
+    ];
+    for (what, input, stat) in &cases {
+        fx.run_from_uplink(input)
+            .expect_dropped(&format!("probe {what}"), input, *stat);
+    }
+    // With probes off (port 0) the port is nobody's: passed to the stack.
+    let mut cfg = fx.ready_config();
+    cfg.probe_port = 0;
+    fx.set_config(&cfg);
+    let input = probe_frame(PEER, PEER_MAC, 43210, PROBE_PORT, &good);
+    fx.run_from_uplink(&input).expect_passed(
+        "a probe with probing off",
+        &input,
+        Stat::FromUplinkPassed,
     );
 }

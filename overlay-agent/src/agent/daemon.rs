@@ -4,9 +4,9 @@
 //! the datapath.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -35,6 +35,10 @@ use crate::{
         view::fnv1a,
     },
     k8s::{Controller, KubeClient, KubeError, KubeSettings, Members, seeds_from},
+    liveness::{
+        DatapathState,
+        prober::{Prober, ProberConfig, ProberError},
+    },
     metrics::{Instrumented, Metrics},
     paths,
     topology::{Topology, TopologyError},
@@ -88,6 +92,9 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers")]
     Signals(#[source] io::Error),
+    /// The datapath prober could not start.
+    #[error("starting the datapath prober")]
+    Prober(#[source] ProberError),
     /// A blocking task panicked.
     #[error("agent task failed")]
     Join(#[source] tokio::task::JoinError),
@@ -136,7 +143,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
 
     let (mut topology, gossip, mut first_apply) = match static_topology {
         Some(t) => {
-            apply(&agent, t.clone()).await?;
+            apply(&agent, t.clone(), BTreeMap::new()).await?;
             // The static source closes its channel after the one value.
             let (_, rx) = watch::channel(t);
             (rx, None, None)
@@ -160,6 +167,27 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
             )
         }
     };
+
+    // The peers' datapaths are probed from the start, so that by the end of
+    // the warm-up a restarted agent knows which silent agents' nodes still
+    // forward, and keeps routing to them.
+    let prober = match (&gossip, config.probe_port) {
+        (Some(g), port) if port != 0 => Some(Arc::new(
+            Prober::spawn(
+                ProberConfig {
+                    node_ip: config.node_ip,
+                    probe_port: port,
+                    interval: config.probe_interval,
+                    timeout: config.probe_timeout,
+                },
+                g.topology(),
+            )
+            .await
+            .map_err(DaemonError::Prober)?,
+        )),
+        _ => None,
+    };
+    let mut datapaths = prober.as_ref().map(|p| p.states());
 
     let listener = server::bind(&socket).map_err(|source| DaemonError::Listen {
         what: socket.display().to_string(),
@@ -191,7 +219,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let serving_http = tokio::spawn(
         http::serve(
             http_listener,
-            status_handler(agent.clone(), gossip.clone()),
+            status_handler(agent.clone(), gossip.clone(), prober.clone()),
             stop_rx.clone(),
         )
         .instrument(info_span!("status")),
@@ -200,7 +228,12 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         tokio::spawn(
             http::serve(
                 l,
-                metrics_handler(agent.clone(), gossip.clone(), metrics.clone()),
+                metrics_handler(
+                    agent.clone(),
+                    gossip.clone(),
+                    prober.clone(),
+                    metrics.clone(),
+                ),
                 stop_rx.clone(),
             )
             .instrument(info_span!("metrics")),
@@ -237,11 +270,17 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
                 None => std::future::pending().await,
             }
         };
+        let datapaths_changed = async {
+            match datapaths.as_mut() {
+                Some(d) => d.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = warmup_over => {
                 first_apply = None;
                 let t = topology.borrow_and_update().clone();
-                apply(&agent, t).await?;
+                apply(&agent, t, current(&mut datapaths)).await?;
             }
             changed = topology.changed(), if source_open && first_apply.is_none() => {
                 if changed.is_err() {
@@ -249,11 +288,23 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
                     continue;
                 }
                 let t = topology.borrow_and_update().clone();
-                apply(&agent, t).await?;
+                apply(&agent, t, current(&mut datapaths)).await?;
+            }
+            open = datapaths_changed, if first_apply.is_none() => {
+                if !open {
+                    datapaths = None;
+                    continue;
+                }
+                let t = topology.borrow().clone();
+                apply(&agent, t, current(&mut datapaths)).await?;
             }
             _ = sigterm.recv() => { info!("SIGTERM: stopping, datapath stays in place"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping, datapath stays in place"); break; }
         }
+    }
+    // Say so before going silent: the peers then expect the silence.
+    if let Some(g) = &gossip {
+        g.leave().await;
     }
     let _ = stop_tx.send(true);
     let _ = serving.await;
@@ -264,6 +315,9 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     if let Some(c) = controller {
         let _ = c.await;
     }
+    if let Some(p) = prober.and_then(Arc::into_inner) {
+        p.shutdown().await;
+    }
     if let Some(g) = gossip.and_then(Arc::into_inner) {
         g.shutdown().await;
     }
@@ -271,9 +325,23 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
-async fn apply(agent: &Arc<Agent>, topology: Topology) -> Result<(), DaemonError> {
+/// The datapath states as of now (none known without a prober).
+fn current(
+    datapaths: &mut Option<watch::Receiver<BTreeMap<Ipv4Addr, DatapathState>>>,
+) -> BTreeMap<Ipv4Addr, DatapathState> {
+    datapaths
+        .as_mut()
+        .map(|d| d.borrow_and_update().clone())
+        .unwrap_or_default()
+}
+
+async fn apply(
+    agent: &Arc<Agent>,
+    topology: Topology,
+    datapaths: BTreeMap<Ipv4Addr, DatapathState>,
+) -> Result<(), DaemonError> {
     let agent = agent.clone();
-    let applied = tokio::task::spawn_blocking(move || agent.apply_topology(&topology))
+    let applied = tokio::task::spawn_blocking(move || agent.apply_topology(&topology, &datapaths))
         .await
         .map_err(DaemonError::Join)?;
     if let Err(e) = applied {
@@ -403,6 +471,9 @@ fn log_startup(config: &AgentConfig) {
         gossip_port = config.gossip_port,
         authenticated = config.password.is_some() || config.password_file.is_some(),
         masquerade = !config.no_masquerade,
+        probe_port = config.probe_port,
+        probe_interval = ?config.probe_interval,
+        probe_timeout = ?config.probe_timeout,
         pin_dir = %config.pin_dir.display(),
         state_dir = %config.state_dir.display(),
         "overlay-agent starting"
@@ -533,44 +604,71 @@ async fn start_gossip(config: &AgentConfig, agent: Arc<Agent>) -> Result<Gossip,
         .map_err(DaemonError::Gossip)
 }
 
-fn status_handler(agent: Arc<Agent>, gossip: Option<Arc<Gossip>>) -> Handler {
+fn status_handler(
+    agent: Arc<Agent>,
+    gossip: Option<Arc<Gossip>>,
+    prober: Option<Arc<Prober>>,
+) -> Handler {
     Arc::new(move |req: Request| {
         let agent = agent.clone();
         let gossip = gossip.clone();
-        Box::pin(async move { route(req, agent, gossip).await })
+        let prober = prober.clone();
+        Box::pin(async move { route(req, agent, gossip, prober).await })
     })
 }
 
 /// The node's whole report: the agent's part (maps read on a blocking
-/// thread) and gossip's.
+/// thread), gossip's, and the probes', with each peer's state combining
+/// its agent's and its datapath's liveness.
 async fn full_report(
     agent: &Arc<Agent>,
     gossip: Option<&Arc<Gossip>>,
+    prober: Option<&Arc<Prober>>,
 ) -> Result<NodeReport, tokio::task::JoinError> {
     let a = agent.clone();
     let mut report = tokio::task::spawn_blocking(move || a.report()).await?;
     report.gossip = gossip.map(|g| g.status());
+    report.probes = prober.map(|p| p.report());
+    let routed = &report.datapath.peers;
+    if let Some(g) = report.gossip.as_mut() {
+        for peer in &mut g.peers {
+            let Some(ip) = peer.ip else { continue };
+            peer.routed = Some(routed.contains(&ip));
+            peer.datapath = report
+                .probes
+                .as_ref()
+                .and_then(|p| p.peers.iter().find(|pp| pp.ip == ip))
+                .map(|pp| pp.state);
+            if peer.state == PeerState::Dead && peer.datapath == Some(DatapathState::Up) {
+                peer.state = PeerState::AgentDown;
+            }
+        }
+    }
     Ok(report)
 }
 
 fn metrics_handler(
     agent: Arc<Agent>,
     gossip: Option<Arc<Gossip>>,
+    prober: Option<Arc<Prober>>,
     metrics: Arc<Metrics>,
 ) -> Handler {
     Arc::new(move |req: Request| {
         let agent = agent.clone();
         let gossip = gossip.clone();
+        let prober = prober.clone();
         let metrics = metrics.clone();
         Box::pin(async move {
             match (req.method.as_str(), req.path.as_str()) {
-                ("GET", "/metrics") => match full_report(&agent, gossip.as_ref()).await {
-                    Ok(report) => Response {
-                        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ..Response::text(200, metrics.render(report))
-                    },
-                    Err(e) => Response::text(500, format!("metrics failed: {e}\n")),
-                },
+                ("GET", "/metrics") => {
+                    match full_report(&agent, gossip.as_ref(), prober.as_ref()).await {
+                        Ok(report) => Response {
+                            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            ..Response::text(200, metrics.render(report))
+                        },
+                        Err(e) => Response::text(500, format!("metrics failed: {e}\n")),
+                    }
+                }
                 (_, "/metrics") => Response::text(405, "use GET\n"),
                 _ => Response::text(404, "try GET /metrics\n"),
             }
@@ -578,9 +676,14 @@ fn metrics_handler(
     })
 }
 
-async fn route(req: Request, agent: Arc<Agent>, gossip: Option<Arc<Gossip>>) -> Response {
+async fn route(
+    req: Request,
+    agent: Arc<Agent>,
+    gossip: Option<Arc<Gossip>>,
+    prober: Option<Arc<Prober>>,
+) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/status") => match full_report(&agent, gossip.as_ref()).await {
+        ("GET", "/status") => match full_report(&agent, gossip.as_ref(), prober.as_ref()).await {
             Ok(report) => Response::json(200, &report),
             Err(e) => Response::text(500, format!("status failed: {e}\n")),
         },

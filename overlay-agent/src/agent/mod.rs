@@ -10,12 +10,16 @@ mod daemon;
 mod pods;
 pub mod report;
 
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::{Mutex, MutexGuard, TryLockError},
+};
 
 pub use daemon::{DaemonError, run};
 use overlay_common::{CONFIG_F_READY, MAX_VNI, NodeConfig, VXLAN_OVERHEAD};
 pub use pods::{HOST_IF_PREFIX, is_host_ifname};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     api::{Handler, Reply, Request},
@@ -24,6 +28,7 @@ use crate::{
     datapath::{Datapath, DatapathError},
     ipam::{Ipam, IpamError},
     link::{self, LinkError},
+    liveness::{self, DatapathState},
     maps::{Maps, MapsError, SyncReport},
     masquerade::{self, MasqueradeError},
     topology::Topology,
@@ -60,6 +65,8 @@ struct State {
     /// Whether a topology has been applied (STATUS reports not ready until
     /// then).
     topology_applied: bool,
+    /// Peers routed by the last applied topology.
+    routed: BTreeSet<Ipv4Addr>,
 }
 
 /// The node agent.
@@ -121,7 +128,7 @@ impl Agent {
             node_ip: config.node_ip.octets(),
             uplink_ifindex,
             vxlan_port: config.vxlan_port,
-            _pad0: 0,
+            probe_port: config.probe_port,
             vni: config.vni,
             mtu: pod_mtu,
             flags: CONFIG_F_READY,
@@ -130,6 +137,31 @@ impl Agent {
         datapath
             .attach_uplink(&uplink)
             .map_err(AgentError::Datapath)?;
+        // Pods wired by an earlier agent get this release's `from_pod` (the
+        // program inside each pinned link is swapped atomically: no packet
+        // is lost, and an upgrade brings its checks to existing pods too).
+        let mut reattached = 0;
+        for (prog, iface) in crate::datapath::attachments(&config.pin_dir) {
+            if prog != overlay_common::PROG_FROM_POD {
+                continue;
+            }
+            match datapath.attach_pod(&iface) {
+                Ok(()) => reattached += 1,
+                // A pod deleted while no agent ran: GC removes its pin.
+                Err(e) => warn!(iface, error = %crate::cni::error::chain(&e),
+                    "re-attaching from_pod to an existing pod failed"),
+            }
+        }
+        // Maps of an earlier layout are no longer used by any program now.
+        for retired in overlay_common::RETIRED_MAPS {
+            let pin = config.pin_dir.join(retired);
+            if std::fs::remove_file(&pin).is_ok() {
+                info!(
+                    map = retired,
+                    "removed the pin of a map an earlier release used"
+                );
+            }
+        }
         let ipam =
             Ipam::open(&config.state_dir.join("ipam"), Vec::new()).map_err(AgentError::Ipam)?;
         if !config.no_masquerade {
@@ -143,6 +175,7 @@ impl Agent {
             vni = config.vni,
             pin_dir = %config.pin_dir.display(),
             allocations = ipam.allocations().count(),
+            pods_reattached = reattached,
             "datapath ready"
         );
         Ok(Self {
@@ -153,14 +186,25 @@ impl Agent {
                 maps,
                 ipam,
                 topology_applied: false,
+                routed: BTreeSet::new(),
             }),
         })
     }
 
     /// Takes this node's blocks from `topology` for address allocation and
-    /// brings the routes and peers maps in line with it, by diff.
-    pub fn apply_topology(&self, topology: &Topology) -> Result<SyncReport, AgentError> {
+    /// brings the routes and peers maps in line with it, by diff: a node is
+    /// routed per [`liveness::routed`], given what `datapaths` says of its
+    /// datapath (missing: never heard), and every other node stays in the
+    /// peers map, inactive, so that its probes are answered.
+    pub fn apply_topology(
+        &self,
+        topology: &Topology,
+        datapaths: &BTreeMap<Ipv4Addr, DatapathState>,
+    ) -> Result<SyncReport, AgentError> {
         let me = self.config.node_ip;
+        let routed = |n: &crate::topology::Node| {
+            n.ip == me || liveness::routed(n, datapaths.get(&n.ip).copied().unwrap_or_default())
+        };
         let mut state = self.lock();
         let blocks = topology.blocks_of(me);
         if blocks.is_empty() {
@@ -175,9 +219,28 @@ impl Agent {
         state.ipam.set_blocks(blocks);
         let report = state
             .maps
-            .reconcile(&topology.routes(), &topology.peers(me))
+            .reconcile(&topology.routes(routed), &topology.peers(me, routed))
             .map_err(AgentError::Maps)?;
         state.topology_applied = true;
+        let now: BTreeSet<Ipv4Addr> = topology
+            .nodes
+            .iter()
+            .filter(|n| n.ip != me && routed(n))
+            .map(|n| n.ip)
+            .collect();
+        for n in topology.nodes.iter().filter(|n| n.ip != me) {
+            let dp = datapaths.get(&n.ip).copied().unwrap_or_default();
+            match (state.routed.contains(&n.ip), now.contains(&n.ip)) {
+                (true, false) => warn!(peer = %n.ip, agent_alive = n.alive, datapath = ?dp,
+                    "peer withdrawn: no routes to its blocks, its VXLAN refused"),
+                (false, true) if state.topology_applied => info!(peer = %n.ip,
+                    agent_alive = n.alive, datapath = ?dp, "peer routed"),
+                (true, true) if !n.alive => debug!(peer = %n.ip,
+                    "peer's agent is down, its datapath answers: routes kept"),
+                _ => {}
+            }
+        }
+        state.routed = now;
         info!(
             nodes = topology.nodes.len(),
             routes_set = report.routes_set,
@@ -231,6 +294,7 @@ impl Agent {
             }
             .to_owned(),
             gossip: None,
+            probes: None,
             ipam: state.ipam.usage(),
             datapath,
         }

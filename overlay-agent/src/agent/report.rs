@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{gossip::status::GossipStatus, ipam::Usage};
+use crate::{gossip::status::GossipStatus, ipam::Usage, liveness::prober::ProbeReport};
 
 /// The datapath part of the report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,9 @@ pub struct NodeReport {
     pub source: String,
     /// Gossip status (absent with a static topology).
     pub gossip: Option<GossipStatus>,
+    /// Datapath liveness probes (absent when not probing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<ProbeReport>,
     /// Address usage in this node's blocks.
     pub ipam: Usage,
     /// The datapath.
@@ -46,6 +49,28 @@ impl NodeReport {
             Some(g) => s.push_str(&g.render()),
             None => {
                 let _ = writeln!(s, "Static topology (no gossip)");
+            }
+        }
+        if let Some(p) = &self.probes {
+            let _ = writeln!(
+                s,
+                "\nDatapath probes (UDP {}, every {} ms, timeout {} ms): {} sent, {} answered, \
+                 {} rejected",
+                p.port, p.interval_ms, p.timeout_ms, p.sent, p.answered, p.rejected
+            );
+            for peer in &p.peers {
+                let _ = writeln!(
+                    s,
+                    "  {:<16} {:<8} last answer {} ago, rtt {}",
+                    peer.ip.to_string(),
+                    format!("{:?}", peer.state).to_lowercase(),
+                    peer.last_answer_ms_ago
+                        .map(|m| format!("{m} ms"))
+                        .unwrap_or_else(|| "never".into()),
+                    peer.rtt_us
+                        .map(|u| format!("{u} µs"))
+                        .unwrap_or_else(|| "-".into()),
+                );
             }
         }
         let u = &self.ipam;

@@ -66,9 +66,9 @@ use hmac::{Hmac, Mac as _};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::net::UdpSocket;
+use tracing::{debug, warn};
 
 use super::fragment::{self, Reassembly};
-use tracing::{debug, warn};
 
 /// Largest datagram we send: the IPv4 UDP payload limit.
 pub const MAX_DATAGRAM_LEN: usize = 65_507;

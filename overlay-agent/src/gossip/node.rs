@@ -32,7 +32,8 @@ use super::{
     claims::{ClaimConfig, Claimer, Event},
     status::{BlockState, BlockStatus, ConflictStatus, GossipStatus, PeerState, PeerStatus},
     view::{
-        Claim, KEY_IP, KEY_VERSION, KEY_VXLAN_PORT, PREFIX_FORGET, Record, Seen, View, block_key,
+        Claim, KEY_IP, KEY_STOPPING, KEY_VERSION, KEY_VXLAN_PORT, PREFIX_FORGET, Record, Seen,
+        View, block_key,
     },
 };
 use crate::topology::{Node, Topology};
@@ -165,6 +166,7 @@ pub struct Gossip {
     topology: watch::Receiver<Topology>,
     task: JoinHandle<()>,
     name: String,
+    interval: Duration,
 }
 
 impl Gossip {
@@ -251,6 +253,7 @@ impl Gossip {
             rebuild: AtomicBool::new(true),
         });
         let name = config.node_name.clone();
+        let interval = config.interval;
         let runner = Runner {
             chitchat: chitchat.chitchat(),
             claimer,
@@ -274,6 +277,7 @@ impl Gossip {
             topology: topo_rx,
             task,
             name,
+            interval,
         })
     }
 
@@ -337,6 +341,20 @@ impl Gossip {
             generation,
             blocks,
         })
+    }
+
+    /// Tells the peers this agent is stopping cleanly (a rolling update, a
+    /// SIGTERM): they see its silence as expected, not as a failure, and
+    /// keep routing to its datapath. Waits a few gossip rounds (at most
+    /// 1.5 s) for the word to spread.
+    pub async fn leave(&self) {
+        {
+            let cc = self.chitchat.chitchat();
+            let mut cc = cc.lock().await;
+            cc.self_node_state().set(KEY_STOPPING, "true");
+        }
+        let wait = (self.interval * 3).min(Duration::from_millis(1500));
+        tokio::time::sleep(wait).await;
     }
 
     /// Stops gossiping (peers will declare this node dead).
@@ -492,13 +510,22 @@ impl Runner {
                     Liveness::Alive
                 }
                 (Some(Liveness::Dead), true) => {
-                    info!(peer = %m.name, %ip, "peer is back: routes restored");
+                    info!(peer = %m.name, %ip, "peer's agent is back");
                     Liveness::Alive
+                }
+                (Some(Liveness::Alive), false) if m.record.stopping => {
+                    info!(
+                        peer = %m.name, %ip,
+                        "peer's agent stopped cleanly: its routes stay while its datapath \
+                         answers probes, its blocks stay reserved"
+                    );
+                    Liveness::Dead
                 }
                 (Some(Liveness::Alive), false) => {
                     warn!(
                         peer = %m.name, %ip,
-                        "peer declared dead: its routes are withdrawn, its blocks stay reserved"
+                        "peer's agent declared dead by gossip: its routes stay while its \
+                         datapath answers probes, its blocks stay reserved"
                     );
                     Liveness::Dead
                 }
@@ -532,8 +559,10 @@ impl Runner {
     fn publish_topology(&self) {
         let owners = self.view.settled_owners();
         let mut nodes: Vec<Node> = Vec::new();
+        // Silent members stay listed (`alive: false`) with their blocks:
+        // whether they stay routed is their datapath's liveness to decide.
         for m in self.view.members.values() {
-            if !m.live || m.name == self.config.node_name {
+            if m.name == self.config.node_name {
                 continue;
             }
             let Some(ip) = m.record.ip else { continue };
@@ -544,13 +573,20 @@ impl Runner {
                 .get(&m.name)
                 .map(|s| s.iter().copied().collect())
                 .unwrap_or_default();
-            nodes.push(Node { ip, blocks });
+            nodes.push(Node {
+                ip,
+                blocks,
+                alive: m.live,
+            });
         }
         nodes.push(Node {
             ip: self.config.node_ip,
             blocks: self.claimer.usable(),
+            alive: true,
         });
-        nodes.sort_by_key(|n| n.ip);
+        // One entry per address, the live one if an old incarnation under
+        // another name is still listed.
+        nodes.sort_by_key(|n| (n.ip, !n.alive));
         nodes.dedup_by_key(|n| n.ip);
         let topo = Topology { nodes };
         self.topology.send_if_modified(|t| {
@@ -592,6 +628,9 @@ impl Runner {
                 } else {
                     PeerState::Dead
                 },
+                stopping: m.record.stopping,
+                datapath: None,
+                routed: None,
                 generation: m.generation,
                 version: m.record.version.clone(),
                 blocks: m

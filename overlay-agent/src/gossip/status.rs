@@ -43,12 +43,17 @@ pub struct BlockStatus {
 
 /// Liveness of a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum PeerState {
-    /// Heartbeats arrive: routed to, accepted from.
+    /// Its agent's heartbeats arrive.
     Alive,
-    /// The failure detector declared it dead: withdrawn from the maps, its
-    /// blocks stay reserved until it returns or is forgotten.
+    /// Its agent is silent (restart, crash, upgrade) but its datapath
+    /// answers probes: still routed. Gossip alone never says this; the
+    /// agent's report does, from the probes.
+    AgentDown,
+    /// Its agent is silent and its datapath does not answer (or is not
+    /// probed): withdrawn from the maps, its blocks stay reserved until it
+    /// returns or is forgotten.
     Dead,
 }
 
@@ -61,8 +66,17 @@ pub struct PeerStatus {
     pub ip: Option<Ipv4Addr>,
     /// Gossip address.
     pub gossip_addr: String,
-    /// Alive or dead.
+    /// Alive, agent down or dead.
     pub state: PeerState,
+    /// Its agent announced a clean stop before going silent.
+    #[serde(default)]
+    pub stopping: bool,
+    /// What probes say of its datapath (absent when not probed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<crate::liveness::DatapathState>,
+    /// Whether this node routes to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed: Option<bool>,
     /// Generation (start time, ms since the Unix epoch).
     pub generation: u64,
     /// Agent version.
@@ -166,15 +180,23 @@ impl GossipStatus {
         }
         for p in &self.peers {
             let ip = p.ip.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
+            let state = match (p.state, p.stopping) {
+                (PeerState::Alive, _) => "alive",
+                (PeerState::AgentDown, true) => "agent stopped",
+                (PeerState::AgentDown, false) => "agent down",
+                (PeerState::Dead, _) => "DEAD",
+            };
+            let datapath = match (p.datapath, p.routed) {
+                (None, _) => String::new(),
+                (Some(d), Some(false)) => format!(" (datapath {d:?}, NOT routed)"),
+                (Some(d), _) => format!(" (datapath {d:?})").to_lowercase(),
+            };
             let _ = writeln!(
                 s,
-                "  {:<16} {:<15} {:<5} {:<21} {}",
+                "  {:<16} {:<15} {:<13} {:<21} {}{datapath}",
                 p.name,
                 ip,
-                match p.state {
-                    PeerState::Alive => "alive",
-                    PeerState::Dead => "DEAD",
-                },
+                state,
                 p.gossip_addr,
                 blocks(&p.blocks)
             );

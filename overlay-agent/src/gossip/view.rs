@@ -11,6 +11,7 @@
 //! | `version` | agent version |
 //! | `block:<cidr>` | `pending <gen>` or `settled <gen>`: a claim, and the generation that first made it |
 //! | `forget:<name>` | generation: `name`, up to that generation, is gone for good |
+//! | `stopping` | `true`: the agent is stopping cleanly (SIGTERM); its silence is expected and its datapath stays |
 //!
 //! A value that does not parse is ignored (and counted in
 //! [`View::ignored_values`]): every datagram that reaches this code has
@@ -31,6 +32,8 @@ pub const KEY_IP: &str = "ip";
 pub const KEY_VXLAN_PORT: &str = "vxlan_port";
 /// Key of the agent version.
 pub const KEY_VERSION: &str = "version";
+/// Key set by an agent that stops cleanly.
+pub const KEY_STOPPING: &str = "stopping";
 /// Prefix of a block claim key.
 pub const PREFIX_BLOCK: &str = "block:";
 /// Prefix of a forget record key.
@@ -97,6 +100,8 @@ pub struct Record {
     pub vxlan_port: Option<u16>,
     /// Agent version.
     pub version: Option<String>,
+    /// The agent announced a clean stop.
+    pub stopping: bool,
     /// Block claims.
     pub claims: BTreeMap<Ipv4Net, Claim>,
     /// Forget records this node carries.
@@ -117,6 +122,7 @@ impl Record {
                     r.version = Some(v.to_owned());
                     true
                 }
+                KEY_STOPPING => v.parse().map(|b| r.stopping = b).is_ok(),
                 _ => {
                     if let Some(block) = k.strip_prefix(PREFIX_BLOCK) {
                         match (block.parse::<Ipv4Net>(), Claim::parse(v)) {

@@ -4,7 +4,7 @@
 //! - measured as they happen: CNI operations by command and result, with
 //!   latency histograms ([`Metrics::observe_cni`]);
 //! - read when scraped from the node's report: datapath counters from
-//!   `ovl_stats_v1` (drops with a `reason` label), peers by state, IPAM
+//!   `ovl_stats_v2` (drops with a `reason` label), peers by state, IPAM
 //!   blocks and addresses, gossip bytes and datagrams, authentication
 //!   failures ([`Metrics::render`]). Nothing is cached between scrapes, so
 //!   a scrape shows the kernel's counters as they are.
@@ -178,7 +178,7 @@ impl Collector for ReportCollector {
             i64::from(r.ready),
         )?;
 
-        // Datapath: ovl_stats_v1, summed over CPUs.
+        // Datapath: ovl_stats_v2, summed over CPUs.
         let mut packets = Vec::new();
         let mut drops = Vec::new();
         for (name, v) in &r.datapath.counters {
@@ -190,13 +190,13 @@ impl Collector for ReportCollector {
         counter(
             &mut enc,
             "datapath_packets",
-            "Packets the eBPF programs handled, by event (ovl_stats_v1)",
+            "Packets the eBPF programs handled, by event (ovl_stats_v2)",
             &packets,
         )?;
         counter(
             &mut enc,
             "datapath_drops",
-            "Packets the eBPF programs dropped, by reason (ovl_stats_v1)",
+            "Packets the eBPF programs dropped, by reason (ovl_stats_v2)",
             &drops,
         )?;
         plain_gauge(
@@ -242,20 +242,27 @@ impl Collector for ReportCollector {
 
         // Gossip.
         if let Some(g) = &r.gossip {
-            let alive = g
-                .peers
-                .iter()
-                .filter(|p| p.state == PeerState::Alive)
-                .count();
-            let dead = g.peers.len() - alive;
+            let count = |state| g.peers.iter().filter(|p| p.state == state).count() as u64;
             gauge(
                 &mut enc,
                 "peers",
-                "Other nodes known through gossip, by state",
+                "Other nodes known through gossip, by state (agent_down: agent silent, \
+                 datapath answering probes, still routed)",
                 &[
-                    (vec![("state", "alive")], sat(alive as u64)),
-                    (vec![("state", "dead")], sat(dead as u64)),
+                    (vec![("state", "alive")], sat(count(PeerState::Alive))),
+                    (
+                        vec![("state", "agent_down")],
+                        sat(count(PeerState::AgentDown)),
+                    ),
+                    (vec![("state", "dead")], sat(count(PeerState::Dead))),
                 ],
+            )?;
+            let routed = g.peers.iter().filter(|p| p.routed == Some(true)).count() as u64;
+            plain_gauge(
+                &mut enc,
+                "peers_routed",
+                "Other nodes this node routes pod traffic to",
+                sat(routed),
             )?;
             plain_gauge(
                 &mut enc,
@@ -315,6 +322,21 @@ impl Collector for ReportCollector {
                 "gossip_send_errors",
                 "Gossip datagrams that could not be sent",
                 w.send_errors,
+            )?;
+        }
+
+        // Datapath liveness probes.
+        if let Some(p) = &r.probes {
+            counter(
+                &mut enc,
+                "probes",
+                "Datapath liveness probes: sent, answered, and replies rejected (unknown \
+                 nonce or sender: a forgery or a very late answer)",
+                &[
+                    (vec![("result", "sent")], p.sent),
+                    (vec![("result", "answered")], p.answered),
+                    (vec![("result", "rejected")], p.rejected),
+                ],
             )?;
         }
         Ok(())

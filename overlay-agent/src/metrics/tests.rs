@@ -10,6 +10,7 @@ use crate::{
         status::{GossipStatus, PeerStatus},
     },
     ipam::Usage,
+    liveness::prober::ProbeReport,
 };
 
 fn peer(name: &str, state: PeerState) -> PeerStatus {
@@ -18,6 +19,9 @@ fn peer(name: &str, state: PeerState) -> PeerStatus {
         ip: None,
         gossip_addr: "192.0.2.1:6783".into(),
         state,
+        stopping: false,
+        datapath: None,
+        routed: None,
         generation: 1,
         version: None,
         blocks: Vec::new(),
@@ -39,6 +43,10 @@ fn report() -> NodeReport {
                 peer("a", PeerState::Alive),
                 peer("b", PeerState::Alive),
                 peer("c", PeerState::Dead),
+                PeerStatus {
+                    routed: Some(true),
+                    ..peer("d", PeerState::AgentDown)
+                },
             ],
             quorum: true,
             blocks_total: 4096,
@@ -54,6 +62,12 @@ fn report() -> NodeReport {
                 ..WireStats::default()
             },
             ..GossipStatus::default()
+        }),
+        probes: Some(ProbeReport {
+            sent: 50,
+            answered: 48,
+            rejected: 3,
+            ..ProbeReport::default()
         }),
         ipam: Usage {
             blocks: vec!["10.32.1.0/24".parse().unwrap()],
@@ -94,6 +108,11 @@ fn the_report_becomes_labelled_series() {
         (r#"overlay_datapath_drops_total{reason="truncated"}"#, 0.0),
         (r#"overlay_peers{state="alive"}"#, 2.0),
         (r#"overlay_peers{state="dead"}"#, 1.0),
+        (r#"overlay_peers{state="agent_down"}"#, 1.0),
+        ("overlay_peers_routed", 1.0),
+        (r#"overlay_probes_total{result="sent"}"#, 50.0),
+        (r#"overlay_probes_total{result="answered"}"#, 48.0),
+        (r#"overlay_probes_total{result="rejected"}"#, 3.0),
         ("overlay_ipam_blocks", 1.0),
         (r#"overlay_ipam_addresses{state="in_use"}"#, 12.0),
         (r#"overlay_ipam_addresses{state="free"}"#, 242.0),

@@ -547,6 +547,21 @@ impl Cluster {
         }
     }
 
+    /// Node `i` dies as a whole (power loss): its agent is SIGKILLed and its
+    /// namespace deleted at once.
+    pub fn kill_node(&mut self, i: usize) {
+        self.kill_agent(i);
+        self.lab.delete_node_netns(i);
+    }
+
+    /// Node `i`, killed by [`Cluster::kill_node`], boots again: a fresh
+    /// namespace on its old switch port, and its agent started with its old
+    /// state and pin directories (not waited for).
+    pub fn revive_node(&mut self, i: usize) {
+        self.lab.recreate_node_netns(i);
+        self.spawn_agent(i);
+    }
+
     /// Stops node `i`'s agent with SIGTERM; returns whether it exited
     /// cleanly within 10 s.
     pub fn stop_agent(&mut self, i: usize) -> bool {

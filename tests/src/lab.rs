@@ -469,3 +469,39 @@ impl Drop for Lab {
         // Namespaces go with their `Netns` guards.
     }
 }
+
+impl Lab {
+    /// Node `i` dies at once, as a host that loses power: its namespace is
+    /// deleted, and with it its uplink and the datapath attached there (the
+    /// caller stops any process that would keep the namespace alive, such
+    /// as its agent, first). Its pins on the host's bpffs stay.
+    pub fn delete_node_netns(&self, i: usize) {
+        crate::run_ok(&["ip", "netns", "del", &self.nodes[i].ns.name]);
+    }
+
+    /// Brings a node deleted by [`Lab::delete_node_netns`] back: a fresh
+    /// namespace of the same name, its uplink on its old switch port with
+    /// its old address (its pods and datapath are for its agent to
+    /// restore).
+    pub fn recreate_node_netns(&self, i: usize) {
+        let node = &self.nodes[i];
+        let sw = self
+            .switch
+            .as_ref()
+            .expect("a switch (labs of more than two nodes have one)");
+        crate::run_ok(&["ip", "netns", "add", &node.ns.name]);
+        node.ns.ip(&["link", "set", "lo", "up"]);
+        node.ns
+            .exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        node.ns
+            .exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        node.ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let port = format!("p{}", i + 1);
+        Netns::veth_pair(&node.ns, UPLINK, sw, &port);
+        sw.ip(&["link", "set", &port, "master", "br0"]);
+        sw.ip(&["link", "set", &port, "up"]);
+        node.ns
+            .ip(&["addr", "add", &format!("{}/24", node.ip), "dev", UPLINK]);
+        node.ns.ip(&["link", "set", UPLINK, "up"]);
+    }
+}

@@ -172,3 +172,209 @@ pub fn tcp_fetch_retry(ns: &Netns, addr: &str, port: u16, tries: u32) -> Option<
     }
     None
 }
+
+/// A ping running in the background at a fixed rate, for counting losses
+/// across an event.
+pub struct ContinuousPing {
+    process: crate::Process,
+    output: PathBuf,
+}
+
+impl ContinuousPing {
+    /// `per_second` echoes a second from `from` to `to`, for at most `limit`.
+    pub fn start(from: &Netns, to: Ipv4Addr, per_second: u32, limit: Duration) -> Self {
+        let output = std::env::temp_dir().join(format!("ovl-ping-{}", unique_tag()));
+        let file = std::fs::File::create(&output).expect("ping output file");
+        let interval = format!("{:.3}", 1.0 / f64::from(per_second.max(1)));
+        let secs = limit.as_secs().max(1).to_string();
+        let child = from
+            .command(&[
+                "ping",
+                "-q",
+                "-n",
+                "-i",
+                &interval,
+                "-W",
+                "1",
+                "-w",
+                &secs,
+                &to.to_string(),
+            ])
+            .stdout(file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ping");
+        Self {
+            process: crate::Process::from_child(child),
+            output,
+        }
+    }
+
+    /// Stops it; returns (transmitted, received).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.process.signal(libc::SIGINT);
+        self.process
+            .wait_timeout(Duration::from_secs(5))
+            .expect("ping exits on SIGINT");
+        let text = std::fs::read_to_string(&self.output).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.output);
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no summary in ping's output: {text:?}"));
+        let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+        let number_before = |word: &str| -> u64 {
+            let at = words
+                .iter()
+                .position(|w| *w == word)
+                .unwrap_or_else(|| panic!("no {word:?} in {line:?}"));
+            words[at - 1]
+                .parse()
+                .unwrap_or_else(|_| panic!("bad count before {word:?} in {line:?}"))
+        };
+        (number_before("packets"), number_before("received"))
+    }
+}
+
+/// An `iperf3` TCP flow in the background, paced at a fixed rate, whose
+/// per-second throughput is read at the end.
+pub struct PacedFlow {
+    server: crate::Process,
+    client: crate::Process,
+    output: PathBuf,
+}
+
+impl PacedFlow {
+    /// From `client` to `server_ip` (a pod in `server`), `rate` bits a
+    /// second (iperf3's `-b`, e.g. `1G`), for `secs` seconds.
+    pub fn start(
+        server: &Netns,
+        server_ip: Ipv4Addr,
+        client: &Netns,
+        rate: &str,
+        secs: u32,
+    ) -> Self {
+        let port = PORT.fetch_add(1, Ordering::Relaxed).to_string();
+        let server_proc = server.spawn(&["iperf3", "-s", "-1", "-p", &port]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let filter = format!("sport = :{port}");
+        while server.exec(&["ss", "-Hltn", &filter]).trim().is_empty() {
+            assert!(Instant::now() < deadline, "iperf3 server never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = std::env::temp_dir().join(format!("ovl-iperf-{}.json", unique_tag()));
+        let file = std::fs::File::create(&output).expect("iperf3 output file");
+        let secs = secs.to_string();
+        let child = client
+            .command(&[
+                "iperf3",
+                "-c",
+                &server_ip.to_string(),
+                "-p",
+                &port,
+                "-t",
+                &secs,
+                "-b",
+                rate,
+                "-i",
+                "1",
+                "-J",
+                "-C",
+                "cubic",
+            ])
+            .stdout(file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn iperf3 client");
+        Self {
+            server: server_proc,
+            client: crate::Process::from_child(child),
+            output,
+        }
+    }
+
+    /// Waits for the flow to end (at most `timeout`); returns the Gbit/s of
+    /// every one-second interval.
+    pub fn finish(mut self, timeout: Duration) -> Vec<f64> {
+        let done = self.client.wait_timeout(timeout);
+        let text = std::fs::read_to_string(&self.output).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.output);
+        assert!(done.is_some(), "iperf3 did not finish within {timeout:?}");
+        drop(self.server);
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("iperf3 JSON ({e}): {text}"));
+        if let Some(err) = v["error"].as_str() {
+            panic!("iperf3 failed: {err}");
+        }
+        v["intervals"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no intervals in {text}"))
+            .iter()
+            .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9)
+            .collect()
+    }
+}
+
+/// An IPv4/UDP packet, every address settable (checksums filled in).
+pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut p = Vec::with_capacity(total);
+    p.extend_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let csum = inet_checksum(&p);
+    p[10..12].copy_from_slice(&csum.to_be_bytes());
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    p.extend_from_slice(payload);
+    p
+}
+
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends `packet` (a whole IPv4 packet, source address included, as a pod
+/// with `CAP_NET_RAW` can) from a raw socket inside `ns`.
+pub fn send_raw_ipv4(ns: &Netns, packet: &[u8]) {
+    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    let packet = packet.to_vec();
+    overlay_agent::netns::run_in(&ns.path(), move || {
+        // SAFETY: plain syscalls on a socket this closure owns and closes.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let n = libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(n, packet.len() as isize, "raw sendto: {err}");
+        }
+    })
+    .expect("entering the namespace");
+}

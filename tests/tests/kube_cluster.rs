@@ -331,9 +331,9 @@ fn agents_join_from_nodes_set_network_available_and_reclaim_a_deleted_node_once(
         "{victim_name}'s agent did not exit cleanly on SIGTERM"
     );
     let dead = c.wait_statuses(
-        "the stopped node seen dead everywhere",
+        "the stopped agent seen down everywhere",
         GOSSIP_TIMEOUT,
-        |_, s| peer(s, &victim_name).is_some_and(|p| p["state"] == "dead"),
+        |_, s| peer(s, &victim_name).is_some_and(|p| p["state"] == "agent_down"),
     );
     println!("{victim_name} stopped, seen dead everywhere within {dead:?}");
     let hold = Instant::now();

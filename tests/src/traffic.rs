@@ -217,7 +217,6 @@ impl ContinuousPing {
             .wait_timeout(Duration::from_secs(5))
             .expect("ping exits on SIGINT");
         let text = std::fs::read_to_string(&self.output).unwrap_or_default();
-        let _ = std::fs::remove_file(&self.output);
         let line = text
             .lines()
             .find(|l| l.contains("packets transmitted"))
@@ -233,6 +232,12 @@ impl ContinuousPing {
                 .unwrap_or_else(|_| panic!("bad count before {word:?} in {line:?}"))
         };
         (number_before("packets"), number_before("received"))
+    }
+}
+
+impl Drop for ContinuousPing {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.output);
     }
 }
 

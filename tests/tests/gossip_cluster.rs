@@ -11,7 +11,6 @@ use std::{
 
 use overlay_agent::gossip::{DEFAULT_GOSSIP_PORT, auth::KEYED_OVERHEAD};
 use overlay_tests::{
-    Process,
     cluster::{Cluster, CniPod, LAB_CLAIM_SETTLE},
     lab::{UPLINK, node_ip},
     privileged,
@@ -175,13 +174,6 @@ fn assert_all_pairs_reach(pods: &[&CniPod]) {
                 );
             }
         }
-    }
-}
-
-impl Drop for ContinuousPing {
-    fn drop(&mut self) {
-        // The process is killed and reaped by its own guard.
-        let _ = std::fs::remove_file(&self.output);
     }
 }
 

@@ -325,6 +325,61 @@ impl Collector for ReportCollector {
             )?;
         }
 
+        // NetworkPolicy.
+        if let Some(p) = &r.policy {
+            let mut drops = Vec::new();
+            for pod in &p.isolated {
+                for (direction, v) in [("ingress", pod.drops_ingress), ("egress", pod.drops_egress)]
+                {
+                    drops.push((
+                        vec![("pod", pod.pod.clone()), ("direction", direction.into())],
+                        v,
+                    ));
+                }
+            }
+            counter(
+                &mut enc,
+                "policy_drops",
+                "Packets NetworkPolicy dropped, by local pod and direction (ovl_policy_drops_v1)",
+                &drops,
+            )?;
+            plain_gauge(
+                &mut enc,
+                "policy_isolated_pods",
+                "Local pods isolated by NetworkPolicy",
+                sat(p.isolated.len() as u64),
+            )?;
+            plain_gauge(
+                &mut enc,
+                "policy_problems",
+                "NetworkPolicies (or rules of them) that could not be applied",
+                sat(p.problems.len() as u64),
+            )?;
+            gauge(
+                &mut enc,
+                "policy_map_entries",
+                "Entries of the NetworkPolicy maps, by map",
+                &[
+                    (
+                        vec![("map", overlay_common::MAP_IDENTITIES)],
+                        sat(p.identities as u64),
+                    ),
+                    (
+                        vec![("map", overlay_common::MAP_POLICY)],
+                        sat(p.rules as u64),
+                    ),
+                    (
+                        vec![("map", overlay_common::MAP_POLICY_CIDRS)],
+                        sat(p.cidrs as u64),
+                    ),
+                    (
+                        vec![("map", overlay_common::MAP_CONNTRACK)],
+                        sat(p.tracked_connections as u64),
+                    ),
+                ],
+            )?;
+        }
+
         // Datapath liveness probes.
         if let Some(p) = &r.probes {
             counter(

@@ -70,8 +70,11 @@ pub struct Compiled {
     pub rules: BTreeSet<RuleEntry>,
     /// `ovl_policy_cidrs_v1`, with the CIDR identity of each region.
     pub cidrs: BTreeMap<CidrEntry, u32>,
-    /// For each local pod (`namespace/name`): the policies selecting it.
+    /// For each isolated local pod (`namespace/name`): the policies
+    /// selecting it.
     pub selected: BTreeMap<String, Vec<String>>,
+    /// The `namespace/name` of each isolated local pod.
+    pub names: BTreeMap<Ipv4Addr, String>,
     /// What could not be applied.
     pub problems: Vec<Problem>,
 }
@@ -353,6 +356,7 @@ pub fn compile(inputs: &Inputs<'_>, ids: &mut Identities) -> Compiled {
         }
         out.endpoints.insert(*ip, flags);
         out.selected.insert(pod.key(), selecting);
+        out.names.insert(*ip, pod.key());
         for dir in [DIR_INGRESS, DIR_EGRESS] {
             for (prefix, ports) in regions(&blocks[usize::from(dir)]) {
                 let id = if ports.is_empty() {

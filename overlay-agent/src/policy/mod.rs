@@ -5,10 +5,14 @@
 //! - [`selector`]: label selectors;
 //! - [`compile`]: the pure compilation of those objects into the entries
 //!   of one node's policy maps, with the problems found;
-//! - [`maps`]: the pinned maps, updated by diff.
+//! - [`maps`]: the pinned maps, updated by diff;
+//! - [`controller`]: list/watch of the three kinds and the applier;
+//! - [`report`]: what `status` and `/metrics` show.
 
 pub mod compile;
+pub mod controller;
 pub mod maps;
+pub mod report;
 pub mod selector;
 pub mod types;
 
@@ -16,4 +20,6 @@ pub mod types;
 mod tests;
 
 pub use compile::{Compiled, Identities, Inputs, Problem, compile};
+pub use controller::PolicyController;
 pub use maps::{Drops, PolicyMaps, UpdateReport};
+pub use report::{IsolatedPod, PolicyReport};

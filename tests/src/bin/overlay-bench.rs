@@ -63,6 +63,9 @@ Options:
                       nodes of the partition run [default: 200]
   --gossip-rounds N   partition rounds, 0 for none [default: 5]
   --gossip-seed N     seed of the partition run's random choices [default: 24301]
+  --policy-only       only the NetworkPolicy compile and map update bench
+                      (100,000 pods, 1,000 policies; --policy-pods N,
+                      --policy-count N, --policy-local N change the sizes)
   -h, --help          print this help
 
 Scenarios (a fresh topology each, torn down afterwards):
@@ -1223,6 +1226,10 @@ fn on_path(tool: &str) -> bool {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // NetworkPolicy compile/update at scale: its own part and flags.
+    if let Some(code) = overlay_tests::policy_bench::main_if_asked(&args) {
+        return code;
+    }
     let opts = match parse_args(&args) {
         Ok(Cli::Help) => {
             print!("{USAGE}");

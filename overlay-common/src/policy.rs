@@ -35,16 +35,24 @@ pub const MAP_POLICY_CIDRS: &str = "ovl_policy_cidrs_v1";
 pub const MAP_CONNTRACK: &str = "ovl_ct_v1";
 /// Name of the per-endpoint drop counters (per-CPU hash: [`DropKey`] → `u64`).
 pub const MAP_POLICY_DROPS: &str = "ovl_policy_drops_v1";
+/// Name of the ring buffer of policy drops ([`PolicyEvent`] records) the
+/// agent turns into rate-limited "blocked by NetworkPolicy" log lines.
+pub const MAP_POLICY_EVENTS: &str = "ovl_policy_events_v1";
 
 /// Every NetworkPolicy map, in a fixed order.
-pub const POLICY_MAPS: [&str; 6] = [
+pub const POLICY_MAPS: [&str; 7] = [
     MAP_IDENTITIES,
     MAP_POLICY_ENDPOINTS,
     MAP_POLICY,
     MAP_POLICY_CIDRS,
     MAP_CONNTRACK,
     MAP_POLICY_DROPS,
+    MAP_POLICY_EVENTS,
 ];
+
+/// Bytes of [`MAP_POLICY_EVENTS`]: 4,096 events; when the agent falls
+/// behind a flood, further events are lost (the counters still count).
+pub const POLICY_EVENTS_BYTES: u32 = 4096 * 32;
 
 /// Capacity of [`MAP_IDENTITIES`]: pods in the cluster.
 pub const MAX_IDENTITY_ENTRIES: u32 = 262_144;
@@ -210,6 +218,23 @@ pub struct DropKey {
 }
 const _: () = assert!(size_of::<DropKey>() == 8);
 
+/// A record of [`MAP_POLICY_EVENTS`]: one dropped packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyEvent {
+    /// The local pod (network byte order).
+    pub local: Ipv4Bytes,
+    /// The other end (network byte order).
+    pub remote: Ipv4Bytes,
+    /// Destination port (network byte order), zero without ports.
+    pub port: [u8; 2],
+    /// IP protocol.
+    pub proto: u8,
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u8,
+}
+const _: () = assert!(size_of::<PolicyEvent>() == 12);
+
 const SEC: u64 = 1_000_000_000;
 /// Idle time after which a TCP connection that saw a reply is forgotten.
 pub const CT_TCP_ESTABLISHED_NS: u64 = 6 * 3600 * SEC;
@@ -259,4 +284,6 @@ mod user {
     unsafe impl aya::Pod for super::CtEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DropKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PolicyEvent {}
 }

@@ -2,13 +2,16 @@
 //! `overlay-common`).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     macros::btf_map,
 };
 use overlay_common::{
     CidrKey, CtEntry, CtKey, DropKey, Endpoint, Identity, Ipv4Bytes, MAX_CONNTRACK, MAX_ENDPOINTS,
     MAX_IDENTITY_ENTRIES, MAX_PEERS, MAX_POLICY_CIDRS, MAX_POLICY_ENDPOINTS, MAX_POLICY_RULES,
-    MAX_ROUTES, NodeConfig, Peer, PolicyEndpoint, PolicyKey, PolicyRule, Route, STATS_LEN, Stat,
+    MAX_ROUTES, NodeConfig, POLICY_EVENTS_BYTES, Peer, PolicyEndpoint, PolicyEvent, PolicyKey,
+    PolicyRule, Route, STATS_LEN, Stat,
 };
 
 #[btf_map(name = "ovl_config_v1")]
@@ -42,6 +45,9 @@ pub static POLICY_CIDRS: LpmTrie<CidrKey, Identity, { MAX_POLICY_CIDRS as usize 
 
 #[btf_map(name = "ovl_ct_v1")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { MAX_CONNTRACK as usize }> = LruHashMap::new();
+
+#[btf_map(name = "ovl_policy_events_v1")]
+pub static POLICY_EVENTS: RingBuf<PolicyEvent, { POLICY_EVENTS_BYTES as usize }> = RingBuf::new();
 
 #[btf_map(name = "ovl_policy_drops_v1")]
 pub static POLICY_DROPS: PerCpuHashMap<DropKey, u64, { 2 * MAX_POLICY_ENDPOINTS as usize }> =

@@ -16,13 +16,13 @@ use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use overlay_common::{
     CIDR_PREFIX_BASE, CidrKey, DIR_EGRESS, DIR_INGRESS, DropKey, IDENTITY_NONE, IPPROTO_SCTP,
     IPPROTO_TCP, IPPROTO_UDP, Ipv4Bytes, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_PORT,
-    PolicyKey, Stat,
+    PolicyEvent, PolicyKey, Stat,
 };
 
 use crate::{
     conntrack,
     flow::{self, Flow},
-    maps::{IDENTITIES, POLICY, POLICY_CIDRS, POLICY_DROPS, POLICY_EPS},
+    maps::{IDENTITIES, POLICY, POLICY_CIDRS, POLICY_DROPS, POLICY_EPS, POLICY_EVENTS},
     packet::Ipv4,
 };
 
@@ -66,7 +66,7 @@ pub fn decide(ctx: &TcContext, l3: usize, ip: &Ipv4, check: &Check) -> Result<()
         && flags & POLICY_F_EGRESS != 0
         && !allowed(ep, DIR_EGRESS, ip.dst, &f)
     {
-        dropped(ep, DIR_EGRESS);
+        dropped(ep, DIR_EGRESS, ip.dst, &f);
         return Err(Stat::DropPolicyEgress);
     }
     if let (Some(flags), Some(ep)) = (ing, check.ingress)
@@ -74,7 +74,7 @@ pub fn decide(ctx: &TcContext, l3: usize, ip: &Ipv4, check: &Check) -> Result<()
         && !check.ingress_exempt
         && !allowed(ep, DIR_INGRESS, ip.src, &f)
     {
-        dropped(ep, DIR_INGRESS);
+        dropped(ep, DIR_INGRESS, ip.src, &f);
         return Err(Stat::DropPolicyIngress);
     }
     conntrack::track(&f)
@@ -129,9 +129,20 @@ fn rule(ep: Ipv4Bytes, direction: u8, remote: u32, proto: u8, port: [u8; 2]) -> 
     POLICY.get(&key).is_some()
 }
 
-/// Counts a drop for `ep` in `direction`.
+/// Counts a drop for `ep` in `direction` and tells the agent about it
+/// (a full ring buffer loses the event, never the packet's verdict).
 #[inline(always)]
-fn dropped(ep: Ipv4Bytes, direction: u8) {
+fn dropped(ep: Ipv4Bytes, direction: u8, remote: Ipv4Bytes, f: &Flow) {
+    let _ = POLICY_EVENTS.output(
+        &PolicyEvent {
+            local: ep,
+            remote,
+            port: f.dport,
+            proto: f.proto,
+            direction,
+        },
+        0,
+    );
     let key = DropKey {
         endpoint: ep,
         direction,

@@ -222,6 +222,20 @@ fn network_policy_truth_tables() {
             && !l.ends_with(" 0")),
         "no ingress drops of x/a in /metrics:\n{metrics}"
     );
+    // One rate-limited "blocked by" line per denied flow, naming both pods.
+    let log = t.c.log(0);
+    let blocked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("blocked by NetworkPolicy") && l.contains("ingress of x/a"))
+        .collect();
+    assert!(
+        blocked
+            .iter()
+            .any(|l| l.contains("y/a") && l.contains("port 80")),
+        "no \"blocked by\" line for y/a -> x/a port 80 in node 1's log:\n{}",
+        blocked.join("\n")
+    );
+    println!("for example: {}", blocked[0]);
     t.delete_policy("x", "deny-ingress");
 
     t.policy(

@@ -41,7 +41,7 @@ use crate::{
     },
     metrics::{Instrumented, Metrics},
     paths,
-    policy::{PolicyController, PolicyMaps},
+    policy::{PolicyController, PolicyMaps, events::Events},
     topology::{Topology, TopologyError},
 };
 
@@ -201,11 +201,17 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let policy = match &kube {
         Some(client) => {
             let maps = PolicyMaps::open(agent.pin_dir()).map_err(DaemonError::PolicyMaps)?;
+            let events = Events::open(agent.pin_dir()).map_err(DaemonError::PolicyMaps)?;
             let a = agent.clone();
             let controller = {
                 let _span = info_span!("policy").entered();
-                PolicyController::spawn(client.clone(), maps, Arc::new(move || a.endpoint_ips()))
-                    .map_err(DaemonError::Policy)?
+                PolicyController::spawn(
+                    client.clone(),
+                    maps,
+                    Some(events),
+                    Arc::new(move || a.endpoint_ips()),
+                )
+                .map_err(DaemonError::Policy)?
             };
             info!("enforcing NetworkPolicy: watching Pods, Namespaces and NetworkPolicies");
             Some(Arc::new(controller))

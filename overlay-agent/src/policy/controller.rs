@@ -108,11 +108,13 @@ pub struct PolicyController {
 pub type LocalEndpoints = Arc<dyn Fn() -> BTreeSet<Ipv4Addr> + Send + Sync>;
 
 impl PolicyController {
-    /// Starts the watch threads and the applier. `maps` are this node's
-    /// policy maps, `local` reads its endpoints.
+    /// Starts the watch threads, the applier and (with `events`) the
+    /// "blocked by" logger. `maps` are this node's policy maps, `local`
+    /// reads its endpoints.
     pub fn spawn(
         client: Arc<KubeClient>,
         maps: PolicyMaps,
+        events: Option<super::events::Events>,
         local: LocalEndpoints,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
@@ -160,6 +162,22 @@ impl PolicyController {
         std::thread::Builder::new()
             .name("policy-apply".into())
             .spawn(move || span.in_scope(|| applier.run()))?;
+        if let Some(mut events) = events {
+            let shared = shared.clone();
+            let span = tracing::Span::current();
+            std::thread::Builder::new()
+                .name("policy-log".into())
+                .spawn(move || {
+                    span.in_scope(|| {
+                        while !shared.sleep(super::events::POLL) {
+                            events.drain(&|ip| {
+                                let s = shared.lock();
+                                s.pods.values().find(|p| p.ipv4() == Some(ip)).map(Pod::key)
+                            });
+                        }
+                    });
+                })?;
+        }
         Ok(Self { shared })
     }
 

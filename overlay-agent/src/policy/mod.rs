@@ -7,10 +7,12 @@
 //!   of one node's policy maps, with the problems found;
 //! - [`maps`]: the pinned maps, updated by diff;
 //! - [`controller`]: list/watch of the three kinds and the applier;
+//! - [`events`]: rate-limited "blocked by NetworkPolicy" log lines;
 //! - [`report`]: what `status` and `/metrics` show.
 
 pub mod compile;
 pub mod controller;
+pub mod events;
 pub mod maps;
 pub mod report;
 pub mod selector;

@@ -16,6 +16,9 @@ use overlay_common::{
 
 use crate::{flow::Flow, maps::CONNTRACK};
 
+/// Least age at which a tracked flow's time is rewritten.
+const REFRESH_NS: u64 = 1_000_000_000;
+
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -61,8 +64,15 @@ fn touch(key: &CtKey, t: u64, flags: u32) -> bool {
         if age > ct_timeout_ns(key.proto, (*e).flags) {
             return false;
         }
-        (*e).last_seen_ns = t;
-        (*e).flags |= flags;
+        // Writing the entry on every packet would bounce its cache line
+        // between CPUs: once a second is precise enough for timeouts of
+        // ten seconds and more.
+        if age > REFRESH_NS {
+            (*e).last_seen_ns = t;
+        }
+        if (*e).flags & flags != flags {
+            (*e).flags |= flags;
+        }
     }
     true
 }

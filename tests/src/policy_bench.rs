@@ -305,10 +305,26 @@ impl Drop for BenchMaps {
     }
 }
 
+/// What `overlay-bench --policy-only` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The compile/update sizes.
+    pub sizes: Sizes,
+    /// Repetitions of the datapath comparison (0: none).
+    pub datapath_reps: u32,
+    /// Seconds of each iperf3 run.
+    pub datapath_secs: u32,
+    /// Make the underlay behave like a wire (tso/gso off, gro on).
+    pub datapath_wire: bool,
+}
+
 /// `overlay-bench --policy-only`'s flags: `--policy-pods N`,
-/// `--policy-count N`, `--policy-local N`.
-pub fn parse(args: &[String]) -> Result<Sizes, String> {
+/// `--policy-count N`, `--policy-local N`, `--policy-datapath-reps N`
+/// (default 3, 0 for none), `--policy-datapath-secs S` (default 10),
+/// `--policy-datapath-wire` (underlay like a wire: tso/gso off, gro on).
+pub fn parse(args: &[String]) -> Result<Plan, String> {
     let mut s = Sizes::default();
+    let (mut reps, mut secs, mut wire) = (3, 10, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = |min: usize, max: usize| -> Result<usize, String> {
@@ -324,14 +340,22 @@ pub fn parse(args: &[String]) -> Result<Sizes, String> {
         };
         match a.as_str() {
             "--policy-only" => {}
+            "--policy-datapath-wire" => wire = true,
             "--policy-pods" => s.pods = num(100, 250_000)?,
             "--policy-count" => s.policies = num(1, 100_000)?,
             "--policy-local" => s.local = num(1, 4096)?,
+            "--policy-datapath-reps" => reps = num(0, 100)? as u32,
+            "--policy-datapath-secs" => secs = num(1, 600)? as u32,
             other => return Err(format!("unexpected argument {other:?} with --policy-only")),
         }
     }
     s.local = s.local.min(s.pods);
-    Ok(s)
+    Ok(Plan {
+        sizes: s,
+        datapath_reps: reps,
+        datapath_secs: secs,
+        datapath_wire: wire,
+    })
 }
 
 /// The hook of `overlay-bench`: with `--policy-only` among `args`, runs
@@ -340,14 +364,21 @@ pub fn main_if_asked(args: &[String]) -> Option<std::process::ExitCode> {
     if !args.iter().any(|a| a == "--policy-only") {
         return None;
     }
-    let sizes = match parse(args) {
-        Ok(s) => s,
+    let plan = match parse(args) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("overlay-bench: error: {e}");
             return Some(std::process::ExitCode::from(64));
         }
     };
-    Some(run_and_print(sizes))
+    let code = run_and_print(plan.sizes);
+    if plan.datapath_reps > 0 {
+        print!(
+            "{}",
+            datapath::run(plan.datapath_reps, plan.datapath_secs, plan.datapath_wire)
+        );
+    }
+    Some(code)
 }
 
 /// Runs with `sizes`, into real maps when possible, and prints the report.
@@ -387,5 +418,261 @@ mod tests {
         assert!(r.isolated > 0 && r.rules > 0 && r.cidrs > 0, "{r:?}");
         assert_eq!(r.steps.len(), 6);
         assert!(report(&r).contains("one policy added"));
+    }
+}
+
+/// Throughput and latency with a 20-rule policy on both pods against no
+/// policy, in one run.
+pub mod datapath {
+    use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, time::Duration};
+
+    use overlay_agent::policy::{Compiled, Identities, Inputs, PolicyMaps, compile};
+    use serde_json::json;
+
+    use crate::{
+        lab::{Lab, LabOptions, Mode, UPLINK},
+        netns::Netns,
+    };
+
+    const IPERF_PORT: u16 = 5201;
+    const SOCKPERF_PORT: u16 = 11111;
+
+    /// One repetition of one configuration.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Sample {
+        /// iperf3 TCP, one stream, Gbit/s.
+        pub gbps: f64,
+        /// sockperf TCP ping-pong 64 B, average full round trip, µs.
+        pub rtt_us: f64,
+    }
+
+    /// Median of `v`.
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    /// The policy of each pod: 10 ingress and 10 egress rules, each
+    /// allowing another port; one of each matches the measured traffic
+    /// (iperf3 and sockperf ports, and their replies through conntrack).
+    fn policy(ns: &str) -> serde_json::Value {
+        let rule = |i: u16, to: bool| {
+            let port = if i == 0 {
+                json!([{"port": IPERF_PORT}, {"port": SOCKPERF_PORT}])
+            } else {
+                json!([{"port": 20000 + i, "endPort": 20100 + i}])
+            };
+            let peer = json!([{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": format!("r{i}")}}},
+                              {"ipBlock": {"cidr": format!("10.{i}.0.0/16"), "except": [format!("10.{i}.1.0/24")]}}]);
+            let peer = if i == 0 {
+                json!([{"namespaceSelector": {}}])
+            } else {
+                peer
+            };
+            if to {
+                json!({"to": peer, "ports": port})
+            } else {
+                json!({"from": peer, "ports": port})
+            }
+        };
+        json!({
+            "metadata": {"name": "twenty-rules", "namespace": ns},
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": (0..10).map(|i| rule(i, false)).collect::<Vec<_>>(),
+                "egress": (0..10).map(|i| rule(i, true)).collect::<Vec<_>>(),
+            }
+        })
+    }
+
+    /// The compiled maps of node `i` (its one pod local), with the policy
+    /// or without.
+    fn compiled(lab: &Lab, i: usize, with_policy: bool) -> Compiled {
+        let mut pods = BTreeMap::new();
+        for (n, node) in lab.nodes.iter().enumerate() {
+            let p: overlay_agent::policy::types::Pod = serde_json::from_value(json!({
+                "metadata": {"name": format!("p{n}"), "namespace": "bench", "labels": {"app": "bench"}},
+                "status": {"phase": "Running", "podIP": node.pods[0].ip.to_string()},
+            }))
+            .expect("pod JSON");
+            pods.insert(p.key(), p);
+        }
+        let mut policies = BTreeMap::new();
+        if with_policy {
+            let p: overlay_agent::policy::types::NetworkPolicy =
+                serde_json::from_value(policy("bench")).expect("policy JSON");
+            policies.insert(p.key(), p);
+        }
+        let local = [lab.nodes[i].pods[0].ip].into_iter().collect();
+        compile(
+            &Inputs {
+                pods: &pods,
+                namespaces: &BTreeMap::new(),
+                policies: &policies,
+                local: &local,
+            },
+            &mut Identities::default(),
+        )
+    }
+
+    fn set_policy(lab: &Lab, maps: &mut [(PolicyMaps, Compiled)], with_policy: bool) {
+        for (i, (m, applied)) in maps.iter_mut().enumerate() {
+            let next = compiled(lab, i, with_policy);
+            assert!(next.problems.is_empty(), "{:?}", next.problems);
+            m.update(applied, &next).expect("updating the policy maps");
+            *applied = next;
+        }
+    }
+
+    fn iperf(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32) -> f64 {
+        let port = IPERF_PORT.to_string();
+        let mut srv = server.spawn(&["taskset", "-c", "0", "iperf3", "-s", "-1", "-p", &port]);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = client.exec(&[
+            "taskset",
+            "-c",
+            "0",
+            "iperf3",
+            "-c",
+            &dst.to_string(),
+            "-p",
+            &port,
+            "-t",
+            &secs.to_string(),
+            "-O",
+            "1",
+            "-C",
+            "cubic",
+            "-J",
+        ]);
+        srv.wait_timeout(Duration::from_secs(5));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .expect("iperf3 throughput")
+            / 1e9
+    }
+
+    fn sockperf(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32) -> f64 {
+        let port = SOCKPERF_PORT.to_string();
+        let mut srv = server.spawn(&[
+            "taskset",
+            "-c",
+            "0",
+            "sockperf",
+            "sr",
+            "--tcp",
+            "-i",
+            &dst.to_string(),
+            "-p",
+            &port,
+        ]);
+        std::thread::sleep(Duration::from_millis(500));
+        let out = client.exec(&[
+            "taskset",
+            "-c",
+            "0",
+            "sockperf",
+            "pp",
+            "--tcp",
+            "-i",
+            &dst.to_string(),
+            "-p",
+            &port,
+            "-m",
+            "64",
+            "-t",
+            &secs.to_string(),
+            "--full-rtt",
+        ]);
+        srv.signal(libc::SIGTERM);
+        srv.wait_timeout(Duration::from_secs(5));
+        out.split(['=', ' ', '\n'])
+            .skip_while(|w| !w.ends_with("avg-rtt") && !w.ends_with("avg-latency"))
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no avg-rtt in sockperf output:\n{out}"))
+    }
+
+    /// Runs `reps` interleaved repetitions of both configurations on a
+    /// two-node overlay (with `wire`, an underlay that behaves like a wire:
+    /// MTU-sized frames, GRO on receive), and reports medians and ratios.
+    pub fn run(reps: u32, secs: u32, wire: bool) -> String {
+        let lab = Lab::new(&LabOptions::uniform(Mode::Overlay, 2, 1));
+        if wire {
+            for n in &lab.nodes {
+                n.ns.exec(&[
+                    "ethtool", "-K", UPLINK, "tso", "off", "gso", "off", "gro", "on",
+                ]);
+            }
+        }
+        let underlay = if wire {
+            "underlay like a wire (tso/gso off, gro on)"
+        } else {
+            "veth underlay (GSO packets whole)"
+        };
+        let mut maps: Vec<(PolicyMaps, Compiled)> = lab
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    PolicyMaps::open(&n.pin_dir).expect("policy maps"),
+                    Compiled::default(),
+                )
+            })
+            .collect();
+        let (a, b) = (&lab.nodes[0].pods[0], &lab.nodes[1].pods[0]);
+        let mut results: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        for rep in 1..=reps {
+            for (k, with_policy) in [(0, false), (1, true)] {
+                eprintln!(
+                    "[policy datapath rep {rep}/{reps}] {}",
+                    if with_policy {
+                        "20-rule policy"
+                    } else {
+                        "no policy"
+                    }
+                );
+                set_policy(&lab, &mut maps, with_policy);
+                let gbps = iperf(&a.ns, &b.ns, b.ip, secs);
+                let rtt_us = sockperf(&a.ns, &b.ns, b.ip, secs.min(5));
+                results[k].push(Sample { gbps, rtt_us });
+            }
+        }
+        let rules: usize = lab
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, _)| compiled(&lab, i, true).rules.len())
+            .sum();
+        let med = |k: usize| {
+            (
+                median(results[k].iter().map(|s| s.gbps).collect()),
+                median(results[k].iter().map(|s| s.rtt_us).collect()),
+            )
+        };
+        let (g0, r0) = med(0);
+        let (g1, r1) = med(1);
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "\n## NetworkPolicy on the datapath: 20-rule policy on both pods vs none\n\n\
+             Two nodes, one pod each, eBPF overlay, {underlay}, client and server on CPU 0, {reps} interleaved repetitions, medians. The policy: \
+             10 ingress and 10 egress rules on each pod ({rules} trie entries on the two nodes), \
+             every packet of the measured flows goes through the policy lookup or conntrack.\n"
+        );
+        o.push_str(
+            "| config | iperf3 TCP 1 stream Gbit/s | ratio | sockperf 64 B RTT µs | added |\n",
+        );
+        o.push_str("|---|---:|---:|---:|---:|\n");
+        let _ = writeln!(o, "| no policy | {g0:.2} | 1.000 | {r0:.2} | - |");
+        let _ = writeln!(
+            o,
+            "| 20-rule policy | {g1:.2} | {:.3} | {r1:.2} | {:+.2} µs |",
+            g1 / g0,
+            r1 - r0
+        );
+        o
     }
 }

@@ -131,16 +131,45 @@ struct CheckedPolicy {
 }
 
 /// Label identities that stay the same across compiles while in use, so
-/// that an update rewrites only what changed.
+/// that an update rewrites only what changed; a number is never handed out
+/// twice, so a map entry left from before can never stand for another
+/// label set.
 #[derive(Clone, Debug, Default)]
 pub struct Identities {
     by_labels: BTreeMap<(String, BTreeMap<String, String>), u32>,
-    by_ports: BTreeMap<BTreeSet<PortMatch>, u32>,
     next_pod: u32,
-    next_cidr: u32,
 }
 
 impl Identities {
+    /// Takes over the identities an earlier agent left in the identity
+    /// map (`current`: address → identity), for the pods that still have
+    /// those addresses, so that a restart rewrites nothing. A label set
+    /// found with two numbers keeps the first; numbers continue above the
+    /// largest seen.
+    pub fn seed(&mut self, current: &BTreeMap<Ipv4Addr, u32>, pods: &BTreeMap<String, Pod>) {
+        let mut taken: BTreeSet<u32> = self.by_labels.values().copied().collect();
+        for pod in pods.values() {
+            let Some(id) = pod.ipv4().and_then(|ip| current.get(&ip)).copied() else {
+                continue;
+            };
+            if id == IDENTITY_NONE || id >= CIDR_IDENTITY_BASE || taken.contains(&id) {
+                continue;
+            }
+            let key = (pod.metadata.namespace.clone(), pod.metadata.labels.clone());
+            if let std::collections::btree_map::Entry::Vacant(e) = self.by_labels.entry(key) {
+                e.insert(id);
+                taken.insert(id);
+            }
+        }
+        let max = current
+            .values()
+            .copied()
+            .filter(|id| *id < CIDR_IDENTITY_BASE)
+            .max()
+            .unwrap_or(0);
+        self.next_pod = self.next_pod.max(max);
+    }
+
     fn pod(&mut self, namespace: &str, labels: &BTreeMap<String, String>) -> u32 {
         let key = (namespace.to_owned(), labels.clone());
         if let Some(id) = self.by_labels.get(&key) {
@@ -152,22 +181,39 @@ impl Identities {
         id
     }
 
-    fn ports(&mut self, set: &BTreeSet<PortMatch>) -> u32 {
+    /// Forgets label sets no longer in use.
+    fn retain(&mut self, pods: &BTreeSet<u32>) {
+        self.by_labels.retain(|_, id| pods.contains(id));
+    }
+}
+
+/// CIDR identities: a function of the set of ports allowed, so the same
+/// after a restart. Sets whose hashes collide get the next free numbers,
+/// in the (sorted) order they are met.
+#[derive(Default)]
+struct CidrIds {
+    by_ports: BTreeMap<BTreeSet<PortMatch>, u32>,
+    used: BTreeSet<u32>,
+}
+
+impl CidrIds {
+    fn get(&mut self, set: &BTreeSet<PortMatch>) -> u32 {
         if let Some(id) = self.by_ports.get(set) {
             return *id;
         }
-        self.next_cidr += 1;
-        let id = CIDR_IDENTITY_BASE + self.next_cidr;
+        // FNV-1a over the set's debug form: stable across runs.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in format!("{set:?}").bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let mut id = CIDR_IDENTITY_BASE | (h & 0x7fff_ffff);
+        while id == CIDR_IDENTITY_BASE || self.used.contains(&id) {
+            id = CIDR_IDENTITY_BASE | (id.wrapping_add(1) & 0x7fff_ffff);
+        }
         self.by_ports.insert(set.clone(), id);
+        self.used.insert(id);
         id
-    }
-
-    /// Forgets identities no longer in use (their numbers are not reused
-    /// before 2^31 allocations, so a stale map entry can never mean
-    /// another pod).
-    fn retain(&mut self, pods: &BTreeSet<u32>, cidrs: &BTreeSet<u32>) {
-        self.by_labels.retain(|_, id| pods.contains(id));
-        self.by_ports.retain(|_, id| cidrs.contains(id));
     }
 }
 
@@ -286,7 +332,7 @@ pub fn compile(inputs: &Inputs<'_>, ids: &mut Identities) -> Compiled {
     }
 
     // Per local pod: isolation, rules, ipBlock regions.
-    let mut used_cidr_ids = BTreeSet::new();
+    let mut cidr_ids = CidrIds::default();
     for (ip, pod) in &local_pods {
         let ep = ip.octets();
         let mut flags = 0;
@@ -362,8 +408,7 @@ pub fn compile(inputs: &Inputs<'_>, ids: &mut Identities) -> Compiled {
                 let id = if ports.is_empty() {
                     IDENTITY_NONE
                 } else {
-                    let id = ids.ports(&ports);
-                    used_cidr_ids.insert(id);
+                    let id = cidr_ids.get(&ports);
                     for m in &ports {
                         add_rule(&mut out.rules, ep, dir, id, *m);
                     }
@@ -385,7 +430,7 @@ pub fn compile(inputs: &Inputs<'_>, ids: &mut Identities) -> Compiled {
         }
     }
     let used_pods: BTreeSet<u32> = by_id.keys().copied().collect();
-    ids.retain(&used_pods, &used_cidr_ids);
+    ids.retain(&used_pods);
     out.problems.sort();
     out
 }

@@ -156,6 +156,7 @@ impl PolicyController {
             local,
             ids: Identities::default(),
             applied: None,
+            seeded: false,
             problems: BTreeSet::new(),
         };
         let span = tracing::Span::current();
@@ -330,6 +331,8 @@ struct Applier {
     ids: Identities,
     /// What the maps hold (`None`: not read yet).
     applied: Option<Compiled>,
+    /// Identities taken over from the maps.
+    seeded: bool,
     problems: BTreeSet<Problem>,
 }
 
@@ -387,6 +390,13 @@ impl Applier {
         }
         let (next, policies) = {
             let s = self.shared.lock();
+            if !self.seeded {
+                // Keep the numbers a predecessor wrote: a restart then
+                // rewrites nothing.
+                let current = self.applied.as_ref().map(|c| &c.identities);
+                self.ids.seed(current.unwrap_or(&BTreeMap::new()), &s.pods);
+                self.seeded = true;
+            }
             let next = compile(
                 &Inputs {
                     pods: &s.pods,

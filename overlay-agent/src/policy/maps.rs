@@ -81,11 +81,20 @@ impl PolicyMaps {
     }
 
     /// Moves the maps from `prev` (what they hold) to `next`, touching
-    /// only entries that differ. Additions go first and removals last, and
-    /// a pod's isolation is written after its rules, so a packet allowed
+    /// only entries that differ. Additions go first (rules before the
+    /// identities and regions that point at them) and removals last, and a
+    /// pod's isolation is written after its rules, so a packet allowed
     /// before and after is never dropped in between.
     pub fn update(&mut self, prev: &Compiled, next: &Compiled) -> Result<UpdateReport, MapsError> {
         let mut r = UpdateReport::default();
+        // Rules first: an identity number is never reused, so rules for a
+        // new one allow nothing until an address maps to it.
+        for (len, key) in next.rules.difference(&prev.rules) {
+            self.rules
+                .insert(&Key::new(*len, *key), PolicyRule::default(), 0)
+                .map_err(access("writing a rule", MAP_POLICY))?;
+            r.written += 1;
+        }
         for (ip, id) in &next.identities {
             if prev.identities.get(ip) != Some(id) {
                 self.identities
@@ -93,12 +102,6 @@ impl PolicyMaps {
                     .map_err(access("writing an identity", MAP_IDENTITIES))?;
                 r.written += 1;
             }
-        }
-        for (len, key) in next.rules.difference(&prev.rules) {
-            self.rules
-                .insert(&Key::new(*len, *key), PolicyRule::default(), 0)
-                .map_err(access("writing a rule", MAP_POLICY))?;
-            r.written += 1;
         }
         for ((len, key), id) in &next.cidrs {
             if prev.cidrs.get(&(*len, *key)) != Some(id) {

@@ -24,9 +24,9 @@ use overlay_tests::{
 fn mount_at(mountinfo: &str, path: &Path) -> Option<MountEntry> {
     mountinfo
         .lines()
+        .rev()
         .filter_map(parse_mountinfo_line)
-        .filter(|e| e.mount_point == path)
-        .last()
+        .find(|e| e.mount_point == path)
 }
 
 /// The sections of a script's output, split at `== NAME` lines.

@@ -205,9 +205,9 @@ pub fn mount_at(path: &Path) -> Result<Option<MountEntry>, BpffsError> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(BpffsError::MountInfo)?;
     Ok(text
         .lines()
+        .rev()
         .filter_map(parse_mountinfo_line)
-        .filter(|e| e.mount_point == path)
-        .last())
+        .find(|e| e.mount_point == path))
 }
 
 /// Makes sure bpffs is mounted at `path` and the mount is shared, in the

@@ -103,6 +103,7 @@ fn a_joining_node_gets_its_conflist_only_once_its_block_settles_and_no_add_fails
     // ready" would be a conflist written too early (readiness only goes
     // from false to true).
     let mut not_ready_samples = 0;
+    let mut forced_without_block = false;
     let mut ready_at = None;
     let appeared_at = loop {
         let present = conflist.exists();
@@ -113,7 +114,30 @@ fn a_joining_node_gets_its_conflist_only_once_its_block_settles_and_no_add_fails
                 spawned.elapsed(),
                 c.log(JOINER)
             ),
-            (Err(_), false) => not_ready_samples += 1,
+            (Err((_, msg)), false) => {
+                not_ready_samples += 1;
+                // Topology applied, block claimed but not settled: the
+                // case that used to fail ADD with 101.
+                if !forced_without_block && msg.contains("owns no address block") {
+                    let ns = Netns::new(&c.lab.tag, "noblock");
+                    let path = ns.path().display().to_string();
+                    let out = c.cni(
+                        JOINER,
+                        &CniCall {
+                            command: "ADD",
+                            container_id: "forced-no-block",
+                            netns: Some(&path),
+                            ifname: "eth0",
+                            config: &c.config(JOINER, "1.0.0"),
+                        },
+                    );
+                    let msg = out.err(11);
+                    assert!(msg.contains("no address block"), "{msg}");
+                    assert_eq!(c.host_veths(JOINER), Vec::<String>::new(), "veth left");
+                    println!("forced ADD with no settled block: code 11 ({msg})");
+                    forced_without_block = true;
+                }
+            }
             (Ok(()), false) => {
                 ready_at.get_or_insert_with(Instant::now);
             }
@@ -127,6 +151,10 @@ fn a_joining_node_gets_its_conflist_only_once_its_block_settles_and_no_add_fails
         std::thread::sleep(Duration::from_millis(50));
     };
     let ready_at = ready_at.unwrap_or(appeared_at);
+    assert!(
+        forced_without_block,
+        "never saw the agent answer \"owns no address block\" before it was ready"
+    );
     assert!(
         not_ready_samples > 10,
         "only {not_ready_samples} samples before ready: the window was not watched"

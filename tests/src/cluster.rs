@@ -175,7 +175,20 @@ pub struct AgentProcess {
     pub state_dir: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// Its CNI configuration directory (`--cni-conf-dir`): the agent writes
+    /// its conflist here once ready.
+    pub cni_conf_dir: PathBuf,
+    /// Its CNI plugin directory (`--cni-bin-dir`; empty, so the conflist
+    /// chains no portmap).
+    pub cni_bin_dir: PathBuf,
     process: Option<Process>,
+}
+
+impl AgentProcess {
+    /// The conflist the agent writes once ready.
+    pub fn conflist_path(&self) -> PathBuf {
+        self.cni_conf_dir.join(overlay_agent::paths::CONFLIST_NAME)
+    }
 }
 
 /// Nodes with agents.
@@ -261,13 +274,7 @@ impl Cluster {
     /// node a seed, a password file shared), each ready once it has
     /// settled a block of its own.
     pub fn gossip(nodes: usize) -> Self {
-        let mut c = Self::unstarted(nodes, |lab, dir| {
-            let password_file = dir.join("password");
-            std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
-            Source::Gossip {
-                password_file: Some(password_file),
-            }
-        });
+        let mut c = Self::gossip_unstarted(nodes);
         for i in 0..nodes {
             c.spawn_agent(i);
         }
@@ -275,6 +282,18 @@ impl Cluster {
             c.wait_ready(i, Duration::from_secs(40));
         }
         c
+    }
+
+    /// The namespaces and directories of a [`Cluster::gossip`] whose agents
+    /// are not started yet (start them with [`Cluster::spawn_agent`]).
+    pub fn gossip_unstarted(nodes: usize) -> Self {
+        Self::unstarted(nodes, |lab, dir| {
+            let password_file = dir.join("password");
+            std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
+            Source::Gossip {
+                password_file: Some(password_file),
+            }
+        })
     }
 
     /// Like [`Cluster::gossip`], but the agents are given no `--peers`:
@@ -323,6 +342,8 @@ impl Cluster {
                 socket: dir.join(format!("n{}.sock", i + 1)),
                 state_dir: dir.join(format!("n{}-state", i + 1)),
                 log: dir.join(format!("n{}.log", i + 1)),
+                cni_conf_dir: dir.join(format!("n{}-net.d", i + 1)),
+                cni_bin_dir: dir.join(format!("n{}-cni-bin", i + 1)),
                 process: None,
             })
             .collect();
@@ -497,6 +518,11 @@ impl Cluster {
             .arg(&a.state_dir)
             .arg("--socket")
             .arg(&a.socket)
+            // Never the host's /etc/cni/net.d.
+            .arg("--cni-conf-dir")
+            .arg(&a.cni_conf_dir)
+            .arg("--cni-bin-dir")
+            .arg(&a.cni_bin_dir)
             .env_remove("OVERLAY_LOG_FORMAT")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

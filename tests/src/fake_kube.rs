@@ -1,6 +1,11 @@
 //! A fake Kubernetes API server for the agents of a lab: just the Node
 //! calls the agent makes (list, watch, status patch), over plain HTTP/1.1,
-//! with a bearer token checked on every request.
+//! with a bearer token checked on every request. A Node is what a kubelet
+//! registers: its own conditions (`Ready`, the pressures) and no
+//! `NetworkUnavailable` (only cloud route controllers set that). A `get`
+//! of a single Node, which the agent's ClusterRole does not allow, is
+//! answered 403 as the real server would, so a test that checks every
+//! answer was 200 notices it.
 //!
 //! It keeps a set of Nodes (name → InternalIP), a resourceVersion counter
 //! and the log of watch events, and records every request it answers.
@@ -94,6 +99,34 @@ impl Recorded {
     /// Whether it is a list of Nodes (a GET of the collection, no watch).
     pub fn is_list(&self) -> bool {
         self.method == "GET" && self.path() == NODES_PATH && !self.is_watch()
+    }
+
+    /// What RBAC authorizes this request as: `(resource, verb)` of the core
+    /// API group, as the API server derives them from the method and path
+    /// (`nodes` or a subresource such as `nodes/status`; `get`, `list`,
+    /// `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`).
+    /// `None` for a path outside `/api/v1`.
+    pub fn rbac(&self) -> Option<(String, String)> {
+        let rest = self.path().strip_prefix("/api/v1/")?;
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        let (resource, named) = match parts.as_slice() {
+            [kind] => ((*kind).to_owned(), false),
+            [kind, _name] => ((*kind).to_owned(), true),
+            [kind, _name, sub] => (format!("{kind}/{sub}"), true),
+            _ => return None,
+        };
+        let verb = match (self.method.as_str(), named) {
+            ("GET", _) if self.is_watch() => "watch",
+            ("GET", false) => "list",
+            ("GET", true) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", false) => "deletecollection",
+            ("DELETE", true) => "delete",
+            _ => return None,
+        };
+        Some((resource, verb.to_owned()))
     }
 
     /// The body as JSON (`Null` if it is not).
@@ -227,7 +260,7 @@ impl FakeKube {
             ip,
             uid: format!("00000000-0000-4000-8000-{:012x}", s.rv),
             resource_version: s.rv,
-            conditions: Vec::new(),
+            conditions: kubelet_conditions(),
         };
         let object = node_json(name, &node);
         s.nodes.insert(name.to_owned(), node);
@@ -361,6 +394,22 @@ fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         return;
     } else if rec.method == "GET" && rec.path() == NODES_PATH {
         (200, list(shared))
+    } else if let Some(name) = rec.path().strip_prefix("/api/v1/nodes/")
+        && rec.method == "GET"
+        && !name.contains('/')
+    {
+        (
+            403,
+            status_body(
+                403,
+                "Forbidden",
+                &format!(
+                    "nodes \"{}\" is forbidden: the agent's ClusterRole grants no get on \
+                     nodes (the fake API server answers as the real one would)",
+                    percent_decode(name)
+                ),
+            ),
+        )
     } else if let Some(name) = rec
         .path()
         .strip_prefix("/api/v1/nodes/")
@@ -514,6 +563,26 @@ fn node_json(name: &str, node: &FakeNode) -> Value {
     })
 }
 
+/// The conditions a kubelet reports when it registers its Node: the
+/// pressures and `Ready`, and no `NetworkUnavailable`.
+fn kubelet_conditions() -> Vec<Value> {
+    let condition = |kind: &str, status: &str, reason: &str| {
+        json!({
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "lastHeartbeatTime": "2024-01-01T00:00:00Z",
+            "lastTransitionTime": "2024-01-01T00:00:00Z",
+        })
+    };
+    vec![
+        condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+        condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+        condition("PIDPressure", "False", "KubeletHasSufficientPID"),
+        condition("Ready", "True", "KubeletReady"),
+    ]
+}
+
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({
         "kind": "Status",
@@ -531,6 +600,7 @@ fn reason(code: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         415 => "Unsupported Media Type",
         _ => "Unknown",

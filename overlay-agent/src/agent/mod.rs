@@ -6,6 +6,7 @@
 //! makes every multi-step change (address, veth, program, map entry)
 //! all-or-nothing with respect to the others.
 
+pub mod cni_config;
 mod daemon;
 mod pods;
 pub mod report;

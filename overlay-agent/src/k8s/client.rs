@@ -200,7 +200,7 @@ fn hint(code: u16) -> &'static str {
              service account's current token for this cluster)"
         }
         403 => {
-            " (bind the agent's ServiceAccount to a ClusterRole that allows get, \
+            " (bind the agent's ServiceAccount to a ClusterRole that allows \
              list and watch on nodes and patch on nodes/status)"
         }
         _ => "",

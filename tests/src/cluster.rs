@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    lab::{Lab, LabOptions, Mode, UPLINK},
+    lab::{Lab, LabOptions, Mode, UPLINK, Underlay},
     netns::{Netns, Process},
 };
 
@@ -261,7 +261,12 @@ impl Cluster {
     /// node a seed, a password file shared), each ready once it has
     /// settled a block of its own.
     pub fn gossip(nodes: usize) -> Self {
-        let mut c = Self::unstarted(nodes, |lab, dir| {
+        Self::gossip_on(nodes, Underlay::Veth)
+    }
+
+    /// [`Cluster::gossip`] on the given underlay.
+    pub fn gossip_on(nodes: usize, underlay: Underlay) -> Self {
+        let mut c = Self::unstarted_on(nodes, underlay, |lab, dir| {
             let password_file = dir.join("password");
             std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
             Source::Gossip {
@@ -309,11 +314,20 @@ impl Cluster {
     /// are not started yet; `source` writes what the agents read (topology
     /// or password) into the directory and says which kind they are.
     fn unstarted(nodes: usize, source: impl FnOnce(&Lab, &Path) -> Source) -> Self {
+        Self::unstarted_on(nodes, Underlay::Veth, source)
+    }
+
+    fn unstarted_on(
+        nodes: usize,
+        underlay: Underlay,
+        source: impl FnOnce(&Lab, &Path) -> Source,
+    ) -> Self {
         let lab = Lab::new(&LabOptions {
             modes: vec![Mode::Overlay; nodes],
             pods_per_node: 0,
             skip_datapath: true,
             pod_mtu: None,
+            underlay,
         });
         let dir = std::env::temp_dir().join(format!("ovl-{}", lab.tag));
         std::fs::create_dir_all(&dir).expect("cluster dir");

@@ -236,6 +236,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         pods_per_node: 0,
         skip_datapath: true,
         pod_mtu: None,
+        underlay: overlay_tests::lab::Underlay::Veth,
     });
     let node = &lab.nodes[0];
     let d = NodeDirs::new(&lab);

@@ -51,7 +51,8 @@ enum Command {
         log_level: String,
     },
     /// Load the programs, create (or re-open) the pinned maps, write this
-    /// node's configuration and attach `from_uplink` to the uplink.
+    /// node's configuration, attach `from_uplink` to the uplink and create
+    /// the GRO tunnel device (`ovl-gro`) on the VXLAN port.
     Install {
         /// The node's underlay interface (VXLAN arrives and leaves here).
         #[arg(long, env = "OVERLAY_UPLINK")]
@@ -264,6 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 flags: CONFIG_F_READY,
             })?;
             dp.attach_uplink(&uplink)?;
+            overlay_agent::netlink::ensure_gro_device(vxlan_port)?;
             println!(
                 "datapath installed at {}: node {node_ip}, uplink {uplink}, port {vxlan_port}, VNI {vni}, pod MTU {mtu}",
                 pin.display()

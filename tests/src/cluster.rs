@@ -661,7 +661,8 @@ impl Cluster {
         .ok();
     }
 
-    /// Host-side pod veths (`ovl*`) on node `i`.
+    /// Host-side pod veths (`ovl` + 11 hex digits; not the GRO tunnel
+    /// device `ovl-gro`) on node `i`.
     pub fn host_veths(&self, i: usize) -> Vec<String> {
         self.lab.nodes[i]
             .ns
@@ -669,7 +670,7 @@ impl Cluster {
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-            .filter(|n| n.starts_with("ovl"))
+            .filter(|n| overlay_agent::agent::is_host_ifname(n))
             .collect()
     }
 

@@ -605,3 +605,96 @@ fn attaching_again_after_an_interface_is_recreated_under_the_same_name_attaches_
         "one pin per interface"
     );
 }
+
+on_both_underlays!(the_nodes_own_traffic_passes_untouched);
+fn the_nodes_own_traffic_passes_untouched(underlay: Underlay) {
+    let lab = overlay_lab(1, underlay);
+    let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
+    let before = lab.maps(1).counters().expect("counters");
+    assert!(
+        n1.ns.ping(&n2.ip.to_string(), 2),
+        "node to node ping failed"
+    );
+    let payload = Payload::random(16 * MIB);
+    let t = send_file(&n1.ns, &n2.ns, n2.ip, &payload, Duration::from_secs(60));
+    assert_eq!(t.sha256, payload.sha256, "node to node transfer changed");
+    let delta = lab.maps(1).counters().expect("counters").since(&before);
+    assert!(
+        delta.get(Stat::FromUplinkPassed) > 100,
+        "from_uplink did not see and pass the node's traffic: {delta:?}"
+    );
+    assert_eq!(delta.get(Stat::FromUplinkDecapsulated), 0, "{delta:?}");
+    assert_eq!(delta.drops(), 0, "{delta:?}");
+}
+
+#[test]
+fn the_gro_device_is_created_once_kept_and_a_wrong_one_replaced() {
+    privileged!("the_gro_device_is_created_once_kept_and_a_wrong_one_replaced");
+    use overlay_agent::netlink::{GroDevice, delete_gro_device, ensure_gro_device};
+    use overlay_common::DEFAULT_VXLAN_PORT;
+
+    let node = Netns::new(&overlay_tests::netns::unique_tag(), "gro");
+    let in_node = |f: fn() -> GroDevice| {
+        overlay_agent::netns::run_in(&node.path(), f).expect("enter the node namespace")
+    };
+    let ensure = || ensure_gro_device(DEFAULT_VXLAN_PORT).expect("ensure the GRO device");
+    assert_eq!(in_node(ensure), GroDevice::Created);
+    let first = node.ip(&["-o", "-d", "link", "show", GRO_DEVICE]);
+    assert_eq!(in_node(ensure), GroDevice::Kept);
+    assert_eq!(
+        node.ip(&["-o", "-d", "link", "show", GRO_DEVICE]),
+        first,
+        "a second ensure changed the device"
+    );
+    let shown = |ns: &Netns| ns.ip(&["-o", "-d", "link", "show", GRO_DEVICE]);
+    let d = shown(&node);
+    assert!(
+        d.contains("vxlan external")
+            && d.contains(&format!("dstport {DEFAULT_VXLAN_PORT}"))
+            && d.contains("state UNKNOWN"),
+        "not an up flow-based vxlan device on our port: {d}"
+    );
+    assert_eq!(
+        node.ip(&["-o", "addr", "show", "dev", GRO_DEVICE]).trim(),
+        "",
+        "the GRO device has addresses"
+    );
+    assert_eq!(
+        node.ip(&["route", "show", "dev", GRO_DEVICE]).trim(),
+        "",
+        "the GRO device has routes"
+    );
+    let sysctl = |key: &str| {
+        node.exec(&[
+            "cat",
+            &format!("/proc/sys/net/ipv4/conf/{GRO_DEVICE}/{key}"),
+        ])
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(sysctl("forwarding"), "0");
+    assert_eq!(sysctl("rp_filter"), "1");
+
+    // Someone else's device under our name, on another port with a VNI:
+    // replaced by ours.
+    node.ip(&["link", "del", GRO_DEVICE]);
+    node.ip(&[
+        "link", "add", GRO_DEVICE, "type", "vxlan", "id", "7", "dstport", "4789",
+    ]);
+    assert_eq!(in_node(ensure), GroDevice::Replaced);
+    let d = shown(&node);
+    assert!(
+        d.contains("vxlan external") && d.contains(&format!("dstport {DEFAULT_VXLAN_PORT}")),
+        "not replaced: {d}"
+    );
+
+    let delete = || delete_gro_device().expect("delete the GRO device");
+    let deleted = overlay_agent::netns::run_in(&node.path(), delete).expect("enter");
+    assert!(deleted, "delete found no device");
+    let again = overlay_agent::netns::run_in(&node.path(), delete).expect("enter");
+    assert!(!again, "a second delete found a device");
+    assert!(
+        !node.ip(&["-o", "link", "show"]).contains(GRO_DEVICE),
+        "the device is still there"
+    );
+}

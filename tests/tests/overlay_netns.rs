@@ -628,8 +628,10 @@ fn the_nodes_own_traffic_passes_untouched(underlay: Underlay) {
 }
 
 #[test]
-fn the_gro_device_is_created_once_kept_and_a_wrong_one_replaced() {
-    privileged!("the_gro_device_is_created_once_kept_and_a_wrong_one_replaced");
+fn the_gro_device_is_created_once_kept_a_wrong_one_replaced_and_a_taken_port_tolerated() {
+    privileged!(
+        "the_gro_device_is_created_once_kept_a_wrong_one_replaced_and_a_taken_port_tolerated"
+    );
     use overlay_agent::netlink::{GroDevice, delete_gro_device, ensure_gro_device};
     use overlay_common::DEFAULT_VXLAN_PORT;
 
@@ -687,6 +689,29 @@ fn the_gro_device_is_created_once_kept_and_a_wrong_one_replaced() {
         d.contains("vxlan external") && d.contains(&format!("dstport {DEFAULT_VXLAN_PORT}")),
         "not replaced: {d}"
     );
+
+    // Another vxlan device already holds the port: no device of ours, and
+    // no failure (the datapath works without GRO).
+    node.ip(&["link", "del", GRO_DEVICE]);
+    node.ip(&[
+        "link",
+        "add",
+        "vx-other",
+        "type",
+        "vxlan",
+        "id",
+        "9",
+        "dstport",
+        &DEFAULT_VXLAN_PORT.to_string(),
+    ]);
+    node.ip(&["link", "set", "vx-other", "up"]);
+    assert_eq!(in_node(ensure), GroDevice::PortInUse);
+    assert!(
+        !node.ip(&["-o", "link", "show"]).contains(GRO_DEVICE),
+        "a device that cannot come up was left behind"
+    );
+    node.ip(&["link", "del", "vx-other"]);
+    assert_eq!(in_node(ensure), GroDevice::Created);
 
     let delete = || delete_gro_device().expect("delete the GRO device");
     let deleted = overlay_agent::netns::run_in(&node.path(), delete).expect("enter");

@@ -22,13 +22,15 @@
 use std::{fs, io, path::PathBuf};
 
 use rtnetlink::{
-    Handle, LinkVxlan,
+    Handle, LinkUnspec, LinkVxlan,
     packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
 };
 use tracing::{info, warn};
 
 use super::{
-    NetlinkError, links,
+    NetlinkError,
+    error::errno,
+    links,
     session::{self, CALLER_NETNS},
 };
 
@@ -46,12 +48,19 @@ pub enum GroDevice {
     /// One with another configuration (kind, port, not flow-based) was
     /// there; it was deleted and created anew.
     Replaced,
+    /// Another socket holds the port (e.g. another vxlan device on it, whose
+    /// own tunnel socket then gives our frames GRO, or a plain UDP socket,
+    /// which gives them none): no device, with a warning. The datapath
+    /// works either way; only the merging depends on it.
+    PortInUse,
 }
 
 /// Makes sure the caller's namespace has [`GRO_DEVICE`]: a flow-based vxlan
 /// device on UDP `port`, up. Idempotent: a device with the right
 /// configuration is kept (and brought up if it was down), one with a wrong
-/// configuration is replaced with a warning.
+/// configuration is replaced with a warning. When another socket holds the
+/// port the device cannot come up: it is removed again and
+/// [`GroDevice::PortInUse`] returned, with a warning.
 pub fn ensure_gro_device(port: u16) -> Result<GroDevice, NetlinkError> {
     let change = session::on_host(|host| async move {
         match links::by_name(&host, GRO_DEVICE, CALLER_NETNS).await? {
@@ -76,13 +85,39 @@ pub fn ensure_gro_device(port: u16) -> Result<GroDevice, NetlinkError> {
     // Before it comes up, so it never has an IPv6 address or accepts a
     // packet with the defaults.
     harden()?;
-    session::on_host(|host| async move {
+    let up = session::on_host(|host| async move {
         let link = links::expect_by_name(&host, GRO_DEVICE, CALLER_NETNS).await?;
-        if !links::is_up(&link) {
-            links::set_up(&host, link.header.index, GRO_DEVICE, CALLER_NETNS).await?;
+        if links::is_up(&link) {
+            return Ok(true);
         }
-        Ok(())
+        let set = host
+            .link()
+            .set(LinkUnspec::new_with_index(link.header.index).up().build())
+            .execute()
+            .await;
+        match set {
+            Ok(()) => Ok(true),
+            // The vxlan driver opens its socket when the device comes up.
+            Err(e) if errno(&e) == Some(libc::EADDRINUSE) => {
+                links::delete_by_name(&host, GRO_DEVICE, CALLER_NETNS).await?;
+                Ok(false)
+            }
+            Err(source) => Err(NetlinkError::SetUp {
+                ifname: GRO_DEVICE.to_owned(),
+                netns: CALLER_NETNS.to_owned(),
+                source: source.into(),
+            }),
+        }
     })?;
+    if !up {
+        warn!(
+            device = GRO_DEVICE,
+            port,
+            "UDP port {port} is taken by another socket (another vxlan device?): no \
+             {GRO_DEVICE}; our VXLAN frames get GRO only if that socket is a tunnel socket"
+        );
+        return Ok(GroDevice::PortInUse);
+    }
     if change != GroDevice::Kept {
         info!(
             device = GRO_DEVICE,

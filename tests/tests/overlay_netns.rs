@@ -370,7 +370,7 @@ fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits(underl
         let node = &lab.nodes[i];
         let pod = &node.pods[0];
         let ip = node.ip.to_string();
-        agent(
+        let installed = agent(
             &node.ns,
             &node.pin_dir,
             &["install", "--uplink", UPLINK, "--node-ip", &ip],
@@ -410,9 +410,15 @@ fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits(underl
                 &mac,
             ],
         );
+        installed
     };
-    install(0);
-    install(1);
+    for i in 0..2 {
+        let said = install(i);
+        assert!(
+            said.contains(&format!("GRO tunnel device {GRO_DEVICE}: created")),
+            "{said}"
+        );
+    }
     // Every agent process has exited by now: only pins hold the datapath.
     let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
     assert!(
@@ -432,7 +438,11 @@ fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits(underl
 
     // A restart re-uses the pins: same links, same maps, still forwarding.
     let links_before = overlay_agent::datapath::attachments(&lab.nodes[0].pin_dir);
-    install(0);
+    let said = install(0);
+    assert!(
+        said.contains(&format!("GRO tunnel device {GRO_DEVICE}: kept")),
+        "{said}"
+    );
     assert_eq!(
         overlay_agent::datapath::attachments(&lab.nodes[0].pin_dir),
         links_before,

@@ -9,7 +9,13 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
-use overlay_agent::{cni::Version, datapath, install, link, maps::Maps, paths};
+use overlay_agent::{
+    cni::Version,
+    datapath, install, link,
+    maps::Maps,
+    netlink::{GRO_DEVICE, GroDevice},
+    paths,
+};
 use overlay_common::{
     CONFIG_F_READY, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Endpoint, MAX_VNI, NodeConfig, VXLAN_OVERHEAD,
 };
@@ -265,7 +271,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 flags: CONFIG_F_READY,
             })?;
             dp.attach_uplink(&uplink)?;
-            overlay_agent::netlink::ensure_gro_device(vxlan_port)?;
+            let gro = overlay_agent::netlink::ensure_gro_device(vxlan_port)?;
+            println!(
+                "GRO tunnel device {}: {}",
+                GRO_DEVICE,
+                match gro {
+                    GroDevice::Created => "created",
+                    GroDevice::Kept => "kept",
+                    GroDevice::Replaced => "replaced (it had another configuration)",
+                    GroDevice::PortInUse => "not created: another socket holds the port",
+                }
+            );
             println!(
                 "datapath installed at {}: node {node_ip}, uplink {uplink}, port {vxlan_port}, VNI {vni}, pod MTU {mtu}",
                 pin.display()

@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    lab::{Lab, LabOptions, Mode, UPLINK},
+    lab::{Lab, LabOptions, Mode, UPLINK, Underlay},
     netns::{Netns, Process},
 };
 
@@ -274,7 +274,12 @@ impl Cluster {
     /// node a seed, a password file shared), each ready once it has
     /// settled a block of its own.
     pub fn gossip(nodes: usize) -> Self {
-        let mut c = Self::gossip_unstarted(nodes);
+        Self::gossip_on(nodes, Underlay::Veth)
+    }
+
+    /// [`Cluster::gossip`] on the given underlay.
+    pub fn gossip_on(nodes: usize, underlay: Underlay) -> Self {
+        let mut c = Self::gossip_unstarted_on(nodes, underlay);
         for i in 0..nodes {
             c.spawn_agent(i);
         }
@@ -287,7 +292,12 @@ impl Cluster {
     /// The namespaces and directories of a [`Cluster::gossip`] whose agents
     /// are not started yet (start them with [`Cluster::spawn_agent`]).
     pub fn gossip_unstarted(nodes: usize) -> Self {
-        Self::unstarted(nodes, |lab, dir| {
+        Self::gossip_unstarted_on(nodes, Underlay::Veth)
+    }
+
+    /// [`Cluster::gossip_unstarted`] on the given underlay.
+    pub fn gossip_unstarted_on(nodes: usize, underlay: Underlay) -> Self {
+        Self::unstarted_on(nodes, underlay, |lab, dir| {
             let password_file = dir.join("password");
             std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
             Source::Gossip {
@@ -328,11 +338,20 @@ impl Cluster {
     /// are not started yet; `source` writes what the agents read (topology
     /// or password) into the directory and says which kind they are.
     fn unstarted(nodes: usize, source: impl FnOnce(&Lab, &Path) -> Source) -> Self {
+        Self::unstarted_on(nodes, Underlay::Veth, source)
+    }
+
+    fn unstarted_on(
+        nodes: usize,
+        underlay: Underlay,
+        source: impl FnOnce(&Lab, &Path) -> Source,
+    ) -> Self {
         let lab = Lab::new(&LabOptions {
             modes: vec![Mode::Overlay; nodes],
             pods_per_node: 0,
             skip_datapath: true,
             pod_mtu: None,
+            underlay,
         });
         let dir = std::env::temp_dir().join(format!("ovl-{}", lab.tag));
         std::fs::create_dir_all(&dir).expect("cluster dir");
@@ -688,7 +707,8 @@ impl Cluster {
         .ok();
     }
 
-    /// Host-side pod veths (`ovl*`) on node `i`.
+    /// Host-side pod veths (`ovl` + 11 hex digits; not the GRO tunnel
+    /// device `ovl-gro`) on node `i`.
     pub fn host_veths(&self, i: usize) -> Vec<String> {
         self.lab.nodes[i]
             .ns
@@ -696,7 +716,7 @@ impl Cluster {
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-            .filter(|n| n.starts_with("ovl"))
+            .filter(|n| overlay_agent::agent::is_host_ifname(n))
             .collect()
     }
 

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 use overlay_common::{DEFAULT_PROBE_PORT, DEFAULT_VXLAN_PORT, vtep_mac};
 use overlay_tests::{
     cluster::{Cluster, CniPod},
-    lab::node_ip,
+    lab::{Underlay, node_ip},
     privileged, rogue,
     traffic::{ipv4_udp, send_raw_ipv4},
 };
@@ -53,9 +53,19 @@ fn assert_blocked(c: &Cluster, target: &CniPod, what: &str, reason: &str, attack
 }
 
 #[test]
-fn a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel() {
-    privileged!("a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel");
-    let mut c = Cluster::gossip(NODES);
+fn a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel_on_a_veth_underlay() {
+    privileged!("a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel_on_a_veth_underlay");
+    attacks(Underlay::Veth);
+}
+
+#[test]
+fn a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel_on_a_wire() {
+    privileged!("a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel_on_a_wire");
+    attacks(Underlay::Wire);
+}
+
+fn attacks(underlay: Underlay) {
+    let mut c = Cluster::gossip_on(NODES, underlay);
     c.wait_converged(NODES, GOSSIP_TIMEOUT);
     let attacker = c.add_pod(0);
     let neighbour = c.add_pod(0);

@@ -214,14 +214,28 @@ fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Host-side pod veths (`ovl*`) in the node's namespace.
-fn pod_veths(node: &Netns) -> Vec<String> {
+/// Interface names in the node's namespace.
+fn link_names(node: &Netns) -> Vec<String> {
     node.ip(&["-o", "link", "show"])
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with("ovl"))
         .collect()
+}
+
+/// Host-side pod veths (`ovl` + 11 hex digits) in the node's namespace.
+fn pod_veths(node: &Netns) -> Vec<String> {
+    link_names(node)
+        .into_iter()
+        .filter(|n| overlay_agent::agent::is_host_ifname(n))
+        .collect()
+}
+
+/// Whether the node has the GRO tunnel device.
+fn has_gro_device(node: &Netns) -> bool {
+    link_names(node)
+        .iter()
+        .any(|n| n == overlay_agent::netlink::GRO_DEVICE)
 }
 
 fn nft_table_exists(node: &Netns) -> bool {
@@ -239,6 +253,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         pods_per_node: 0,
         skip_datapath: true,
         pod_mtu: None,
+        underlay: overlay_tests::lab::Underlay::Veth,
     });
     let node = &lab.nodes[0];
     let d = NodeDirs::new(&lab);
@@ -323,6 +338,10 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
     ping_all("with the agent running");
     assert_eq!(pod_veths(&node.ns).len(), 2);
     assert!(
+        has_gro_device(&node.ns),
+        "the agent made no GRO tunnel device"
+    );
+    assert!(
         nft_table_exists(&node.ns),
         "the agent made no masquerade table"
     );
@@ -345,6 +364,10 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
                 .count()
                 == 2,
         "pins after SIGTERM: {pins:?}"
+    );
+    assert!(
+        has_gro_device(&node.ns),
+        "SIGTERM removed the GRO tunnel device"
     );
     ping_all("with the agent stopped");
 
@@ -376,6 +399,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         format!("detached from_uplink from {UPLINK}"),
         format!("removed {}", node.pin_dir.display()),
         "deleted nftables table ip overlay".to_owned(),
+        "deleted the GRO tunnel device ovl-gro".to_owned(),
         format!("removed {}", d.state.display()),
         format!("restored {}", d.conflist().display()),
     ] {
@@ -392,6 +416,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         files_under(&node.pin_dir)
     );
     assert_eq!(pod_veths(&node.ns), Vec::<String>::new(), "pod veths left");
+    assert!(!has_gro_device(&node.ns), "GRO tunnel device left");
     assert!(!nft_table_exists(&node.ns), "table ip overlay left");
     assert!(!d.bin.join("overlay-cni").exists(), "plugin binary left");
     assert_eq!(

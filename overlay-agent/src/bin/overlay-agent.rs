@@ -9,7 +9,12 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
-use overlay_agent::{datapath, install, link, maps::Maps, paths};
+use overlay_agent::{
+    datapath, install, link,
+    maps::Maps,
+    netlink::{GRO_DEVICE, GroDevice},
+    paths,
+};
 use overlay_common::{
     CONFIG_F_READY, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Endpoint, MAX_VNI, NodeConfig, VXLAN_OVERHEAD,
 };
@@ -51,7 +56,8 @@ enum Command {
         log_level: String,
     },
     /// Load the programs, create (or re-open) the pinned maps, write this
-    /// node's configuration and attach `from_uplink` to the uplink.
+    /// node's configuration, attach `from_uplink` to the uplink and create
+    /// the GRO tunnel device (`ovl-gro`) on the VXLAN port.
     Install {
         /// The node's underlay interface (VXLAN arrives and leaves here).
         #[arg(long, env = "OVERLAY_UPLINK")]
@@ -266,6 +272,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 flags: CONFIG_F_READY,
             })?;
             dp.attach_uplink(&uplink)?;
+            let gro = overlay_agent::netlink::ensure_gro_device(vxlan_port)?;
+            println!(
+                "GRO tunnel device {}: {}",
+                GRO_DEVICE,
+                match gro {
+                    GroDevice::Created => "created",
+                    GroDevice::Kept => "kept",
+                    GroDevice::Replaced => "replaced (it had another configuration)",
+                    GroDevice::PortInUse => "not created: another socket holds the port",
+                }
+            );
             println!(
                 "datapath installed at {}: node {node_ip}, uplink {uplink}, port {vxlan_port}, VNI {vni}, pod MTU {mtu}",
                 pin.display()

@@ -271,8 +271,8 @@ pub fn agent_running(socket: &Path) -> bool {
 
 /// Removes everything the overlay put on this node, in the caller's
 /// network namespace: first the conflist (so the runtime stops calling the
-/// plugin) and the plugin, then the datapath (pinned links, which detaches
-/// the programs, and maps), the pods' host veths and the masquerade table,
+/// plugin) and the plugin, then the datapath (the GRO tunnel device, pinned
+/// links, which detaches the programs, and maps), the pods' host veths and the masquerade table,
 /// last the state directory and the socket. Returns one line per thing
 /// removed; empty when there was nothing left (a second run). Refuses while
 /// an agent runs, unless `force`.
@@ -355,10 +355,19 @@ fn remove_cni_files(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
     Ok(done)
 }
 
-/// The pinned links (detaching the programs) and maps, the pods' host
-/// veths and the masquerade table of the caller's network namespace.
+/// The GRO tunnel device, the pinned links (detaching the programs) and
+/// maps, the pods' host veths and the masquerade table of the caller's
+/// network namespace.
 fn remove_datapath(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
     let mut done = Vec::new();
+    // First, so the kernel never decapsulates our port itself once
+    // `from_uplink` is gone.
+    if netlink::delete_gro_device().map_err(InstallError::Netlink)? {
+        done.push(format!(
+            "deleted the GRO tunnel device {}",
+            netlink::GRO_DEVICE
+        ));
+    }
     if opts.pin_dir.exists() {
         for (prog, iface) in datapath::attachments(&opts.pin_dir) {
             done.push(format!("detached {prog} from {iface}"));

@@ -8,7 +8,7 @@ use clap::Args;
 use ipnet::Ipv4Net;
 use overlay_common::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 
-use crate::paths;
+use crate::{cni::Version, install::Portmap, paths};
 
 /// Default cluster range, as in Weave Net.
 pub const DEFAULT_IPALLOC_RANGE: &str = "10.32.0.0/12";
@@ -31,9 +31,13 @@ pub struct AgentConfig {
     /// Seed peers to join through, comma-separated `IP[:PORT]` (port
     /// defaults to --gossip-port). Any one live seed is enough; listing
     /// this node too is fine. Without seeds the node starts a cluster of
-    /// its own.
-    #[arg(long, env = "OVERLAY_PEERS", value_delimiter = ',')]
-    pub peers: Vec<String>,
+    /// its own; an empty value means no seeds.
+    // `::std::vec::Vec` makes clap take the whole value as one (the derive
+    // only splits a plain `Vec`), so that `parse_peers` sees the empty
+    // string the manifest sets and returns no peers instead of one empty
+    // peer.
+    #[arg(long, env = "OVERLAY_PEERS", default_value = "", value_parser = parse_peers)]
+    pub peers: ::std::vec::Vec<String>,
     /// UDP port for gossip (every node must agree).
     #[arg(long, env = "OVERLAY_GOSSIP_PORT", default_value_t = crate::gossip::DEFAULT_GOSSIP_PORT)]
     pub gossip_port: u16,
@@ -148,6 +152,40 @@ pub struct AgentConfig {
     /// `ip overlay`).
     #[arg(long, env = "OVERLAY_NO_MASQUERADE")]
     pub no_masquerade: bool,
+    /// Directory of CNI network configurations: the agent writes
+    /// `10-overlay.conflist` there once it can serve pods (a settled
+    /// address block), and never removes it (`uninstall` does).
+    #[arg(long, env = "OVERLAY_CNI_CONF_DIR", default_value = paths::CNI_CONF_DIR)]
+    pub cni_conf_dir: PathBuf,
+    /// Directory of CNI plugin binaries, where the conflist's chained
+    /// plugins are looked for.
+    #[arg(long, env = "OVERLAY_CNI_BIN_DIR", default_value = paths::CNI_BIN_DIR)]
+    pub cni_bin_dir: PathBuf,
+    /// `cniVersion` of the conflist; 1.0.0 suits every runtime with libcni
+    /// 1.1 or later.
+    #[arg(long, env = "OVERLAY_CNI_VERSION", default_value_t = crate::install::DEFAULT_CNI_VERSION,
+          value_parser = parse_cni_version)]
+    pub cni_version: Version,
+    /// Chain the reference `portmap` plugin (hostPort) in the conflist:
+    /// `auto` when it is in the plugin directory (left out with a warning
+    /// otherwise).
+    #[arg(long, env = "OVERLAY_CNI_PORTMAP", default_value = "auto", value_enum)]
+    pub portmap: Portmap,
+}
+
+/// A `cniVersion` the plugin implements.
+pub fn parse_cni_version(s: &str) -> Result<Version, String> {
+    s.parse().map_err(|e: crate::cni::CniError| e.msg)
+}
+
+/// Comma-separated seed peers, trimmed; empty entries (an empty value, a
+/// trailing comma) are no peers.
+pub fn parse_peers(s: &str) -> Result<Vec<String>, String> {
+    Ok(s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Whether to use the Kubernetes API.
@@ -200,6 +238,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        c: AgentConfig,
+    }
+
+    fn peers_of(args: &[&str]) -> Vec<String> {
+        let argv = ["x", "--node-ip", "192.0.2.1"].iter().chain(args);
+        <Wrapper as clap::Parser>::try_parse_from(argv)
+            .expect("parses")
+            .c
+            .peers
+    }
+
+    #[test]
+    fn an_empty_peer_list_is_no_peers_and_is_logged_as_such() {
+        // The manifest sets OVERLAY_PEERS to "": the same value as a flag.
+        assert_eq!(peers_of(&["--peers", ""]), Vec::<String>::new());
+        assert_eq!(peers_of(&[]), Vec::<String>::new(), "unset");
+        assert_eq!(peers_of(&["--peers", " , ,"]), Vec::<String>::new());
+        // The start-up line logs the field with `?`.
+        assert_eq!(format!("{:?}", peers_of(&["--peers", ""])), "[]");
+        assert_eq!(
+            peers_of(&["--peers", "192.0.2.2, 192.0.2.3:7000,"]),
+            vec!["192.0.2.2", "192.0.2.3:7000"]
+        );
+    }
 
     #[test]
     fn durations_parse_and_bad_ones_say_so() {

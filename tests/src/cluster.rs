@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    lab::{Lab, LabOptions, Mode, UPLINK},
+    lab::{Lab, LabOptions, Mode, UPLINK, Underlay},
     netns::{Netns, Process},
 };
 
@@ -175,7 +175,20 @@ pub struct AgentProcess {
     pub state_dir: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// Its CNI configuration directory (`--cni-conf-dir`): the agent writes
+    /// its conflist here once ready.
+    pub cni_conf_dir: PathBuf,
+    /// Its CNI plugin directory (`--cni-bin-dir`; empty, so the conflist
+    /// chains no portmap).
+    pub cni_bin_dir: PathBuf,
     process: Option<Process>,
+}
+
+impl AgentProcess {
+    /// The conflist the agent writes once ready.
+    pub fn conflist_path(&self) -> PathBuf {
+        self.cni_conf_dir.join(overlay_agent::paths::CONFLIST_NAME)
+    }
 }
 
 /// Nodes with agents.
@@ -261,13 +274,12 @@ impl Cluster {
     /// node a seed, a password file shared), each ready once it has
     /// settled a block of its own.
     pub fn gossip(nodes: usize) -> Self {
-        let mut c = Self::unstarted(nodes, |lab, dir| {
-            let password_file = dir.join("password");
-            std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
-            Source::Gossip {
-                password_file: Some(password_file),
-            }
-        });
+        Self::gossip_on(nodes, Underlay::Veth)
+    }
+
+    /// [`Cluster::gossip`] on the given underlay.
+    pub fn gossip_on(nodes: usize, underlay: Underlay) -> Self {
+        let mut c = Self::gossip_unstarted_on(nodes, underlay);
         for i in 0..nodes {
             c.spawn_agent(i);
         }
@@ -275,6 +287,23 @@ impl Cluster {
             c.wait_ready(i, Duration::from_secs(40));
         }
         c
+    }
+
+    /// The namespaces and directories of a [`Cluster::gossip`] whose agents
+    /// are not started yet (start them with [`Cluster::spawn_agent`]).
+    pub fn gossip_unstarted(nodes: usize) -> Self {
+        Self::gossip_unstarted_on(nodes, Underlay::Veth)
+    }
+
+    /// [`Cluster::gossip_unstarted`] on the given underlay.
+    pub fn gossip_unstarted_on(nodes: usize, underlay: Underlay) -> Self {
+        Self::unstarted_on(nodes, underlay, |lab, dir| {
+            let password_file = dir.join("password");
+            std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
+            Source::Gossip {
+                password_file: Some(password_file),
+            }
+        })
     }
 
     /// Like [`Cluster::gossip`], but the agents are given no `--peers`:
@@ -309,11 +338,20 @@ impl Cluster {
     /// are not started yet; `source` writes what the agents read (topology
     /// or password) into the directory and says which kind they are.
     fn unstarted(nodes: usize, source: impl FnOnce(&Lab, &Path) -> Source) -> Self {
+        Self::unstarted_on(nodes, Underlay::Veth, source)
+    }
+
+    fn unstarted_on(
+        nodes: usize,
+        underlay: Underlay,
+        source: impl FnOnce(&Lab, &Path) -> Source,
+    ) -> Self {
         let lab = Lab::new(&LabOptions {
             modes: vec![Mode::Overlay; nodes],
             pods_per_node: 0,
             skip_datapath: true,
             pod_mtu: None,
+            underlay,
         });
         let dir = std::env::temp_dir().join(format!("ovl-{}", lab.tag));
         std::fs::create_dir_all(&dir).expect("cluster dir");
@@ -323,6 +361,8 @@ impl Cluster {
                 socket: dir.join(format!("n{}.sock", i + 1)),
                 state_dir: dir.join(format!("n{}-state", i + 1)),
                 log: dir.join(format!("n{}.log", i + 1)),
+                cni_conf_dir: dir.join(format!("n{}-net.d", i + 1)),
+                cni_bin_dir: dir.join(format!("n{}-cni-bin", i + 1)),
                 process: None,
             })
             .collect();
@@ -497,6 +537,11 @@ impl Cluster {
             .arg(&a.state_dir)
             .arg("--socket")
             .arg(&a.socket)
+            // Never the host's /etc/cni/net.d.
+            .arg("--cni-conf-dir")
+            .arg(&a.cni_conf_dir)
+            .arg("--cni-bin-dir")
+            .arg(&a.cni_bin_dir)
             .env_remove("OVERLAY_LOG_FORMAT")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -662,7 +707,8 @@ impl Cluster {
         .ok();
     }
 
-    /// Host-side pod veths (`ovl*`) on node `i`.
+    /// Host-side pod veths (`ovl` + 11 hex digits; not the GRO tunnel
+    /// device `ovl-gro`) on node `i`.
     pub fn host_veths(&self, i: usize) -> Vec<String> {
         self.lab.nodes[i]
             .ns
@@ -670,7 +716,7 @@ impl Cluster {
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-            .filter(|n| n.starts_with("ovl"))
+            .filter(|n| overlay_agent::agent::is_host_ifname(n))
             .collect()
     }
 

@@ -259,6 +259,7 @@ impl Bed {
             pods_per_node: 0,
             skip_datapath: true,
             pod_mtu: None,
+            underlay: crate::lab::Underlay::Veth,
         });
         let data_dir = std::env::temp_dir().join(format!("ovl-{}-ref-ipam", lab.tag));
         std::fs::create_dir_all(&data_dir)

@@ -16,6 +16,30 @@ use crate::cluster::bin_path;
 /// The image's name as the manifests use it.
 pub const IMAGE_REF: &str = "overlay-agent:0.1.0";
 
+/// The name a CRI runtime (containerd's, for the kubelet) pulls or finds
+/// for the image reference `image`, normalised as docker references are: no
+/// registry means `docker.io`, a single-component name on `docker.io` is
+/// under `library/`, and no tag or digest means `:latest`. The first
+/// component is a registry when it has a `.` or a `:` or is `localhost`.
+pub fn cri_image_name(image: &str) -> String {
+    let (domain, rest) = match image.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (first.to_owned(), rest.to_owned())
+        }
+        _ => ("docker.io".to_owned(), image.to_owned()),
+    };
+    let rest = if domain == "docker.io" && !rest.contains('/') {
+        format!("library/{rest}")
+    } else {
+        rest
+    };
+    let last = rest.rsplit('/').next().unwrap_or_default();
+    let tagged = last.contains(':') || rest.contains('@');
+    format!("{domain}/{rest}{}", if tagged { "" } else { ":latest" })
+}
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -238,7 +262,12 @@ pub fn parse_help_env(help: &str) -> BTreeMap<String, EnvOption> {
                 .chars()
                 .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
-            let default = between(b, "[default: ", ']');
+            // clap quotes a default it would otherwise show blank: `""`.
+            let default = between(b, "[default: ", ']').map(|d| {
+                d.strip_prefix('"')
+                    .and_then(|d| d.strip_suffix('"'))
+                    .map_or(d.clone(), str::to_owned)
+            });
             Some((name, EnvOption { default }))
         })
         .collect()
@@ -278,6 +307,7 @@ mod tests {
                     [env: OVERLAY_PORT=]\n          [default: 6783]\n\n  -h, --help\n          Print help\n";
         let short = "Options:\n      --dir <D>  A dir [env: OVERLAY_DIR=] [default: /x]\n      \
                      --pw <P>  Secret [env: OVERLAY_PW]\n      \
+                     --peers <P>  Seeds [env: OVERLAY_PEERS=] [default: \"\"]\n      \
                      --force    Force\n  -h, --help     Print help\n";
         let l = parse_help_env(long);
         assert_eq!(l["OVERLAY_NODE_IP"].default, None);
@@ -289,7 +319,12 @@ mod tests {
             s["OVERLAY_PW"].default, None,
             "hidden values still name the variable"
         );
-        assert_eq!(s.len(), 2);
+        assert_eq!(
+            s["OVERLAY_PEERS"].default.as_deref(),
+            Some(""),
+            "quoted empty"
+        );
+        assert_eq!(s.len(), 3);
     }
 
     #[test]
@@ -300,7 +335,244 @@ mod tests {
     }
 
     #[test]
+    fn image_references_normalise_as_the_cri_does() {
+        for (short, full) in [
+            (
+                "overlay-agent:0.1.0",
+                "docker.io/library/overlay-agent:0.1.0",
+            ),
+            ("overlay-agent", "docker.io/library/overlay-agent:latest"),
+            ("team/agent:1", "docker.io/team/agent:1"),
+            (
+                "registry.example:5000/agent:1",
+                "registry.example:5000/agent:1",
+            ),
+            ("localhost/agent", "localhost/agent:latest"),
+            ("quay.io/x/y@sha256:abcd", "quay.io/x/y@sha256:abcd"),
+        ] {
+            assert_eq!(cri_image_name(short), full, "{short}");
+        }
+    }
+
+    #[test]
+    fn kubectl_commands_are_found_in_fences_comments_and_wrapped_inline_code() {
+        let text = "Run\n```sh\nkubectl -n kube-system get pods -l app=x,b=c -o wide   # one\n\
+                    ls\n```\nthen `kubectl -n kube-system logs\nds/agent` and\n\
+                    # kubectl -n ns create secret generic pw --from-literal=a=b\n\
+                    `kubectl apply -f deploy/x.yaml`.\n";
+        let cmds = kubectl_commands(text);
+        assert_eq!(cmds.len(), 4, "{cmds:#?}");
+        assert_eq!(
+            cmds[0].selector,
+            vec![("app".into(), "x".into()), ("b".into(), "c".into())]
+        );
+        assert_eq!(
+            cmds[0].text,
+            "kubectl -n kube-system get pods -l app=x,b=c -o wide"
+        );
+        assert_eq!(cmds[1].secret.as_deref(), Some("pw"));
+        assert_eq!(cmds[2].daemonsets, vec!["agent"]);
+        assert_eq!(cmds[2].namespace.as_deref(), Some("kube-system"));
+        assert_eq!(cmds[3].files, vec!["deploy/x.yaml"]);
+    }
+
+    #[test]
+    fn a_selector_that_matches_no_pods_is_a_problem() {
+        let sets = vec![DaemonSetInfo {
+            name: "overlay-agent".into(),
+            namespace: "kube-system".into(),
+            pod_labels: [("app.kubernetes.io/name".to_owned(), "overlay".to_owned())].into(),
+            secrets: vec!["overlay-password".into()],
+        }];
+        let bad = parse_kubectl("kubectl -n kube-system get pods -l app=overlay-agent");
+        assert_eq!(kubectl_problems(&bad, &sets).len(), 1);
+        let wrong_ns = parse_kubectl("kubectl logs ds/overlay-agent");
+        assert_eq!(kubectl_problems(&wrong_ns, &sets).len(), 1);
+        let good =
+            parse_kubectl("kubectl -n kube-system get pods -l app.kubernetes.io/name=overlay");
+        assert_eq!(kubectl_problems(&good, &sets), Vec::<String>::new());
+        let secret = parse_kubectl("kubectl -n kube-system create secret generic overlay-password");
+        assert_eq!(kubectl_problems(&secret, &sets), Vec::<String>::new());
+    }
+
+    #[test]
     fn dynamic_executables_have_an_interpreter() {
         assert!(elf_has_interpreter(Path::new("/bin/sh")));
     }
+}
+
+/// One `kubectl` command a document shows, with what it refers to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubectlCommand {
+    /// The command as written.
+    pub text: String,
+    /// `-n`/`--namespace`, if given.
+    pub namespace: Option<String>,
+    /// `-l`/`--selector`, as `key=value` pairs.
+    pub selector: Vec<(String, String)>,
+    /// `ds/NAME` or `daemonset/NAME` (also `daemonsets/`).
+    pub daemonsets: Vec<String>,
+    /// `-f FILE`.
+    pub files: Vec<String>,
+    /// `create secret generic NAME`.
+    pub secret: Option<String>,
+}
+
+/// Every `kubectl` command of `text`: lines of fenced code blocks and
+/// comments (`# kubectl ...`, as in a manifest's header) that start with
+/// `kubectl`, and inline code spans (which may wrap lines) that do. A
+/// trailing `# comment` is not part of the command.
+pub fn kubectl_commands(text: &str) -> Vec<KubectlCommand> {
+    let mut found = Vec::new();
+    let mut in_fence = false;
+    let mut prose = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            prose.push('\n');
+            continue;
+        }
+        let bare = line.trim_start().trim_start_matches('#').trim_start();
+        if in_fence || line.trim_start().starts_with('#') {
+            if let Some(cmd) = bare.strip_prefix("kubectl ") {
+                let cmd = cmd.split(" # ").next().unwrap_or(cmd);
+                found.push(format!("kubectl {}", cmd.trim()));
+            }
+            if in_fence {
+                continue;
+            }
+        }
+        prose.push_str(line);
+        prose.push(' ');
+    }
+    // Inline spans: every other backtick delimits code.
+    for (i, span) in prose.split('`').enumerate() {
+        if i % 2 == 1 && span.starts_with("kubectl ") {
+            found.push(span.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    found.into_iter().map(|t| parse_kubectl(&t)).collect()
+}
+
+/// What a `kubectl` command line refers to.
+pub fn parse_kubectl(text: &str) -> KubectlCommand {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut cmd = KubectlCommand {
+        text: text.to_owned(),
+        ..KubectlCommand::default()
+    };
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        let (flag, inline) = match w.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => (f, Some(v)),
+            _ => (w, None),
+        };
+        let value = |i: &mut usize| -> String {
+            match inline {
+                Some(v) => v.to_owned(),
+                None => {
+                    *i += 1;
+                    words.get(*i).copied().unwrap_or_default().to_owned()
+                }
+            }
+        };
+        match flag {
+            "-n" | "--namespace" => cmd.namespace = Some(value(&mut i)),
+            "-l" | "--selector" => {
+                cmd.selector = value(&mut i)
+                    .split(',')
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once('=')?;
+                        Some((k.to_owned(), v.trim_start_matches('=').to_owned()))
+                    })
+                    .collect();
+            }
+            "-f" | "--filename" => cmd.files.push(value(&mut i)),
+            _ => {
+                if let Some((kind, name)) = w.split_once('/')
+                    && matches!(kind, "ds" | "daemonset" | "daemonsets")
+                {
+                    cmd.daemonsets.push(name.to_owned());
+                }
+                if w == "generic" && i >= 2 && words[i - 1] == "secret" {
+                    cmd.secret = words.get(i + 1).map(|s| (*s).to_owned());
+                }
+            }
+        }
+        i += 1;
+    }
+    cmd
+}
+
+/// A DaemonSet of a manifest: where it is and what its pods carry.
+#[derive(Clone, Debug)]
+pub struct DaemonSetInfo {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// The pod template's labels.
+    pub pod_labels: BTreeMap<String, String>,
+    /// `secretName` of its secret volumes.
+    pub secrets: Vec<String>,
+}
+
+/// Every DaemonSet of `docs`.
+pub fn daemonsets(docs: &[Value]) -> Vec<DaemonSetInfo> {
+    docs.iter()
+        .filter(|d| d["kind"] == "DaemonSet")
+        .map(|d| {
+            let str_of = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            let spec = &d["spec"]["template"];
+            DaemonSetInfo {
+                name: str_of(&d["metadata"]["name"]),
+                namespace: str_of(&d["metadata"]["namespace"]),
+                pod_labels: spec["metadata"]["labels"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), str_of(v))).collect())
+                    .unwrap_or_default(),
+                secrets: spec["spec"]["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v["secret"]["secretName"].as_str().map(str::to_owned))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// What is wrong with `cmd` against the manifests' DaemonSets (empty when
+/// nothing is): a namespaced command without `-n` is taken to use
+/// `default`, as kubectl does.
+pub fn kubectl_problems(cmd: &KubectlCommand, sets: &[DaemonSetInfo]) -> Vec<String> {
+    let ns = cmd.namespace.as_deref().unwrap_or("default");
+    let in_ns: Vec<&DaemonSetInfo> = sets.iter().filter(|d| d.namespace == ns).collect();
+    let mut problems = Vec::new();
+    for name in &cmd.daemonsets {
+        if !in_ns.iter().any(|d| &d.name == name) {
+            problems.push(format!("no DaemonSet {name} in namespace {ns}"));
+        }
+    }
+    if !cmd.selector.is_empty()
+        && !in_ns.iter().any(|d| {
+            cmd.selector
+                .iter()
+                .all(|(k, v)| d.pod_labels.get(k) == Some(v))
+        })
+    {
+        problems.push(format!(
+            "selector {:?} matches the pods of no DaemonSet in namespace {ns}",
+            cmd.selector
+        ));
+    }
+    if let Some(secret) = &cmd.secret
+        && !in_ns.iter().any(|d| d.secrets.contains(secret))
+    {
+        problems.push(format!(
+            "no DaemonSet in namespace {ns} mounts a Secret named {secret}"
+        ));
+    }
+    problems
 }

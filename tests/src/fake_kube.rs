@@ -1,7 +1,12 @@
 //! A fake Kubernetes API server for the agents of a lab: just the calls
 //! the agent makes (list, watch and status patch of Nodes; list and watch
 //! of Pods, Namespaces and NetworkPolicies in all namespaces), over plain
-//! HTTP/1.1, with a bearer token checked on every request.
+//! HTTP/1.1, with a bearer token checked on every request. A Node is what
+//! a kubelet registers: its own conditions (`Ready`, the pressures) and no
+//! `NetworkUnavailable` (only cloud route controllers set that). A `get`
+//! of a single Node, which the agent's ClusterRole does not allow, is
+//! answered 403 as the real server would, so a test that checks every
+//! answer was 200 notices it.
 //!
 //! It keeps a set of Nodes (name → InternalIP), the objects of the other
 //! collections as JSON, one resourceVersion counter and the log of watch
@@ -97,6 +102,49 @@ impl Recorded {
     /// Whether it is a list of Nodes (a GET of the collection, no watch).
     pub fn is_list(&self) -> bool {
         self.method == "GET" && self.path() == NODES_PATH && !self.is_watch()
+    }
+
+    /// What RBAC authorizes this request as: `(resource, verb)` of the core
+    /// API group, as the API server derives them from the method and path
+    /// (`nodes` or a subresource such as `nodes/status`; `get`, `list`,
+    /// `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`).
+    /// Resources of another API group than the core one are named
+    /// `resource.group` (`networkpolicies.networking.k8s.io`). `None` for
+    /// a path outside `/api/v1` and `/apis/GROUP/VERSION`.
+    pub fn rbac(&self) -> Option<(String, String)> {
+        let path = self.path();
+        let (group, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+            ("", rest)
+        } else {
+            let mut it = path.strip_prefix("/apis/")?.splitn(3, '/');
+            let group = it.next()?;
+            let _version = it.next()?;
+            (group, it.next()?)
+        };
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        let (resource, named) = match parts.as_slice() {
+            [kind] => ((*kind).to_owned(), false),
+            [kind, _name] => ((*kind).to_owned(), true),
+            [kind, _name, sub] => (format!("{kind}/{sub}"), true),
+            _ => return None,
+        };
+        let resource = if group.is_empty() {
+            resource
+        } else {
+            format!("{resource}.{group}")
+        };
+        let verb = match (self.method.as_str(), named) {
+            ("GET", _) if self.is_watch() => "watch",
+            ("GET", false) => "list",
+            ("GET", true) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", false) => "deletecollection",
+            ("DELETE", true) => "delete",
+            _ => return None,
+        };
+        Some((resource, verb.to_owned()))
     }
 
     /// The body as JSON (`Null` if it is not).
@@ -248,7 +296,7 @@ impl FakeKube {
             ip,
             uid: format!("00000000-0000-4000-8000-{:012x}", s.rv),
             resource_version: s.rv,
-            conditions: Vec::new(),
+            conditions: kubelet_conditions(),
         };
         let object = node_json(name, &node);
         s.nodes.insert(name.to_owned(), node);
@@ -459,6 +507,22 @@ fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             200,
             list_objects(shared, collection_of(rec.path()), kind, api_version),
         )
+    } else if let Some(name) = rec.path().strip_prefix("/api/v1/nodes/")
+        && rec.method == "GET"
+        && !name.contains('/')
+    {
+        (
+            403,
+            status_body(
+                403,
+                "Forbidden",
+                &format!(
+                    "nodes \"{}\" is forbidden: the agent's ClusterRole grants no get on \
+                     nodes (the fake API server answers as the real one would)",
+                    percent_decode(name)
+                ),
+            ),
+        )
     } else if let Some(name) = rec
         .path()
         .strip_prefix("/api/v1/nodes/")
@@ -655,6 +719,26 @@ fn node_json(name: &str, node: &FakeNode) -> Value {
     })
 }
 
+/// The conditions a kubelet reports when it registers its Node: the
+/// pressures and `Ready`, and no `NetworkUnavailable`.
+fn kubelet_conditions() -> Vec<Value> {
+    let condition = |kind: &str, status: &str, reason: &str| {
+        json!({
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "lastHeartbeatTime": "2024-01-01T00:00:00Z",
+            "lastTransitionTime": "2024-01-01T00:00:00Z",
+        })
+    };
+    vec![
+        condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+        condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+        condition("PIDPressure", "False", "KubeletHasSufficientPID"),
+        condition("Ready", "True", "KubeletReady"),
+    ]
+}
+
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({
         "kind": "Status",
@@ -672,6 +756,7 @@ fn reason(code: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         415 => "Unsupported Media Type",
         _ => "Unknown",

@@ -437,21 +437,21 @@ impl Sim {
         let complete = {
             let t = first.topology.borrow();
             // Both sorted by address: node_ip grows with the index.
-            t.nodes.len() == self.nodes.len()
-                && t.nodes
-                    .iter()
+            t.live_nodes().count() == self.nodes.len()
+                && t.live_nodes()
                     .zip(self.nodes.keys())
                     .all(|(n, &i)| n.ip == node_ip(i) && !n.blocks.is_empty())
         };
         complete && self.agree()
     }
 
-    /// How many running nodes' topologies list node `j` (alive).
+    /// How many running nodes' topologies list node `j` alive (a silent
+    /// member stays listed, `alive: false`, for the datapath probes).
     pub fn listing(&self, j: usize) -> usize {
         let ip = node_ip(j);
         self.nodes
             .values()
-            .filter(|n| n.topology.borrow().nodes.iter().any(|n| n.ip == ip))
+            .filter(|n| n.topology.borrow().live_nodes().any(|n| n.ip == ip))
             .count()
     }
 
@@ -464,8 +464,7 @@ impl Sim {
             .filter(|n| {
                 n.topology
                     .borrow()
-                    .nodes
-                    .iter()
+                    .live_nodes()
                     .any(|n| n.ip == ip && !n.blocks.is_empty())
             })
             .count()

@@ -34,6 +34,37 @@ pub enum Mode {
     PlainRouting,
 }
 
+/// How the underlay between the nodes carries frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Underlay {
+    /// Plain veth pairs: TSO/GSO on, GRO off, so whole GSO packets (tens
+    /// of KB) cross the underlay, which no physical wire does.
+    Veth,
+    /// Veth pairs made NIC-like on both ends of every underlay link
+    /// (`ethtool -K tso off gso off gro on`): the sender's stack cuts every
+    /// packet to the MTU before it crosses, the receiver's GRO merges them
+    /// again, as a physical NIC and its driver do.
+    Wire,
+}
+
+impl Underlay {
+    /// Both, for tests and the bench that run in each.
+    pub const ALL: [Underlay; 2] = [Underlay::Wire, Underlay::Veth];
+
+    /// `wire` or `veth`, as the `--underlay` flags spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Underlay::Veth => "veth",
+            Underlay::Wire => "wire",
+        }
+    }
+
+    /// The mode called `name` ([`Underlay::name`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|u| u.name() == name)
+    }
+}
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct LabOptions {
@@ -46,6 +77,8 @@ pub struct LabOptions {
     pub skip_datapath: bool,
     /// Pod MTU instead of the mode's default ([`Lab::pod_mtu`]).
     pub pod_mtu: Option<u32>,
+    /// How the underlay carries frames.
+    pub underlay: Underlay,
 }
 
 impl LabOptions {
@@ -56,7 +89,13 @@ impl LabOptions {
             pods_per_node: pods,
             skip_datapath: false,
             pod_mtu: None,
+            underlay: Underlay::Veth,
         }
+    }
+
+    /// The same on another underlay.
+    pub fn on(self, underlay: Underlay) -> Self {
+        Self { underlay, ..self }
     }
 }
 
@@ -111,6 +150,8 @@ pub struct Lab {
     pub switch: Option<Netns>,
     /// Unique tag of this lab's names.
     pub tag: String,
+    /// How the underlay carries frames.
+    pub underlay: Underlay,
 }
 
 /// Address of node `i` (0-based) on the underlay.
@@ -126,6 +167,15 @@ pub fn node_block(i: usize) -> Ipv4Net {
 /// Address of pod `j` on node `i`.
 pub fn pod_ip(i: usize, j: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 32, 1 + i as u8, 10 + j as u8)
+}
+
+/// Makes one end of an underlay veth behave like a NIC: no segmentation
+/// offload (the stack cuts packets to the MTU before they cross), GRO on
+/// receive (which also gives the veth a NAPI context, where GRO runs).
+pub fn make_wire(ns: &Netns, dev: &str) {
+    ns.exec(&[
+        "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "on",
+    ]);
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -144,6 +194,7 @@ impl Lab {
             nodes: Vec::new(),
             switch: None,
             tag: tag.clone(),
+            underlay: opts.underlay,
         };
         for (i, mode) in opts.modes.iter().enumerate() {
             let ns = Netns::new(&tag, &format!("n{}", i + 1));
@@ -194,6 +245,16 @@ impl Lab {
             node.ns
                 .ip(&["addr", "add", &format!("{}/24", node.ip), "dev", UPLINK]);
             node.ns.ip(&["link", "set", UPLINK, "up"]);
+        }
+        if self.underlay == Underlay::Wire {
+            for node in &self.nodes {
+                make_wire(&node.ns, UPLINK);
+            }
+            if let Some(sw) = &self.switch {
+                for i in 0..n {
+                    make_wire(sw, &format!("p{}", i + 1));
+                }
+            }
         }
     }
 
@@ -280,8 +341,9 @@ impl Lab {
         }
     }
 
-    /// Loads the datapath of node `i`, attaches it and fills its maps:
-    /// config, every node's block, every other node as peer, local pods.
+    /// Loads the datapath of node `i`, attaches it, creates the GRO tunnel
+    /// device and fills its maps: config, every node's block, every other
+    /// node as peer, local pods.
     pub fn install_overlay(&self, i: usize) {
         let node = &self.nodes[i];
         let pods: Vec<&str> = node.pods.iter().map(|p| p.host_if.as_str()).collect();
@@ -291,6 +353,8 @@ impl Lab {
             for p in &pods {
                 dp.attach_pod(p).expect("attach from_pod");
             }
+            overlay_agent::netlink::ensure_gro_device(DEFAULT_VXLAN_PORT)
+                .expect("GRO tunnel device");
         })
         .expect("enter node netns");
         self.fill_maps(i);
@@ -500,6 +564,10 @@ impl Lab {
         Netns::veth_pair(&node.ns, UPLINK, sw, &port);
         sw.ip(&["link", "set", &port, "master", "br0"]);
         sw.ip(&["link", "set", &port, "up"]);
+        if self.underlay == Underlay::Wire {
+            make_wire(&node.ns, UPLINK);
+            make_wire(sw, &port);
+        }
         node.ns
             .ip(&["addr", "add", &format!("{}/24", node.ip), "dev", UPLINK]);
         node.ns.ip(&["link", "set", UPLINK, "up"]);

@@ -22,6 +22,6 @@ pub mod rogue;
 pub mod traffic;
 
 pub use cmd::{run, run_ok, sh};
-pub use lab::{Lab, LabOptions, Mode, Pod};
+pub use lab::{Lab, LabOptions, Mode, Pod, Underlay};
 pub use netns::{Netns, Process};
 pub use privileged::require_privileges;

@@ -638,9 +638,25 @@ fn a_node_without_a_block_is_not_ready_and_says_why() {
     let path = ns.path().display().to_string();
     let msg = c
         .cni(0, &call("ADD", "nb", Some(&path), &c.config(0, "1.0.0")))
-        .err(101);
+        .err(11);
     assert!(msg.contains("no address block"), "{msg}");
     assert_clean(&c, 0, "ADD without a block");
+    // The ready node has written its conflist; the one without a block
+    // has not, so no runtime would have called it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !c.agents[1].conflist_path().exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ready node wrote no conflist:\n{}",
+            c.log(1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !c.agents[0].conflist_path().exists(),
+        "a node without a block has a conflist:\n{}",
+        c.log(0)
+    );
 }
 
 #[test]

@@ -15,9 +15,9 @@ use overlay_tests::{
     cluster::bin_path,
     cni_clients::ScratchDir,
     deploy::{
-        ContainerSpec, IMAGE_REF, commented_env, daemonset_containers, elf_has_interpreter,
-        help_env, image_archive, kubernetes_validate, manifest_path, output_ok, require,
-        tool_missing, venv_missing, venv_python, yaml_documents,
+        ContainerSpec, IMAGE_REF, commented_env, cri_image_name, daemonset_containers,
+        elf_has_interpreter, help_env, image_archive, kubernetes_validate, manifest_path,
+        output_ok, require, tool_missing, venv_missing, venv_python, yaml_documents,
     },
     netns::unique_tag,
     require_privileges,
@@ -203,7 +203,7 @@ fn every_variable_a_container_sets_is_one_its_command_reads() {
     let subcommands: BTreeSet<&str> = containers.iter().map(ContainerSpec::subcommand).collect();
     assert_eq!(
         subcommands,
-        BTreeSet::from(["install-cni", "run", "uninstall"])
+        BTreeSet::from(["install-cni", "mount-bpffs", "run", "uninstall"])
     );
 }
 
@@ -286,6 +286,8 @@ fn agent_env_for_test(dir: &Path) -> Vec<(String, String)> {
                 ("OVERLAY_PIN_DIR", _) => dir.join("pins").display().to_string(),
                 ("OVERLAY_STATE_DIR", _) => dir.join("state").display().to_string(),
                 ("OVERLAY_SOCKET", _) => dir.join("agent.sock").display().to_string(),
+                ("OVERLAY_CNI_CONF_DIR", _) => dir.join("net.d").display().to_string(),
+                ("OVERLAY_CNI_BIN_DIR", _) => dir.join("bin").display().to_string(),
                 (_, Some(v)) => v.clone(),
                 (_, None) => panic!("{k} has a valueFrom this test does not know"),
             };
@@ -323,14 +325,15 @@ fn the_values_the_manifest_sets_parse_as_the_commands_read_them() {
     );
     assert!(stderr.contains("--log-level"), "{stderr}");
 
-    // `install-cni` with the manifest's environment, into scratch
-    // directories.
+    // `install-cni` with the manifest's environment, into a scratch
+    // directory: the plugin and, as this directory has none, the reference
+    // plugins from the directory the manifest names (Debian's path, which
+    // the image also uses); no conflist (the agent writes it when ready).
     let init = all_containers()
         .into_iter()
         .find(|c| c.subcommand() == "install-cni")
         .expect("an init container runs install-cni");
     let bin = dir.subdir("bin");
-    let conf = dir.subdir("net.d");
     let mut cmd = Command::new(bin_path("overlay-agent"));
     cmd.args(&init.args).env_clear();
     for (k, v) in &init.env {
@@ -338,21 +341,48 @@ fn the_values_the_manifest_sets_parse_as_the_commands_read_them() {
     }
     output_ok(
         cmd.env("OVERLAY_CNI_BIN_DIR", &bin)
-            .env("OVERLAY_CNI_CONF_DIR", &conf)
             .env("OVERLAY_CNI_PLUGIN", bin_path("overlay-cni")),
     );
-    let conflist: Value = serde_json::from_slice(
-        &std::fs::read(conf.join("10-overlay.conflist")).expect("conflist written"),
-    )
-    .expect("conflist is JSON");
+    let mut installed: Vec<String> = std::fs::read_dir(&bin)
+        .expect("bin dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    installed.sort();
+    assert_eq!(installed, ["loopback", "overlay-cni", "portmap"]);
+    assert!(
+        !init.env.contains_key("OVERLAY_CNI_CONF_DIR"),
+        "install-cni writes no conflist any more"
+    );
+    // The agent's conflist settings: its socket is where the plugin on the
+    // host finds the agent.
+    let agent = agent_container();
+    assert_eq!(
+        agent.env["OVERLAY_CNI_CONF_DIR"].as_deref(),
+        Some("/etc/cni/net.d")
+    );
+    let conf = overlay_agent::install::conflist(
+        &overlay_agent::install::ConflistOptions {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dir: "/opt/cni/bin".into(),
+            socket: agent.env["OVERLAY_SOCKET"]
+                .clone()
+                .expect("literal socket")
+                .into(),
+            cni_version: agent.env["OVERLAY_CNI_VERSION"]
+                .as_deref()
+                .expect("literal version")
+                .parse()
+                .expect("a version the plugin speaks"),
+            portmap: overlay_agent::install::Portmap::Auto,
+        },
+        true,
+    );
+    let conflist: Value = serde_json::from_str(&conf).expect("conflist is JSON");
     assert_eq!(
         conflist["plugins"][0]["agentSocket"],
-        agent_container().env["OVERLAY_SOCKET"]
-            .clone()
-            .expect("literal socket"),
-        "the plugin must find the agent's socket: {conflist}"
+        "/run/overlay/agent.sock"
     );
-    assert!(bin.join("overlay-cni").is_file());
 }
 
 /// Skips (or under CI fails) unless the image and the tools to open it are
@@ -403,8 +433,11 @@ fn the_image_runs_what_the_manifests_expect() {
             .arg("index.json"),
     ))
     .expect("index.json");
+    // ... as the kubelet resolves them (`ctr images import` keeps a full
+    // name as it is).
     assert_eq!(
-        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], IMAGE_REF,
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        cri_image_name(IMAGE_REF),
         "{index}"
     );
     // Every container leaves the entrypoint alone and runs a subcommand.
@@ -416,8 +449,9 @@ fn the_image_runs_what_the_manifests_expect() {
 }
 
 #[test]
-fn the_image_holds_static_binaries_that_run_in_an_empty_root_and_nft() {
-    let test = "the_image_holds_static_binaries_that_run_in_an_empty_root_and_nft";
+fn the_image_holds_static_binaries_that_run_in_an_empty_root_nft_and_the_reference_plugins() {
+    let test =
+        "the_image_holds_static_binaries_that_run_in_an_empty_root_nft_and_the_reference_plugins";
     if !require_image(test) || !require_privileges(test) {
         return;
     }
@@ -484,4 +518,123 @@ fn the_image_holds_static_binaries_that_run_in_an_empty_root_and_nft() {
         listed.contains("masquerade") && listed.contains("10.32.0.0/12"),
         "{listed}"
     );
+    // What install-cni copies to hosts that lack them: the reference
+    // plugins, where the manifest's OVERLAY_CNI_REFERENCE_DIR says, running
+    // inside the image's root (their libraries are there).
+    let init = all_containers()
+        .into_iter()
+        .find(|c| c.subcommand() == "install-cni")
+        .expect("an init container runs install-cni");
+    let reference_dir = init.env["OVERLAY_CNI_REFERENCE_DIR"]
+        .clone()
+        .expect("literal reference dir");
+    for plugin in overlay_agent::install::REFERENCE_PLUGINS {
+        let inside = format!("{reference_dir}/{plugin}");
+        assert!(
+            rootfs.join(inside.trim_start_matches('/')).is_file(),
+            "{inside} is not in the image"
+        );
+        let out = output_ok(
+            Command::new("chroot")
+                .arg(&rootfs)
+                .arg(&inside)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("CNI_COMMAND", "VERSION"),
+        );
+        assert!(out.contains("supportedVersions"), "{plugin}: {out}");
+    }
+}
+
+/// Loads the archive as the README says (`ctr -n k8s.io images import`)
+/// into a containerd of the test's own and checks that the image is there
+/// under the name the kubelet asks the CRI for when the manifest says
+/// `image: overlay-agent:0.1.0`.
+#[test]
+fn the_image_archive_imports_into_containerd_under_the_name_the_kubelet_resolves() {
+    let test = "the_image_archive_imports_into_containerd_under_the_name_the_kubelet_resolves";
+    if !require_image(test) || !require_privileges(test) {
+        return;
+    }
+    let ctrd = overlay_tests::cni_clients::Containerd::start(&unique_tag());
+    let ctr = |args: &[&str]| {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(ctrd.address())
+            .args(["--namespace", "k8s.io"])
+            .args(args);
+        output_ok(&mut cmd)
+    };
+    let readme = std::fs::read_to_string(manifest_path("../README.md")).expect("README");
+    let import = "ctr -n k8s.io images import target/image/overlay-agent-0.1.0.oci.tar";
+    assert!(
+        readme.contains(import),
+        "the README no longer says `{import}`"
+    );
+    ctr(&["images", "import", &image_archive().display().to_string()]);
+    let names: BTreeSet<String> = ctr(&["images", "ls", "-q"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let images: BTreeSet<String> = all_containers().into_iter().map(|c| c.image).collect();
+    for image in images {
+        let wanted = cri_image_name(&image);
+        assert!(
+            names.contains(&wanted),
+            "`image: {image}` resolves to {wanted}, but the import made only {names:?}"
+        );
+    }
+    println!("imported as {names:?}");
+}
+
+/// Every `kubectl` command the README and the manifests' comments show
+/// refers to what the manifests make: its `-n` namespace, `-l` selector
+/// (matching the pods of a DaemonSet there), `ds/NAME`, Secret name and
+/// `-f` file.
+#[test]
+fn every_kubectl_command_the_docs_show_matches_the_manifests() {
+    if !require(
+        "every_kubectl_command_the_docs_show_matches_the_manifests",
+        venv_missing(),
+    ) {
+        return;
+    }
+    let root = overlay_tests::deploy::workspace_root();
+    let sets: Vec<_> = MANIFESTS
+        .iter()
+        .flat_map(|m| overlay_tests::deploy::daemonsets(&yaml_documents(&manifest_path(m))))
+        .collect();
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    let mut docs = vec![("README.md".to_owned(), root.join("README.md"))];
+    docs.extend(
+        MANIFESTS
+            .iter()
+            .map(|m| (format!("deploy/{m}"), manifest_path(m))),
+    );
+    let mut checked = 0;
+    let mut selectors = 0;
+    let mut problems = Vec::new();
+    for (name, path) in docs {
+        let text = std::fs::read_to_string(&path).expect("document");
+        for cmd in overlay_tests::deploy::kubectl_commands(&text) {
+            checked += 1;
+            selectors += usize::from(!cmd.selector.is_empty());
+            for p in overlay_tests::deploy::kubectl_problems(&cmd, &sets) {
+                problems.push(format!("{name}: `{}`: {p}", cmd.text));
+            }
+            for f in &cmd.files {
+                if !root.join(f).is_file() {
+                    problems.push(format!("{name}: `{}`: no file {f}", cmd.text));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The README's troubleshooting and removal sections, the manifests'
+    // headers: a parser that found nothing would pass vacuously.
+    assert!(
+        checked >= 10 && selectors >= 2,
+        "only {checked} commands ({selectors} with a selector) found"
+    );
+    println!("{checked} kubectl commands checked, {selectors} with a selector");
 }

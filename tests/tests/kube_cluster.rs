@@ -2,8 +2,9 @@
 //! namespace lab, started with no `--peers`, against a fake API server on
 //! the underlay (no real one can run here). They find each other from the
 //! Nodes' InternalIPs, each sets its Node's `NetworkUnavailable=False`
-//! once, a stopped agent whose Node still exists is left alone, and a
-//! deleted Node's blocks are reclaimed by exactly one agent.
+//! once, a stopped agent whose Node still exists is left alone, a deleted
+//! Node's blocks are reclaimed by exactly one agent, and the manifest's
+//! ClusterRole grants exactly the (resource, verb) pairs they requested.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,6 +17,7 @@ use overlay_agent::k8s::{KubeClient, KubeError, KubeSettings, WatchEvent};
 use overlay_tests::{
     Netns,
     cluster::Cluster,
+    deploy::{manifest_path, require, venv_missing, yaml_documents},
     fake_kube::{FakeKube, MAX_WATCH, Recorded},
     privileged,
 };
@@ -131,6 +133,66 @@ fn assert_network_available_patch(r: &Recorded, node: &str, token: &str) {
     assert_eq!(conditions[0]["status"], "False", "{}", r.body);
 }
 
+/// Node `node`'s condition of type `kind`.
+fn condition(node: &Value, kind: &str) -> Option<Value> {
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .cloned()
+}
+
+/// A bare HTTP/1.1 GET with a bearer token; returns the whole answer.
+fn raw_get(url: &str, path: &str, token: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let addr = url.strip_prefix("http://").expect("http URL");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("answer");
+    answer
+}
+
+/// The `(resource, verb)` pairs the manifest's ClusterRole grants (a
+/// resource of another group than the core one as `resource.group`).
+fn cluster_role_grants() -> BTreeSet<(String, String)> {
+    let docs = yaml_documents(&manifest_path("overlay.yaml"));
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("a ClusterRole in deploy/overlay.yaml");
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut grants = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                // Named as `Recorded::rbac` names them.
+                let resource = if group.is_empty() {
+                    resource
+                } else {
+                    format!("{resource}.{group}")
+                };
+                for verb in strings(&rule["verbs"]) {
+                    grants.insert((resource.clone(), verb));
+                }
+            }
+        }
+    }
+    grants
+}
+
 /// The fake server against the agent's own client, on loopback (no
 /// privileges): list, a watch that delivers an event while it is open and
 /// ends at its timeout, the status patch, a refused token, and a stop that
@@ -157,6 +219,14 @@ fn fake_api_server_speaks_what_the_agents_client_expects() {
     server.add_node("a", Ipv4Addr::new(10, 0, 0, 1));
     server.add_node("b", Ipv4Addr::new(10, 0, 0, 2));
     let kube = client(&token_file, &server.url());
+    // As a kubelet registers it: Ready, and no NetworkUnavailable at all.
+    let fresh = server.node("a").expect("node a");
+    assert_eq!(condition(&fresh, "NetworkUnavailable"), None, "{fresh}");
+    assert_eq!(
+        condition(&fresh, "Ready").map(|c| c["status"].clone()),
+        Some(Value::from("True")),
+        "{fresh}"
+    );
 
     let list = kube.list_nodes().expect("list");
     assert_eq!(list.names().collect::<Vec<_>>(), ["a", "b"]);
@@ -198,11 +268,12 @@ fn fake_api_server_speaks_what_the_agents_client_expects() {
 
     kube.set_network_available("a").expect("patch");
     let patched = server.node("a").expect("node a");
-    assert_eq!(
-        patched["status"]["conditions"][0]["type"],
-        "NetworkUnavailable"
+    let set = condition(&patched, "NetworkUnavailable").expect("the patched condition");
+    assert_eq!(set["status"], "False", "{patched}");
+    assert!(
+        condition(&patched, "Ready").is_some(),
+        "merged, not replaced"
     );
-    assert_eq!(patched["status"]["conditions"][0]["status"], "False");
     let requests = server.requests();
     let patch = requests
         .iter()
@@ -213,6 +284,25 @@ fn fake_api_server_speaks_what_the_agents_client_expects() {
         kube.set_network_available("b"),
         Err(KubeError::Http { code: 404, .. })
     ));
+
+    // A get of one Node is refused, as our ClusterRole makes the real
+    // server refuse it, and recorded as RBAC sees it.
+    let answer = raw_get(&server.url(), "/api/v1/nodes/a", "s3cret");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let last = server.requests().last().cloned().expect("recorded");
+    assert_eq!(last.status, 403);
+    assert_eq!(last.rbac(), Some(("nodes".into(), "get".into())));
+    let kinds: BTreeSet<(String, String)> = server
+        .requests()
+        .iter()
+        .filter_map(Recorded::rbac)
+        .collect();
+    assert!(
+        kinds.contains(&("nodes".into(), "list".into()))
+            && kinds.contains(&("nodes".into(), "watch".into()))
+            && kinds.contains(&("nodes/status".into(), "patch".into())),
+        "{kinds:?}"
+    );
 
     let refused = client(&wrong_token_file, &server.url()).list_nodes();
     assert!(
@@ -247,6 +337,13 @@ fn fake_api_server_speaks_what_the_agents_client_expects() {
 #[test]
 fn agents_join_from_nodes_set_network_available_and_reclaim_a_deleted_node_once() {
     privileged!("agents_join_from_nodes_set_network_available_and_reclaim_a_deleted_node_once");
+    // The manifest's ClusterRole is read with the venv's YAML parser.
+    if !require(
+        "agents_join_from_nodes_set_network_available_and_reclaim_a_deleted_node_once",
+        venv_missing(),
+    ) {
+        return;
+    }
     let started = Instant::now();
     // Declared before the cluster, so dropped after it.
     let mut api: Option<(Netns, FakeKube, String)> = None;
@@ -424,6 +521,16 @@ fn agents_join_from_nodes_set_network_available_and_reclaim_a_deleted_node_once(
         "requests the fake API server refused:\n{}",
         describe(&refused)
     );
+    // 5. Least privilege, exactly: the ClusterRole grants what the agents
+    // asked for in this run (start-up list, watches, status patches,
+    // reclaim), nothing more and nothing less.
+    let used: BTreeSet<(String, String)> = requests.iter().filter_map(Recorded::rbac).collect();
+    let granted = cluster_role_grants();
+    assert_eq!(
+        granted, used,
+        "the ClusterRole (left) differs from what the agents requested (right)"
+    );
+    println!("RBAC: the ClusterRole grants exactly what the agents used: {used:?}");
     let watches = requests.iter().filter(|r| r.is_watch()).count();
     println!(
         "fake API server: {} requests ({} watches), resourceVersion {}; test took {:?}",

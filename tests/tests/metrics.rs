@@ -239,6 +239,8 @@ fn logs_are_one_event_per_line_in_text_or_json_and_a_fatal_error_names_its_cause
             .arg("--state-dir")
             .arg(&state)
             .env_clear()
+            // As the manifest sets it: no seed peers.
+            .env("OVERLAY_PEERS", "")
             .output()
             .expect("running overlay-agent");
         assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -257,6 +259,10 @@ fn logs_are_one_event_per_line_in_text_or_json_and_a_fatal_error_names_its_cause
         .unwrap_or_else(|| panic!("no start-up summary in:\n{json}"));
     assert_eq!(start["fields"]["node_ip"], "192.0.2.213", "{start}");
     assert_eq!(start["fields"]["ipalloc_range"], "10.32.0.0/12", "{start}");
+    assert_eq!(
+        start["fields"]["peers"], "[]",
+        "an empty OVERLAY_PEERS: {start}"
+    );
     let fatal = events.last().expect("at least one event");
     assert_eq!(fatal["level"], "ERROR", "{fatal}");
     assert!(

@@ -1,37 +1,70 @@
 //! End to end over network namespaces: two nodes joined by an underlay veth,
 //! pods on each, our datapath loaded and filled through the agent library
 //! (no gossip yet), real traffic.
+//!
+//! What the datapath guarantees is tested on both underlays
+//! ([`Underlay::Wire`]: MTU-sized frames and GRO on receive, as a NIC;
+//! [`Underlay::Veth`]: whole GSO packets): each such test is a function of
+//! the underlay with one `#[test]` per mode, `NAME::wire` and `NAME::veth`.
 
 use std::{path::PathBuf, time::Duration};
 
+use overlay_agent::netlink::GRO_DEVICE;
 use overlay_common::Stat;
 use overlay_tests::{
-    Lab, LabOptions, Mode, Netns,
-    lab::{UPLINK, node_block, node_ip},
-    require_privileges,
+    Lab, LabOptions, Mode, Netns, Underlay,
+    lab::{UNDERLAY_MTU, UPLINK, node_block, node_ip},
+    privileged, require_privileges,
     traffic::{Payload, connectivity_table, send_file},
 };
 
 const MIB: u64 = 1 << 20;
 
-fn overlay_lab(pods: usize) -> Lab {
-    Lab::new(&LabOptions::uniform(Mode::Overlay, 2, pods))
+/// One `#[test]` per underlay for a test function of the underlay:
+/// `NAME::wire` and `NAME::veth`, each gated by [`require_privileges`].
+macro_rules! on_both_underlays {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn wire() {
+                if super::require_privileges(concat!(stringify!($name), "::wire")) {
+                    super::$name(super::Underlay::Wire);
+                }
+            }
+
+            #[test]
+            fn veth() {
+                if super::require_privileges(concat!(stringify!($name), "::veth")) {
+                    super::$name(super::Underlay::Veth);
+                }
+            }
+        }
+    };
+}
+
+fn overlay_lab(pods: usize, underlay: Underlay) -> Lab {
+    Lab::new(&LabOptions::uniform(Mode::Overlay, 2, pods).on(underlay))
 }
 
 /// Two overlay nodes whose datapath the test installs itself.
-fn lab_without_datapath(pods: usize) -> Lab {
-    Lab::new(&LabOptions {
-        skip_datapath: true,
-        ..LabOptions::uniform(Mode::Overlay, 2, pods)
-    })
+fn lab_without_datapath(pods: usize, underlay: Underlay) -> Lab {
+    Lab::new(
+        &LabOptions {
+            skip_datapath: true,
+            ..LabOptions::uniform(Mode::Overlay, 2, pods)
+        }
+        .on(underlay),
+    )
 }
 
-#[test]
-fn pods_ping_each_other_across_nodes_and_on_one_node() {
-    if !require_privileges("pods_ping_each_other_across_nodes_and_on_one_node") {
-        return;
-    }
-    let lab = overlay_lab(2);
+/// Interfaces of a node's namespace.
+fn links(ns: &Netns) -> String {
+    ns.exec(&["ip", "-o", "link", "show"])
+}
+
+on_both_underlays!(pods_ping_each_other_across_nodes_and_on_one_node);
+fn pods_ping_each_other_across_nodes_and_on_one_node(underlay: Underlay) {
+    let lab = overlay_lab(2, underlay);
     let (table, all) = connectivity_table(&lab);
     assert!(all, "some pods cannot reach each other:\n{table}");
 
@@ -78,29 +111,74 @@ fn assert_bulk_transfer(lab: &Lab, from: (usize, usize), to: (usize, usize), pay
     );
 }
 
-#[test]
-fn bulk_tcp_crosses_the_overlay_intact_in_both_directions_with_gso() {
-    if !require_privileges("bulk_tcp_crosses_the_overlay_intact_in_both_directions_with_gso") {
-        return;
-    }
-    let lab = overlay_lab(2);
+/// Average size (bytes) of what `iface` in `ns` received while `work` ran.
+fn avg_rx_packet(ns: &Netns, iface: &str, work: impl FnOnce()) -> u64 {
+    let (b0, p0) = (
+        ns.link_stat(iface, "rx_bytes"),
+        ns.link_stat(iface, "rx_packets"),
+    );
+    work();
+    let bytes = ns.link_stat(iface, "rx_bytes") - b0;
+    let pkts = ns.link_stat(iface, "rx_packets") - p0;
+    bytes / pkts.max(1)
+}
+
+/// Average size (bytes) of what `iface` in `ns` sent while `work` ran.
+fn avg_tx_packet(ns: &Netns, iface: &str, work: impl FnOnce()) -> u64 {
+    let (b0, p0) = (
+        ns.link_stat(iface, "tx_bytes"),
+        ns.link_stat(iface, "tx_packets"),
+    );
+    work();
+    let bytes = ns.link_stat(iface, "tx_bytes") - b0;
+    let pkts = ns.link_stat(iface, "tx_packets") - p0;
+    bytes / pkts.max(1)
+}
+
+/// Merged (GRO) or whole (GSO) packets: at least this many pod MTUs on
+/// average. Per-segment delivery gives about one MTU.
+const LARGE_PACKETS_IN_MTUS: u64 = 4;
+
+on_both_underlays!(bulk_tcp_crosses_the_overlay_intact_in_both_directions_in_large_packets);
+fn bulk_tcp_crosses_the_overlay_intact_in_both_directions_in_large_packets(underlay: Underlay) {
+    let lab = overlay_lab(2, underlay);
     let payload = Payload::random(100 * MIB);
     let node1 = &lab.nodes[0].ns;
-    let (bytes0, pkts0) = (
-        node1.link_stat(UPLINK, "tx_bytes"),
-        node1.link_stat(UPLINK, "tx_packets"),
+    let dst = &lab.pod(1, 0).ns;
+    let pod_mtu = u64::from(Lab::pod_mtu(Mode::Overlay));
+    let mut on_underlay = 0;
+    let in_pod = avg_rx_packet(dst, "eth0", || {
+        on_underlay = avg_tx_packet(node1, UPLINK, || {
+            assert_bulk_transfer(&lab, (0, 0), (1, 0), &payload);
+        });
+    });
+    eprintln!(
+        "{} underlay: average packet {on_underlay} B on node 1's {UPLINK}, {in_pod} B into the \
+         receiving pod",
+        underlay.name()
     );
-
-    assert_bulk_transfer(&lab, (0, 0), (1, 0), &payload);
-
-    // GSO survived encapsulation: the underlay carried packets far larger
-    // than its 1500-byte MTU (segmentation would leave ~1.4 KB on average).
-    let bytes = node1.link_stat(UPLINK, "tx_bytes") - bytes0;
-    let pkts = node1.link_stat(UPLINK, "tx_packets") - pkts0;
+    match underlay {
+        // GSO survived encapsulation: the underlay carried packets far
+        // larger than its MTU (segmentation would leave ~1.4 KB).
+        Underlay::Veth => assert!(
+            on_underlay > 2 * u64::from(UNDERLAY_MTU),
+            "average underlay packet {on_underlay} B: GSO packets were segmented"
+        ),
+        // A wire carries MTU-sized frames, and GRO on the receiving node
+        // merged them before our decapsulation.
+        Underlay::Wire => assert!(
+            on_underlay <= u64::from(UNDERLAY_MTU) + 14,
+            "average underlay frame {on_underlay} B on a wire underlay: larger than the MTU"
+        ),
+    }
     assert!(
-        bytes / pkts.max(1) > 3000,
-        "average underlay packet {} B: GSO packets were segmented",
-        bytes / pkts.max(1)
+        in_pod >= LARGE_PACKETS_IN_MTUS * pod_mtu,
+        "the receiving pod got {in_pod} B packets on average, under {LARGE_PACKETS_IN_MTUS} x \
+         its MTU {pod_mtu}: {}",
+        match underlay {
+            Underlay::Wire => "GRO did not merge our VXLAN frames",
+            Underlay::Veth => "GSO packets were segmented on the way",
+        }
     );
 
     assert_bulk_transfer(&lab, (1, 0), (0, 0), &payload);
@@ -109,15 +187,47 @@ fn bulk_tcp_crosses_the_overlay_intact_in_both_directions_with_gso() {
     for i in 0..2 {
         let c = lab.maps(i).counters().expect("counters");
         assert_eq!(c.drops(), 0, "node {} dropped packets: {c:?}", i + 1);
+        assert!(
+            links(&lab.nodes[i].ns).contains(&format!(" {GRO_DEVICE}:")),
+            "node {} has no {GRO_DEVICE}",
+            i + 1
+        );
     }
 }
 
 #[test]
+fn on_a_wire_the_gro_device_is_what_makes_the_pod_receive_merged_packets() {
+    privileged!("on_a_wire_the_gro_device_is_what_makes_the_pod_receive_merged_packets");
+    let lab = overlay_lab(1, Underlay::Wire);
+    let payload = Payload::random(16 * MIB);
+    let dst = &lab.pod(1, 0).ns;
+    let pod_mtu = u64::from(Lab::pod_mtu(Mode::Overlay));
+    let merged = avg_rx_packet(dst, "eth0", || {
+        assert_bulk_transfer(&lab, (0, 0), (1, 0), &payload);
+    });
+    // Without a tunnel socket on the port, GRO leaves our frames alone and
+    // every segment is decapsulated and delivered on its own.
+    lab.nodes[1].ns.ip(&["link", "del", GRO_DEVICE]);
+    let single = avg_rx_packet(dst, "eth0", || {
+        assert_bulk_transfer(&lab, (0, 0), (1, 0), &payload);
+    });
+    eprintln!("average packet into the pod: {merged} B with {GRO_DEVICE}, {single} B without");
+    assert!(
+        merged >= LARGE_PACKETS_IN_MTUS * pod_mtu,
+        "with {GRO_DEVICE}: {merged} B"
+    );
+    assert!(
+        single <= pod_mtu + 14,
+        "without {GRO_DEVICE} the pod still got {single} B packets: something else merges them"
+    );
+    let c = lab.maps(1).counters().expect("counters");
+    assert_eq!(c.drops(), 0, "{c:?}");
+}
+
+#[test]
 fn the_underlay_carries_vxlan_between_node_addresses() {
-    if !require_privileges("the_underlay_carries_vxlan_between_node_addresses") {
-        return;
-    }
-    let lab = overlay_lab(1);
+    privileged!("the_underlay_carries_vxlan_between_node_addresses");
+    let lab = overlay_lab(1, Underlay::Veth);
     let node1 = &lab.nodes[0].ns;
     let pcap = std::env::temp_dir().join(format!("ovl-{}.pcap", lab.tag));
     let pcap_s = pcap.display().to_string();
@@ -153,11 +263,8 @@ fn the_underlay_carries_vxlan_between_node_addresses() {
     );
 }
 
-#[test]
-fn a_linux_vxlan_device_interoperates_in_both_directions() {
-    if !require_privileges("a_linux_vxlan_device_interoperates_in_both_directions") {
-        return;
-    }
+on_both_underlays!(a_linux_vxlan_device_interoperates_in_both_directions);
+fn a_linux_vxlan_device_interoperates_in_both_directions(underlay: Underlay) {
     // Node 1 runs our datapath, node 2 a kernel vxlan device (same port
     // and VNI, MAC = its VTEP MAC): each must decapsulate the other.
     let lab = Lab::new(&LabOptions {
@@ -165,6 +272,7 @@ fn a_linux_vxlan_device_interoperates_in_both_directions() {
         pods_per_node: 1,
         skip_datapath: false,
         pod_mtu: None,
+        underlay,
     });
     let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
     assert!(
@@ -175,7 +283,7 @@ fn a_linux_vxlan_device_interoperates_in_both_directions() {
         b.ns.ping(&a.ip.to_string(), 3),
         "kernel vxlan -> ours failed"
     );
-    let payload = Payload::random(8 * MIB);
+    let payload = Payload::random(100 * MIB);
     assert_bulk_transfer(&lab, (0, 0), (1, 0), &payload);
     assert_bulk_transfer(&lab, (1, 0), (0, 0), &payload);
 
@@ -189,11 +297,8 @@ fn a_linux_vxlan_device_interoperates_in_both_directions() {
     assert!(rx > 0, "the kernel vxlan device decapsulated nothing");
 }
 
-#[test]
-fn vxlan_from_a_node_that_is_not_a_peer_never_reaches_the_pod() {
-    if !require_privileges("vxlan_from_a_node_that_is_not_a_peer_never_reaches_the_pod") {
-        return;
-    }
+on_both_underlays!(vxlan_from_a_node_that_is_not_a_peer_never_reaches_the_pod);
+fn vxlan_from_a_node_that_is_not_a_peer_never_reaches_the_pod(underlay: Underlay) {
     // Three nodes on a switch: two run our datapath, the third is a rogue
     // kernel vxlan device that node 1 does not list as a peer.
     let lab = Lab::new(&LabOptions {
@@ -201,6 +306,7 @@ fn vxlan_from_a_node_that_is_not_a_peer_never_reaches_the_pod() {
         pods_per_node: 1,
         skip_datapath: false,
         pod_mtu: None,
+        underlay,
     });
     let mut maps = lab.maps(0);
     maps.remove_peer(node_ip(2)).expect("remove peer");
@@ -257,18 +363,14 @@ fn agent(ns: &Netns, pin: &std::path::Path, args: &[&str]) -> String {
     overlay_tests::run_ok(&argv)
 }
 
-#[test]
-fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits() {
-    if !require_privileges("traffic_keeps_flowing_after_the_process_that_attached_everything_exits")
-    {
-        return;
-    }
-    let lab = lab_without_datapath(1);
+on_both_underlays!(traffic_keeps_flowing_after_the_process_that_attached_everything_exits);
+fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits(underlay: Underlay) {
+    let lab = lab_without_datapath(1, underlay);
     let install = |i: usize| {
         let node = &lab.nodes[i];
         let pod = &node.pods[0];
         let ip = node.ip.to_string();
-        agent(
+        let installed = agent(
             &node.ns,
             &node.pin_dir,
             &["install", "--uplink", UPLINK, "--node-ip", &ip],
@@ -308,21 +410,39 @@ fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits() {
                 &mac,
             ],
         );
+        installed
     };
-    install(0);
-    install(1);
+    for i in 0..2 {
+        let said = install(i);
+        assert!(
+            said.contains(&format!("GRO tunnel device {GRO_DEVICE}: created")),
+            "{said}"
+        );
+    }
     // Every agent process has exited by now: only pins hold the datapath.
     let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
     assert!(
         a.ns.ping(&b.ip.to_string(), 3),
         "no traffic after the agent exited"
     );
-    let payload = Payload::random(16 * MIB);
+    let payload = Payload::random(100 * MIB);
     assert_bulk_transfer(&lab, (0, 0), (1, 0), &payload);
+    assert_bulk_transfer(&lab, (1, 0), (0, 0), &payload);
+    for node in &lab.nodes {
+        assert!(
+            links(&node.ns).contains(&format!(" {GRO_DEVICE}:")),
+            "install made no {GRO_DEVICE} in {}",
+            node.ns.name
+        );
+    }
 
     // A restart re-uses the pins: same links, same maps, still forwarding.
     let links_before = overlay_agent::datapath::attachments(&lab.nodes[0].pin_dir);
-    install(0);
+    let said = install(0);
+    assert!(
+        said.contains(&format!("GRO tunnel device {GRO_DEVICE}: kept")),
+        "{said}"
+    );
     assert_eq!(
         overlay_agent::datapath::attachments(&lab.nodes[0].pin_dir),
         links_before,
@@ -372,6 +492,11 @@ fn traffic_keeps_flowing_after_the_process_that_attached_everything_exits() {
     let _ = std::fs::remove_dir_all(&scratch);
     assert!(!lab.nodes[0].pin_dir.exists(), "pins left behind");
     assert!(
+        !links(&lab.nodes[0].ns).contains(GRO_DEVICE),
+        "{GRO_DEVICE} left behind:\n{}",
+        links(&lab.nodes[0].ns)
+    );
+    assert!(
         !a.ns.ping(&b.ip.to_string(), 1),
         "still forwarding after uninstall"
     );
@@ -384,7 +509,7 @@ fn installing_from_a_private_mount_namespace_is_refused_with_a_clear_error() {
     ) {
         return;
     }
-    let lab = lab_without_datapath(1);
+    let lab = lab_without_datapath(1, Underlay::Veth);
     let node = &lab.nodes[0];
     let bin = agent_binary().display().to_string();
     let pin = node.pin_dir.display().to_string();
@@ -420,7 +545,7 @@ fn withdrawing_a_route_stops_traffic_to_that_block_and_removal_is_idempotent() {
     ) {
         return;
     }
-    let lab = overlay_lab(1);
+    let lab = overlay_lab(1, Underlay::Veth);
     let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
     let mut maps = lab.maps(0);
     assert!(a.ns.ping(&b.ip.to_string(), 1));
@@ -449,7 +574,7 @@ fn attaching_again_after_an_interface_is_recreated_under_the_same_name_attaches_
     ) {
         return;
     }
-    let lab = lab_without_datapath(0);
+    let lab = lab_without_datapath(0, Underlay::Veth);
     let node = &lab.nodes[0];
     let peer = Netns::new(&lab.tag, "peer");
     let (pin, ip) = (node.pin_dir.as_path(), node.ip.to_string());
@@ -492,5 +617,123 @@ fn attaching_again_after_an_interface_is_recreated_under_the_same_name_attaches_
         progs,
         vec!["from_pod".to_owned(), "to_pod".to_owned()],
         "one pin per program and interface"
+    );
+}
+
+on_both_underlays!(the_nodes_own_traffic_passes_untouched);
+fn the_nodes_own_traffic_passes_untouched(underlay: Underlay) {
+    let lab = overlay_lab(1, underlay);
+    let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
+    let before = lab.maps(1).counters().expect("counters");
+    assert!(
+        n1.ns.ping(&n2.ip.to_string(), 2),
+        "node to node ping failed"
+    );
+    let payload = Payload::random(16 * MIB);
+    let t = send_file(&n1.ns, &n2.ns, n2.ip, &payload, Duration::from_secs(60));
+    assert_eq!(t.sha256, payload.sha256, "node to node transfer changed");
+    let delta = lab.maps(1).counters().expect("counters").since(&before);
+    assert!(
+        delta.get(Stat::FromUplinkPassed) > 100,
+        "from_uplink did not see and pass the node's traffic: {delta:?}"
+    );
+    assert_eq!(delta.get(Stat::FromUplinkDecapsulated), 0, "{delta:?}");
+    assert_eq!(delta.drops(), 0, "{delta:?}");
+}
+
+#[test]
+fn the_gro_device_is_created_once_kept_a_wrong_one_replaced_and_a_taken_port_tolerated() {
+    privileged!(
+        "the_gro_device_is_created_once_kept_a_wrong_one_replaced_and_a_taken_port_tolerated"
+    );
+    use overlay_agent::netlink::{GroDevice, delete_gro_device, ensure_gro_device};
+    use overlay_common::DEFAULT_VXLAN_PORT;
+
+    let node = Netns::new(&overlay_tests::netns::unique_tag(), "gro");
+    let in_node = |f: fn() -> GroDevice| {
+        overlay_agent::netns::run_in(&node.path(), f).expect("enter the node namespace")
+    };
+    let ensure = || ensure_gro_device(DEFAULT_VXLAN_PORT).expect("ensure the GRO device");
+    assert_eq!(in_node(ensure), GroDevice::Created);
+    let first = node.ip(&["-o", "-d", "link", "show", GRO_DEVICE]);
+    assert_eq!(in_node(ensure), GroDevice::Kept);
+    assert_eq!(
+        node.ip(&["-o", "-d", "link", "show", GRO_DEVICE]),
+        first,
+        "a second ensure changed the device"
+    );
+    let shown = |ns: &Netns| ns.ip(&["-o", "-d", "link", "show", GRO_DEVICE]);
+    let d = shown(&node);
+    assert!(
+        d.contains("vxlan external")
+            && d.contains(&format!("dstport {DEFAULT_VXLAN_PORT}"))
+            && d.contains("state UNKNOWN"),
+        "not an up flow-based vxlan device on our port: {d}"
+    );
+    assert_eq!(
+        node.ip(&["-o", "addr", "show", "dev", GRO_DEVICE]).trim(),
+        "",
+        "the GRO device has addresses"
+    );
+    assert_eq!(
+        node.ip(&["route", "show", "dev", GRO_DEVICE]).trim(),
+        "",
+        "the GRO device has routes"
+    );
+    let sysctl = |key: &str| {
+        node.exec(&[
+            "cat",
+            &format!("/proc/sys/net/ipv4/conf/{GRO_DEVICE}/{key}"),
+        ])
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(sysctl("forwarding"), "0");
+    assert_eq!(sysctl("rp_filter"), "1");
+
+    // Someone else's device under our name, on another port with a VNI:
+    // replaced by ours.
+    node.ip(&["link", "del", GRO_DEVICE]);
+    node.ip(&[
+        "link", "add", GRO_DEVICE, "type", "vxlan", "id", "7", "dstport", "4789",
+    ]);
+    assert_eq!(in_node(ensure), GroDevice::Replaced);
+    let d = shown(&node);
+    assert!(
+        d.contains("vxlan external") && d.contains(&format!("dstport {DEFAULT_VXLAN_PORT}")),
+        "not replaced: {d}"
+    );
+
+    // Another vxlan device already holds the port: no device of ours, and
+    // no failure (the datapath works without GRO).
+    node.ip(&["link", "del", GRO_DEVICE]);
+    node.ip(&[
+        "link",
+        "add",
+        "vx-other",
+        "type",
+        "vxlan",
+        "id",
+        "9",
+        "dstport",
+        &DEFAULT_VXLAN_PORT.to_string(),
+    ]);
+    node.ip(&["link", "set", "vx-other", "up"]);
+    assert_eq!(in_node(ensure), GroDevice::PortInUse);
+    assert!(
+        !node.ip(&["-o", "link", "show"]).contains(GRO_DEVICE),
+        "a device that cannot come up was left behind"
+    );
+    node.ip(&["link", "del", "vx-other"]);
+    assert_eq!(in_node(ensure), GroDevice::Created);
+
+    let delete = || delete_gro_device().expect("delete the GRO device");
+    let deleted = overlay_agent::netns::run_in(&node.path(), delete).expect("enter");
+    assert!(deleted, "delete found no device");
+    let again = overlay_agent::netns::run_in(&node.path(), delete).expect("enter");
+    assert!(!again, "a second delete found a device");
+    assert!(
+        !node.ip(&["-o", "link", "show"]).contains(GRO_DEVICE),
+        "the device is still there"
     );
 }

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 use overlay_common::{DEFAULT_PROBE_PORT, DEFAULT_VXLAN_PORT, vtep_mac};
 use overlay_tests::{
     cluster::{Cluster, CniPod},
-    lab::node_ip,
+    lab::{Underlay, node_ip},
     privileged, rogue,
     traffic::{ipv4_udp, send_raw_ipv4},
 };
@@ -53,9 +53,19 @@ fn assert_blocked(c: &Cluster, target: &CniPod, what: &str, reason: &str, attack
 }
 
 #[test]
-fn a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel() {
-    privileged!("a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel");
-    let mut c = Cluster::gossip(NODES);
+fn a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel_on_a_veth_underlay() {
+    privileged!("a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel_on_a_veth_underlay");
+    attacks(Underlay::Veth);
+}
+
+#[test]
+fn a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel_on_a_wire() {
+    privileged!("a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel_on_a_wire");
+    attacks(Underlay::Wire);
+}
+
+fn attacks(underlay: Underlay) {
+    let mut c = Cluster::gossip_on(NODES, underlay);
     c.wait_converged(NODES, GOSSIP_TIMEOUT);
     let attacker = c.add_pod(0);
     let neighbour = c.add_pod(0);
@@ -76,39 +86,18 @@ fn a_pod_cannot_send_as_another_pod_nor_inject_into_the_tunnel() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(rx(&target) - rx0, TRIES, "own-address datagrams arrive");
 
-    // 1. The neighbour's address (same node).
-    let forged = ipv4_udp(
-        neighbour.ip,
-        target.ip,
-        4000,
-        TARGET_PORT,
-        b"as my neighbour",
-    );
-    assert_blocked(
-        &c,
-        &target,
-        "raw UDP from the neighbour pod's address",
-        "drop_pod_spoofed_source",
-        || {
+    // 1. The neighbour's address (same node); 2. another node's pod address.
+    for (what, src) in [
+        ("raw UDP from the neighbour pod's address", neighbour.ip),
+        ("raw UDP from another node's pod address", elsewhere.ip),
+    ] {
+        let forged = ipv4_udp(src, target.ip, 4000, TARGET_PORT, b"not me");
+        assert_blocked(&c, &target, what, "drop_pod_spoofed_source", || {
             for _ in 0..TRIES {
                 send_raw_ipv4(&attacker.ns, &forged);
             }
-        },
-    );
-
-    // 2. Another node's pod address.
-    let forged = ipv4_udp(elsewhere.ip, target.ip, 4000, TARGET_PORT, b"as n3's pod");
-    assert_blocked(
-        &c,
-        &target,
-        "raw UDP from another node's pod address",
-        "drop_pod_spoofed_source",
-        || {
-            for _ in 0..TRIES {
-                send_raw_ipv4(&attacker.ns, &forged);
-            }
-        },
-    );
+        });
+    }
 
     // 3. Plain UDP to the target node's VXLAN port, carrying a VXLAN header
     //    and a crafted inner frame from the attacker's own address to the

@@ -1,10 +1,11 @@
 //! A node's whole life with the overlay, as the DaemonSets live it, in a
 //! network namespace: `install-cni` (the init container) into scratch CNI
-//! directories, `run`, pods added by libcni from the installed conflist
-//! with the installed plugin, the agent stopped and restarted (the pinned
-//! datapath keeps the pods' traffic meanwhile), then `uninstall`: refused
-//! while the agent runs, afterwards leaving nothing of the overlay, and a
-//! no-op the second time.
+//! directories (the plugin, and the reference plugins the directory
+//! lacks), `run`, which writes the conflist once ready, pods added by
+//! libcni from that conflist with the installed plugins, the agent stopped
+//! and restarted (the pinned datapath and the conflist stay meanwhile),
+//! then `uninstall`: refused while the agent runs, afterwards leaving
+//! nothing of the overlay, and a no-op the second time.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -79,18 +80,11 @@ fn text(out: &Output) -> String {
 
 fn install_cni(node: &Netns, d: &NodeDirs) -> Output {
     // No --plugin: the default is the overlay-cni next to overlay-agent,
-    // as in the image.
+    // as in the image; the reference plugins come from Debian's directory,
+    // where the image has them too.
     let out = agent_cli(
         node,
-        &[
-            "install-cni",
-            "--cni-bin-dir",
-            &d.bin.display().to_string(),
-            "--cni-conf-dir",
-            &d.conf.display().to_string(),
-            "--socket",
-            &d.socket.display().to_string(),
-        ],
+        &["install-cni", "--cni-bin-dir", &d.bin.display().to_string()],
     );
     assert!(out.status.success(), "install-cni failed: {}", text(&out));
     out
@@ -139,6 +133,10 @@ fn start_agent(lab: &Lab, d: &NodeDirs) -> Process {
         .arg(&d.state)
         .arg("--socket")
         .arg(&d.socket)
+        .arg("--cni-conf-dir")
+        .arg(&d.conf)
+        .arg("--cni-bin-dir")
+        .arg(&d.bin)
         .env_remove("OVERLAY_LOG_FORMAT")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
@@ -165,7 +163,8 @@ fn start_agent(lab: &Lab, d: &NodeDirs) -> Process {
                 config: &config,
             },
         );
-        if out.code == 0 {
+        // Ready, and (shortly after) the conflist is there.
+        if out.code == 0 && d.conflist().exists() && is_ours(&d.conflist()) {
             return agent;
         }
         if agent.wait_timeout(Duration::ZERO).is_some() || Instant::now() > deadline {
@@ -177,6 +176,10 @@ fn start_agent(lab: &Lab, d: &NodeDirs) -> Process {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn is_ours(conflist: &Path) -> bool {
+    std::fs::read(conflist).is_ok_and(|c| overlay_agent::install::is_ours(&c))
 }
 
 fn stop_agent(mut agent: Process, d: &NodeDirs) {
@@ -211,14 +214,28 @@ fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Host-side pod veths (`ovl*`) in the node's namespace.
-fn pod_veths(node: &Netns) -> Vec<String> {
+/// Interface names in the node's namespace.
+fn link_names(node: &Netns) -> Vec<String> {
     node.ip(&["-o", "link", "show"])
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with("ovl"))
         .collect()
+}
+
+/// Host-side pod veths (`ovl` + 11 hex digits) in the node's namespace.
+fn pod_veths(node: &Netns) -> Vec<String> {
+    link_names(node)
+        .into_iter()
+        .filter(|n| overlay_agent::agent::is_host_ifname(n))
+        .collect()
+}
+
+/// Whether the node has the GRO tunnel device.
+fn has_gro_device(node: &Netns) -> bool {
+    link_names(node)
+        .iter()
+        .any(|n| n == overlay_agent::netlink::GRO_DEVICE)
 }
 
 fn nft_table_exists(node: &Netns) -> bool {
@@ -236,6 +253,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         pods_per_node: 0,
         skip_datapath: true,
         pod_mtu: None,
+        underlay: overlay_tests::lab::Underlay::Veth,
     });
     let node = &lab.nodes[0];
     let d = NodeDirs::new(&lab);
@@ -249,12 +267,38 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
     let out = install_cni(&node.ns, &d);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
-        log.contains("WARN") && log.contains("10-overlay.conflist.overlay-backup"),
-        "no warning about the replaced conflist: {log}"
+        log.contains("installed loopback") && log.contains("installed portmap"),
+        "the reference plugins were not installed: {log}"
+    );
+    assert_eq!(
+        std::fs::read(d.bin.join("overlay-cni")).expect("installed plugin"),
+        std::fs::read(bin_path("overlay-cni")).expect("built plugin")
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.conflist()).expect("the foreign conflist"),
+        foreign,
+        "install-cni must not touch the conflist"
+    );
+    let again = install_cni(&node.ns, &d);
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        log.contains("plugin binary unchanged")
+            && log.contains("loopback is on the host already")
+            && log.contains("portmap is on the host already"),
+        "a second install-cni rewrote something: {log}"
+    );
+
+    let agent = start_agent(&lab, &d);
+    // The ready agent replaced the foreign conflist (kept) and warned
+    // about the one that sorts first.
+    let agent_log = std::fs::read_to_string(&d.log).expect("agent log");
+    assert!(
+        agent_log.contains("WARN") && agent_log.contains("10-overlay.conflist.overlay-backup"),
+        "no warning about the replaced conflist: {agent_log}"
     );
     assert!(
-        log.contains("05-other.conf"),
-        "no warning about 05-other.conf: {log}"
+        agent_log.contains("05-other.conf"),
+        "no warning about 05-other.conf: {agent_log}"
     );
     let conflist: Value =
         serde_json::from_slice(&std::fs::read(d.conflist()).expect("conflist")).expect("JSON");
@@ -265,17 +309,9 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         d.socket.display().to_string()
     );
     assert_eq!(
-        std::fs::read(d.bin.join("overlay-cni")).expect("installed plugin"),
-        std::fs::read(bin_path("overlay-cni")).expect("built plugin")
+        conflist["plugins"][1]["type"], "portmap",
+        "portmap was installed, so it is chained: {conflist}"
     );
-    let again = install_cni(&node.ns, &d);
-    let log = String::from_utf8_lossy(&again.stderr);
-    assert!(
-        log.contains("plugin binary unchanged") && log.contains("conflist unchanged"),
-        "a second install-cni rewrote something: {log}"
-    );
-
-    let agent = start_agent(&lab, &d);
     // Two pods, through libcni with what install-cni put on the node.
     let conflist_text = std::fs::read_to_string(d.conflist()).expect("conflist");
     let cni = LibCni::new(&lab.tag, &conflist_text, &[d.bin.as_path()]).in_node(&node.ns.name);
@@ -302,6 +338,10 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
     ping_all("with the agent running");
     assert_eq!(pod_veths(&node.ns).len(), 2);
     assert!(
+        has_gro_device(&node.ns),
+        "the agent made no GRO tunnel device"
+    );
+    assert!(
         nft_table_exists(&node.ns),
         "the agent made no masquerade table"
     );
@@ -309,6 +349,11 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
     // SIGTERM, as on a rolling update: the pinned datapath stays, and with
     // it the pods' traffic.
     stop_agent(agent, &d);
+    assert_eq!(
+        std::fs::read_to_string(d.conflist()).expect("the conflist after SIGTERM"),
+        conflist_text,
+        "a stopped agent must leave the conflist for the pods that are there"
+    );
     let pins = files_under(&node.pin_dir);
     assert!(
         pins.iter().any(|p| p == "ovl_routes_v1")
@@ -319,6 +364,10 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
                 .count()
                 == 2,
         "pins after SIGTERM: {pins:?}"
+    );
+    assert!(
+        has_gro_device(&node.ns),
+        "SIGTERM removed the GRO tunnel device"
     );
     ping_all("with the agent stopped");
 
@@ -350,6 +399,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         format!("detached from_uplink from {UPLINK}"),
         format!("removed {}", node.pin_dir.display()),
         "deleted nftables table ip overlay".to_owned(),
+        "deleted the GRO tunnel device ovl-gro".to_owned(),
         format!("removed {}", d.state.display()),
         format!("restored {}", d.conflist().display()),
     ] {
@@ -366,6 +416,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         files_under(&node.pin_dir)
     );
     assert_eq!(pod_veths(&node.ns), Vec::<String>::new(), "pod veths left");
+    assert!(!has_gro_device(&node.ns), "GRO tunnel device left");
     assert!(!nft_table_exists(&node.ns), "table ip overlay left");
     assert!(!d.bin.join("overlay-cni").exists(), "plugin binary left");
     assert_eq!(

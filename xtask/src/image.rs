@@ -9,12 +9,18 @@
 //!   installable on this machine), at `/usr/local/bin/`;
 //! - `nft` with the shared libraries and loader it needs, copied from this
 //!   machine's Debian packages, because the agent installs its egress
-//!   masquerade by running `nft -f -`.
+//!   masquerade by running `nft -f -`;
+//! - the reference CNI plugins `loopback` (containerd calls it for every
+//!   pod) and `portmap` (our conflist chains it) from Debian's
+//!   `containernetworking-plugins`, at [`REFERENCE_PLUGIN_DIR`], with their
+//!   shared libraries, for `install-cni` to put on hosts that lack them.
 //!
 //! buildah runs with a private storage root under `target/image/`, so the
 //! machine's container storage is never touched, and the working container
 //! is removed by the commit. Output: [`ARCHIVE`], an `oci-archive` whose
-//! image is named [`IMAGE_REF`].
+//! image is named [`ARCHIVE_REF`]: the fully qualified name a CRI runtime
+//! resolves the manifest's [`IMAGE_REF`] to, so that
+//! `ctr -n k8s.io images import` makes the image the kubelet looks for.
 
 use std::{
     path::{Path, PathBuf},
@@ -27,6 +33,18 @@ use crate::{cargo, exec};
 
 /// Image name and tag, as `deploy/overlay.yaml` refers to it.
 pub const IMAGE_REF: &str = "overlay-agent:0.1.0";
+
+/// The name the archive carries: [`IMAGE_REF`] normalised as the CRI (and
+/// docker) normalise a short name (`docker.io`, `library/`). `ctr images
+/// import` keeps a fully qualified name as it is; a short one would be
+/// imported under a name the kubelet never asks for.
+pub const ARCHIVE_REF: &str = "docker.io/library/overlay-agent:0.1.0";
+
+/// Where the image holds the reference CNI plugins (Debian's own path).
+pub const REFERENCE_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// The reference plugins shipped: what the runtime and our conflist need.
+const REFERENCE_PLUGINS: &[&str] = &["loopback", "portmap"];
 
 /// The archive, relative to the workspace root.
 pub const ARCHIVE: &str = "target/image/overlay-agent-0.1.0.oci.tar";
@@ -72,12 +90,13 @@ pub fn build() -> anyhow::Result<PathBuf> {
     let archive = root.join(ARCHIVE);
     buildah_image(&work, &rootfs, &archive)?;
     eprintln!(
-        "image: {IMAGE_REF} committed in {:.1} s",
+        "image: {ARCHIVE_REF} committed in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     println!("{}", archive.display());
     eprintln!(
         "image: load it on a node with\n  ctr -n k8s.io images import {a}\n\
+         (it is named {ARCHIVE_REF}, the name the kubelet resolves `image: {IMAGE_REF}` to)\n\
          or push it to a registry with\n  skopeo copy oci-archive:{a} docker://REGISTRY/{IMAGE_REF}",
         a = archive.display()
     );
@@ -148,9 +167,24 @@ fn stage_rootfs(rootfs: &Path, bins: &[PathBuf]) -> anyhow::Result<()> {
         let name = bin.file_name().context("binary name")?;
         copy_into(rootfs, bin, &Path::new("/usr/local/bin").join(name))?;
     }
-    copy_into(rootfs, Path::new(NFT), Path::new(NFT))?;
-    for lib in shared_libraries(Path::new(NFT))? {
-        copy_into(rootfs, &lib, &lib)?;
+    let plugins: Vec<PathBuf> = REFERENCE_PLUGINS
+        .iter()
+        .map(|p| Path::new(REFERENCE_PLUGIN_DIR).join(p))
+        .collect();
+    for tool in std::iter::once(PathBuf::from(NFT)).chain(plugins) {
+        if !tool.is_file() {
+            bail!(
+                "{} is missing (apt-get install containernetworking-plugins nftables, or run \
+                 `cargo xtask setup`)",
+                tool.display()
+            );
+        }
+        copy_into(rootfs, &tool, &tool)?;
+        // Debian builds the plugins against glibc: their loader and libc
+        // come along, so they also run inside the image.
+        for lib in shared_libraries(&tool)? {
+            copy_into(rootfs, &lib, &lib)?;
+        }
     }
     Ok(())
 }
@@ -241,7 +275,7 @@ fn buildah_image(work: &Path, rootfs: &Path, archive: &Path) -> anyhow::Result<(
                 .args(["commit", "--quiet", "--rm", "--format", "oci"])
                 .args(["--timestamp", &source_date_epoch()])
                 .arg(&id)
-                .arg(format!("oci-archive:{}:{IMAGE_REF}", tmp.display())),
+                .arg(format!("oci-archive:{}:{ARCHIVE_REF}", tmp.display())),
         )?;
         std::fs::rename(&tmp, archive)
             .with_context(|| format!("renaming {} into place", tmp.display()))
@@ -314,6 +348,7 @@ mod tests {
         let version = IMAGE_REF.rsplit(':').next().unwrap();
         assert!(ARCHIVE.ends_with(&format!("overlay-agent-{version}.oci.tar")));
         assert_eq!(version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(ARCHIVE_REF, format!("docker.io/library/{IMAGE_REF}"));
     }
 
     #[test]

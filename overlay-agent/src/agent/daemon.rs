@@ -292,6 +292,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         }
         _ => None,
     };
+    let _conflist = super::cni_config::spawn(agent.clone(), &config, stop_rx.clone());
     info!(
         socket = %socket.display(), status = %status_addr,
         metrics = %config.metrics_addr.0.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),

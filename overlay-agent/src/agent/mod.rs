@@ -6,6 +6,7 @@
 //! makes every multi-step change (address, veth, program, map entry)
 //! all-or-nothing with respect to the others.
 
+pub mod cni_config;
 mod daemon;
 mod pods;
 pub mod report;
@@ -52,6 +53,9 @@ pub enum AgentError {
     /// The address store could not be opened.
     #[error("opening the address store")]
     Ipam(#[source] IpamError),
+    /// The GRO tunnel device could not be set up.
+    #[error("setting up the GRO tunnel device")]
+    GroDevice(#[source] crate::netlink::NetlinkError),
     /// Egress masquerade could not be installed.
     #[error("installing egress masquerade")]
     Masquerade(#[source] MasqueradeError),
@@ -162,6 +166,9 @@ impl Agent {
                 );
             }
         }
+        // After `from_uplink` is attached: from then on it decides every
+        // packet to our port, the device only lends GRO its tunnel socket.
+        crate::netlink::ensure_gro_device(config.vxlan_port).map_err(AgentError::GroDevice)?;
         let ipam =
             Ipam::open(&config.state_dir.join("ipam"), Vec::new()).map_err(AgentError::Ipam)?;
         if !config.no_masquerade {

@@ -75,9 +75,8 @@ fn netlink_error(err: NetlinkError) -> CniError {
 
 fn ipam_error(err: IpamError) -> CniError {
     match &err {
-        IpamError::NoBlocks | IpamError::Exhausted { .. } => {
-            CniError::new(code::NO_ADDRESS, err.to_string())
-        }
+        IpamError::NoBlocks => CniError::new(code::TRY_AGAIN_LATER, err.to_string()),
+        IpamError::Exhausted { .. } => CniError::new(code::NO_ADDRESS, err.to_string()),
         IpamError::InvalidId { .. } => CniError::env(err.to_string()),
         _ => io_error("allocating an address", &err),
     }
@@ -86,6 +85,12 @@ fn ipam_error(err: IpamError) -> CniError {
 impl Agent {
     pub(super) fn add(&self, req: &PodRequest) -> Result<AddResult, CniError> {
         let mut state = self.lock();
+        // Not ready (starting, or no settled block yet): the runtime is to
+        // try again later, as the specification's code 11 says; the
+        // conflist is not even written until then, so only a runtime that
+        // calls without one gets here.
+        self.readiness(&state)
+            .map_err(|e| CniError::new(code::TRY_AGAIN_LATER, e.msg))?;
         let host_if = host_ifname(&req.container_id, &req.ifname);
         let pod = req.pod.as_ref().map(ToString::to_string);
         let existed = state.ipam.get(&req.container_id, &req.ifname).is_some();

@@ -9,7 +9,12 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
-use overlay_agent::{cni::Version, datapath, install, link, maps::Maps, paths};
+use overlay_agent::{
+    datapath, install, link,
+    maps::Maps,
+    netlink::{GRO_DEVICE, GroDevice},
+    paths,
+};
 use overlay_common::{
     CONFIG_F_READY, DEFAULT_VNI, DEFAULT_VXLAN_PORT, Endpoint, MAX_VNI, NodeConfig, VXLAN_OVERHEAD,
 };
@@ -51,7 +56,8 @@ enum Command {
         log_level: String,
     },
     /// Load the programs, create (or re-open) the pinned maps, write this
-    /// node's configuration and attach `from_uplink` to the uplink.
+    /// node's configuration, attach `from_uplink` to the uplink and create
+    /// the GRO tunnel device (`ovl-gro`) on the VXLAN port.
     Install {
         /// The node's underlay interface (VXLAN arrives and leaves here).
         #[arg(long, env = "OVERLAY_UPLINK")]
@@ -141,32 +147,39 @@ enum Command {
         #[arg(long, env = "OVERLAY_STATUS_ADDR", default_value = paths::STATUS_ADDR)]
         status_addr: std::net::SocketAddr,
     },
-    /// Install the CNI plugin on this node (the DaemonSet's init
-    /// container): copy `overlay-cni` into the plugin directory and write
-    /// the conflist, each atomically and only when its content changed. A
-    /// conflist of the same name that is not ours is replaced with a warning
-    /// and kept as `<file>.overlay-backup`; configurations sorting before
-    /// ours are warned about, not removed.
+    /// Install the CNI plugins on this node (the DaemonSet's init
+    /// container): copy `overlay-cni` into the plugin directory (atomically,
+    /// only when its content changed), and the reference plugins `loopback`
+    /// and `portmap` when the host has none (never replacing one that is
+    /// there). The conflist is not written here: the agent writes it once it
+    /// can serve pods, so the node stays NotReady until then.
     InstallCni {
-        #[command(flatten)]
-        cni: CniDirs,
+        /// Directory of CNI plugin binaries.
+        #[arg(long, env = "OVERLAY_CNI_BIN_DIR", default_value = paths::CNI_BIN_DIR)]
+        cni_bin_dir: PathBuf,
         /// The `overlay-cni` binary to install; defaults to the one next to
         /// this executable.
         #[arg(long, env = "OVERLAY_CNI_PLUGIN")]
         plugin: Option<PathBuf>,
-        /// The agent socket, as the plugin on the host reaches it (written
-        /// into the conflist as `agentSocket`).
-        #[arg(long, env = "OVERLAY_SOCKET", default_value = paths::AGENT_SOCKET)]
-        socket: PathBuf,
-        /// `cniVersion` of the conflist; 1.0.0 suits every runtime with
-        /// libcni 1.1 or later.
-        #[arg(long, env = "OVERLAY_CNI_VERSION", default_value_t = install::DEFAULT_CNI_VERSION,
-              value_parser = parse_cni_version)]
-        cni_version: Version,
-        /// Chain the reference `portmap` plugin (hostPort): `auto` when it
-        /// is in the plugin directory.
-        #[arg(long, env = "OVERLAY_CNI_PORTMAP", default_value = "auto", value_enum)]
-        portmap: install::Portmap,
+        /// Directory of the reference plugins to install where the host
+        /// lacks them (the image ships Debian's there).
+        #[arg(long, env = "OVERLAY_CNI_REFERENCE_DIR", default_value = install::DEFAULT_REFERENCE_DIR)]
+        reference_dir: PathBuf,
+    },
+    /// Make sure bpffs is mounted at --path and is a shared mount (the
+    /// DaemonSet's first init container), so that the agent container's
+    /// Bidirectional mount of it is allowed and its pins are the host's.
+    /// Mounts bpffs when none is there and makes the mount shared when it is
+    /// private; does nothing when both hold. With --mount-ns, acts in that
+    /// mount namespace (the host's: /proc/1/ns/mnt with hostPID).
+    MountBpffs {
+        /// Where bpffs belongs.
+        #[arg(long, env = "OVERLAY_BPFFS", default_value = paths::BPFFS)]
+        path: PathBuf,
+        /// Enter this mount namespace first (e.g. /proc/1/ns/mnt); default:
+        /// this process's own.
+        #[arg(long, env = "OVERLAY_MOUNT_NS")]
+        mount_ns: Option<PathBuf>,
     },
     /// Remove the overlay from this node for good: the conflist (if ours;
     /// a replaced one is restored) and the plugin, every pinned link (which
@@ -202,11 +215,6 @@ struct CniDirs {
     /// Directory of CNI network configurations.
     #[arg(long, env = "OVERLAY_CNI_CONF_DIR", default_value = paths::CNI_CONF_DIR)]
     cni_conf_dir: PathBuf,
-}
-
-/// A `cniVersion` the plugin implements.
-fn parse_cni_version(s: &str) -> Result<Version, String> {
-    s.parse().map_err(|e: overlay_agent::cni::CniError| e.msg)
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -264,6 +272,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 flags: CONFIG_F_READY,
             })?;
             dp.attach_uplink(&uplink)?;
+            let gro = overlay_agent::netlink::ensure_gro_device(vxlan_port)?;
+            println!(
+                "GRO tunnel device {}: {}",
+                GRO_DEVICE,
+                match gro {
+                    GroDevice::Created => "created",
+                    GroDevice::Kept => "kept",
+                    GroDevice::Replaced => "replaced (it had another configuration)",
+                    GroDevice::PortInUse => "not created: another socket holds the port",
+                }
+            );
             println!(
                 "datapath installed at {}: node {node_ip}, uplink {uplink}, port {vxlan_port}, VNI {vni}, pod MTU {mtu}",
                 pin.display()
@@ -295,11 +314,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { status_addr, json } => status(pin, status_addr, json)?,
         Command::Forget { node, status_addr } => forget(&node, status_addr)?,
         Command::InstallCni {
-            cni,
+            cni_bin_dir,
             plugin,
-            socket,
-            cni_version,
-            portmap,
+            reference_dir,
         } => {
             init_cli_logging();
             let plugin = match plugin {
@@ -309,13 +326,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_file_name(overlay_agent::cni::PLUGIN_TYPE),
             };
             install::install_cni(&install::CniInstall {
-                bin_dir: cni.cni_bin_dir,
-                conf_dir: cni.cni_conf_dir,
+                bin_dir: cni_bin_dir,
                 plugin,
-                socket,
-                cni_version,
-                portmap,
+                reference_dir,
             })?;
+        }
+        Command::MountBpffs { path, mount_ns } => {
+            let done = datapath::bpffs::ensure_shared(&path, mount_ns.as_deref())?;
+            println!("{done}");
         }
         Command::Uninstall {
             cni,
@@ -480,6 +498,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
+    use overlay_agent::cni::Version;
 
     use super::*;
 
@@ -506,21 +525,16 @@ mod tests {
     fn install_cni_and_uninstall_take_the_node_paths_with_the_run_defaults() {
         let cli = Cli::try_parse_from(["overlay-agent", "install-cni"]).unwrap();
         let Command::InstallCni {
-            cni,
+            cni_bin_dir,
             plugin,
-            socket,
-            cni_version,
-            portmap,
+            reference_dir,
         } = cli.command
         else {
             panic!("not install-cni: {cli:?}");
         };
-        assert_eq!(cni.cni_bin_dir, PathBuf::from("/opt/cni/bin"));
-        assert_eq!(cni.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(cni_bin_dir, PathBuf::from("/opt/cni/bin"));
         assert_eq!(plugin, None);
-        assert_eq!(socket, PathBuf::from(paths::AGENT_SOCKET));
-        assert_eq!(cni_version, Version::V1_0_0);
-        assert_eq!(portmap, install::Portmap::Auto);
+        assert_eq!(reference_dir, PathBuf::from("/usr/lib/cni"));
         let cli = Cli::try_parse_from(["overlay-agent", "uninstall", "--then-wait"]).unwrap();
         let Command::Uninstall {
             state_dir,
@@ -533,9 +547,24 @@ mod tests {
         };
         assert_eq!(state_dir, PathBuf::from(paths::STATE_DIR));
         assert!(!force && then_wait);
-        let e = Cli::try_parse_from(["overlay-agent", "install-cni", "--cni-version", "9.9.9"])
-            .unwrap_err()
-            .to_string();
+        let cli = Cli::try_parse_from(["overlay-agent", "run", "--node-ip", "192.0.2.1"]).unwrap();
+        let Command::Run { config, .. } = cli.command else {
+            panic!("not run: {cli:?}");
+        };
+        assert_eq!(config.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(config.cni_bin_dir, PathBuf::from("/opt/cni/bin"));
+        assert_eq!(config.cni_version, Version::V1_0_0);
+        assert_eq!(config.portmap, install::Portmap::Auto);
+        let e = Cli::try_parse_from([
+            "overlay-agent",
+            "run",
+            "--node-ip",
+            "192.0.2.1",
+            "--cni-version",
+            "9.9.9",
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("9.9.9") && e.contains("1.1.0"), "{e}");
     }
 

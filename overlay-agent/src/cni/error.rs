@@ -30,8 +30,8 @@ pub mod code {
     pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
     /// Ours: the interface name asked for already exists in the pod.
     pub const INTERFACE_EXISTS: u32 = 100;
-    /// Ours: every address of the node's blocks is in use, or the node owns
-    /// no block yet.
+    /// Ours: every address of the node's blocks is in use (a node that owns
+    /// no block yet answers [`TRY_AGAIN_LATER`]).
     pub const NO_ADDRESS: u32 = 101;
     /// Ours: CHECK found the pod's network different from what ADD made.
     pub const CHECK_FAILED: u32 = 102;

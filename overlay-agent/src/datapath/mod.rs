@@ -8,7 +8,7 @@
 //! creating new ones, and attaching where a link is already pinned swaps the
 //! program inside that link atomically instead of adding a second one.
 
-mod bpffs;
+pub mod bpffs;
 
 use std::{
     fs, io,

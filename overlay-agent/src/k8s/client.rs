@@ -201,7 +201,7 @@ fn hint(code: u16) -> &'static str {
              service account's current token for this cluster)"
         }
         403 => {
-            " (bind the agent's ServiceAccount to a ClusterRole that allows get, \
+            " (bind the agent's ServiceAccount to a ClusterRole that allows \
              list and watch on nodes, pods, namespaces and networkpolicies, and patch on \
              nodes/status)"
         }

@@ -173,6 +173,28 @@ pub enum NetlinkError {
         #[source]
         source: Box<rtnetlink::Error>,
     },
+    /// Creating the GRO tunnel device failed.
+    #[error("creating the flow-based vxlan device {ifname} on UDP port {port} in {netns}")]
+    CreateVxlan {
+        /// The device.
+        ifname: String,
+        /// Its UDP port.
+        port: u16,
+        /// The namespace.
+        netns: String,
+        /// The kernel's answer.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    /// A sysctl of the GRO tunnel device could not be written.
+    #[error("writing {path}")]
+    Sysctl {
+        /// The `/proc/sys` file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// [`check_pod_link`](super::check_pod_link) found something missing or
     /// different from what [`create_pod_link`](super::create_pod_link)
     /// makes.

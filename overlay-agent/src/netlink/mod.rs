@@ -21,7 +21,7 @@
 //! `pod.rs` and `host.rs` (each end's configuration; `host.rs` also deletes
 //! and lists), `check.rs` (read everything back), `routes.rs` and
 //! `links.rs` (shared helpers), `session.rs` (thread, runtime, sockets),
-//! `error.rs`.
+//! `tunnel.rs` (the node's GRO tunnel device, not a pod's), `error.rs`.
 
 mod check;
 mod create;
@@ -31,6 +31,7 @@ mod links;
 mod pod;
 mod routes;
 mod session;
+mod tunnel;
 mod veth;
 
 use std::{net::Ipv4Addr, path::Path};
@@ -40,6 +41,7 @@ pub use self::{
     create::create_pod_link,
     error::NetlinkError,
     host::{delete_pod_link, host_links_with_prefix},
+    tunnel::{GRO_DEVICE, GroDevice, delete_gro_device, ensure_gro_device},
 };
 
 /// What to wire for one pod interface.

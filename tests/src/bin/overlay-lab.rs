@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use overlay_common::Stat;
 use overlay_tests::{
+    Underlay,
     cluster::{Cluster, bin_path},
     traffic::connectivity_table_of,
 };
@@ -39,6 +40,8 @@ options:
   --pods N       pods per node (default 2)
   --hold SECS    keep the lab up this long, then tear down (default: until
                  Ctrl-C on a terminal, 0 otherwise)
+  --underlay M   veth (default: whole GSO packets cross the underlay) or wire
+                 (NIC-like: MTU-sized frames on the underlay, GRO on receive)
   -h, --help     this text
 ";
 
@@ -46,6 +49,7 @@ struct Args {
     nodes: usize,
     pods: usize,
     hold: Option<u64>,
+    underlay: Underlay,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -53,6 +57,7 @@ fn parse_args() -> anyhow::Result<Args> {
         nodes: 4,
         pods: 2,
         hold: None,
+        underlay: Underlay::Veth,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -66,6 +71,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--nodes" => args.nodes = num("--nodes")? as usize,
             "--pods" => args.pods = num("--pods")? as usize,
             "--hold" => args.hold = Some(num("--hold")?),
+            "--underlay" => {
+                let m = it.next().context("--underlay needs a value")?;
+                args.underlay = Underlay::parse(&m)
+                    .with_context(|| format!("--underlay: {m:?} is not veth or wire"))?;
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -104,12 +114,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
     .context("installing the Ctrl-C handler")?;
 
     eprintln!(
-        "lab: bringing up {} nodes whose agents form the cluster by gossip from seeds, \
-         {} pods each through overlay-cni",
-        args.nodes, args.pods
+        "lab: bringing up {} nodes on a {} underlay whose agents form the cluster by gossip \
+         from seeds, {} pods each through overlay-cni",
+        args.nodes,
+        args.underlay.name(),
+        args.pods
     );
     let started = Instant::now();
-    let mut cluster = Cluster::gossip(args.nodes);
+    let mut cluster = Cluster::gossip_on(args.nodes, args.underlay);
     let ready = started.elapsed();
     let converged = cluster.wait_converged(args.nodes, CONVERGE_TIMEOUT);
     eprintln!(

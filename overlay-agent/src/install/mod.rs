@@ -1,12 +1,17 @@
-//! Putting the CNI plugin on a node (`overlay-agent install-cni`, the
-//! DaemonSet's init container) and taking the whole overlay off it again
-//! (`overlay-agent uninstall`).
+//! Putting the CNI plugin on a node and taking the whole overlay off it
+//! again:
 //!
-//! Install writes two files, each atomically (a temporary file in the same
+//! - `overlay-agent install-cni` (the DaemonSet's init container) copies
+//!   `overlay-cni` and, where the host has none, the reference plugins
+//!   ([`reference`]) into the plugin directory;
+//! - the agent writes the conflist ([`conflist`]) once it can serve ADD;
+//! - `overlay-agent uninstall` removes it all.
+//!
+//! Every file is written atomically (a temporary file in the same
 //! directory, fsync, rename, fsync of the directory), so a runtime reading
-//! the directory never sees half a file: the plugin binary and the conflist.
-//! Both are rewritten only when their content changes, so an init container
-//! that runs on every pod restart leaves the node alone.
+//! the directory never sees half a file, and only when its content
+//! changes, so an init container that runs on every pod restart and an
+//! agent that restarts leave the node alone.
 //!
 //! The conflist carries [`MANAGED_KEY`]` = true`, a top-level key that
 //! libcni ignores (it reads `name`, `cniVersion`, `disableCheck` and
@@ -18,6 +23,9 @@
 //! never on an agent restart or rolling update, which must keep the pinned
 //! datapath so pods keep their traffic.
 
+pub mod conflist;
+pub mod reference;
+
 use std::{
     fs,
     io::{self, Write as _},
@@ -25,9 +33,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde_json::{Value, json};
+pub use conflist::{
+    ConflistOptions, ConflistReport, Portmap, conflist, install_conflist, is_ours,
+    shadowing_configs,
+};
+pub use reference::{
+    DEFAULT_REFERENCE_DIR, REFERENCE_PLUGINS, ReferenceAction, install_reference_plugins,
+    reference_action,
+};
 use tracing::{info, warn};
 
+use self::conflist::backup_path;
 use crate::{
     agent::{HOST_IF_PREFIX, is_host_ifname},
     cni::{PLUGIN_TYPE, Version},
@@ -117,32 +133,16 @@ fn fs_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Ins
     }
 }
 
-/// Whether libcni chains the `portmap` plugin after ours (hostPort support).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Portmap {
-    /// When `portmap` is in the plugin directory.
-    Auto,
-    /// Always (pods fail to start if `portmap` is missing).
-    On,
-    /// Never: hostPort does not work.
-    Off,
-}
-
 /// What `install-cni` installs, and where.
 #[derive(Clone, Debug)]
 pub struct CniInstall {
     /// Directory of plugin binaries (`/opt/cni/bin`).
     pub bin_dir: PathBuf,
-    /// Directory of network configurations (`/etc/cni/net.d`).
-    pub conf_dir: PathBuf,
     /// The `overlay-cni` binary to copy.
     pub plugin: PathBuf,
-    /// The agent socket, as the plugin (on the host) sees it.
-    pub socket: PathBuf,
-    /// `cniVersion` of the conflist.
-    pub cni_version: Version,
-    /// Whether to chain `portmap`.
-    pub portmap: Portmap,
+    /// Where the reference plugins we ship are (`/usr/lib/cni` in the
+    /// image).
+    pub reference_dir: PathBuf,
 }
 
 /// What happened to one installed file.
@@ -168,48 +168,13 @@ pub struct InstallReport {
     pub plugin_path: PathBuf,
     /// What happened to it.
     pub plugin: FileChange,
-    /// The installed conflist.
-    pub conflist_path: PathBuf,
-    /// What happened to it.
-    pub conflist: FileChange,
-    /// Other configurations that sort before ours, which a runtime would
-    /// use instead.
-    pub shadowing: Vec<PathBuf>,
+    /// What was decided for each reference plugin.
+    pub reference: Vec<(&'static str, ReferenceAction)>,
 }
 
-/// The conflist `install-cni` writes for `opts`, given whether `portmap`
-/// is to be chained.
-pub fn conflist(opts: &CniInstall, portmap: bool) -> String {
-    let mut plugins = vec![json!({
-        "type": PLUGIN_TYPE,
-        "agentSocket": opts.socket,
-    })];
-    if portmap {
-        plugins.push(json!({
-            "type": "portmap",
-            "capabilities": {"portMappings": true},
-            "snat": true,
-        }));
-    }
-    let v = json!({
-        "cniVersion": opts.cni_version.as_str(),
-        "name": NETWORK_NAME,
-        MANAGED_KEY: true,
-        "plugins": plugins,
-    });
-    let mut s = serde_json::to_string_pretty(&v).expect("JSON values always serialize");
-    s.push('\n');
-    s
-}
-
-/// Whether `content` is a conflist we wrote.
-pub fn is_ours(content: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(content)
-        .ok()
-        .is_some_and(|v| v.get(MANAGED_KEY) == Some(&Value::Bool(true)))
-}
-
-/// Installs the plugin binary and the conflist. Idempotent.
+/// Installs the plugin binary, and the reference plugins the host lacks.
+/// Idempotent. The conflist is the agent's to write, once it is ready
+/// ([`install_conflist`]).
 pub fn install_cni(opts: &CniInstall) -> Result<InstallReport, InstallError> {
     let plugin = fs::read(&opts.plugin).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
@@ -224,9 +189,7 @@ pub fn install_cni(opts: &CniInstall) -> Result<InstallReport, InstallError> {
             }
         }
     })?;
-    for dir in [&opts.bin_dir, &opts.conf_dir] {
-        fs::create_dir_all(dir).map_err(fs_err("creating", dir))?;
-    }
+    fs::create_dir_all(&opts.bin_dir).map_err(fs_err("creating", &opts.bin_dir))?;
 
     let plugin_path = opts.bin_dir.join(PLUGIN_TYPE);
     let plugin_change = match fs::read(&plugin_path) {
@@ -243,106 +206,12 @@ pub fn install_cni(opts: &CniInstall) -> Result<InstallReport, InstallError> {
                 change = ?plugin_change, "installed the plugin binary");
         }
     }
-
-    let portmap = match opts.portmap {
-        Portmap::On => true,
-        Portmap::Off => false,
-        Portmap::Auto => {
-            let found = opts.bin_dir.join("portmap").is_file();
-            info!(
-                chained = found,
-                "portmap {} in {}",
-                if found { "found" } else { "not found" },
-                opts.bin_dir.display()
-            );
-            found
-        }
-    };
-    let content = conflist(opts, portmap);
-    let conflist_path = opts.conf_dir.join(paths::CONFLIST_NAME);
-    let conflist_change = match fs::read(&conflist_path) {
-        Ok(old) if old == content.as_bytes() => FileChange::Unchanged,
-        Ok(old) if is_ours(&old) => FileChange::Updated,
-        Ok(_) => {
-            let backup = free_backup_path(&conflist_path);
-            warn!(
-                file = %conflist_path.display(),
-                backup = %backup.display(),
-                "{} exists and was not written by overlay-agent: replacing it, the old one is \
-                 kept as {}",
-                conflist_path.display(),
-                backup.display()
-            );
-            fs::rename(&conflist_path, &backup).map_err(fs_err("backing up", &conflist_path))?;
-            FileChange::ReplacedForeign { backup }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => FileChange::Created,
-        Err(e) => return Err(fs_err("reading", &conflist_path)(e)),
-    };
-    match conflist_change {
-        FileChange::Unchanged => {
-            info!(path = %conflist_path.display(), "conflist unchanged");
-        }
-        _ => {
-            write_atomic(&conflist_path, content.as_bytes(), 0o644)?;
-            info!(path = %conflist_path.display(), change = ?conflist_change, "wrote the conflist");
-        }
-    }
-
-    let shadowing = shadowing_configs(&opts.conf_dir, paths::CONFLIST_NAME)?;
-    for other in &shadowing {
-        warn!(
-            file = %other.display(),
-            "{} sorts before {}: the container runtime uses the first network \
-             configuration in {}, so pods get that network instead of the overlay; remove it \
-             if it is not wanted",
-            other.display(),
-            paths::CONFLIST_NAME,
-            opts.conf_dir.display()
-        );
-    }
+    let reference = install_reference_plugins(&opts.bin_dir, &opts.reference_dir)?;
     Ok(InstallReport {
         plugin_path,
         plugin: plugin_change,
-        conflist_path,
-        conflist: conflist_change,
-        shadowing,
+        reference,
     })
-}
-
-/// `<file>.overlay-backup`, or `.overlay-backup.N` with the first free `N`
-/// when an earlier backup is there (that one is the original: keep it).
-fn free_backup_path(file: &Path) -> PathBuf {
-    let base = backup_path(file);
-    if !base.exists() {
-        return base;
-    }
-    (1..)
-        .map(|n| PathBuf::from(format!("{}.{n}", base.display())))
-        .find(|p| !p.exists())
-        .expect("some number is free")
-}
-
-fn backup_path(file: &Path) -> PathBuf {
-    PathBuf::from(format!("{}{BACKUP_SUFFIX}", file.display()))
-}
-
-/// Network configurations in `dir` that a runtime would load before
-/// `ours` (libcni sorts the file names and takes the first).
-pub fn shadowing_configs(dir: &Path, ours: &str) -> Result<Vec<PathBuf>, InstallError> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(fs_err("listing", dir))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| {
-            n.as_str() < ours
-                && Path::new(n)
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| CONF_EXTENSIONS.contains(&e))
-        })
-        .collect();
-    names.sort();
-    Ok(names.into_iter().map(|n| dir.join(n)).collect())
 }
 
 /// Writes `content` to `path` atomically: a temporary file in the same
@@ -402,8 +271,8 @@ pub fn agent_running(socket: &Path) -> bool {
 
 /// Removes everything the overlay put on this node, in the caller's
 /// network namespace: first the conflist (so the runtime stops calling the
-/// plugin) and the plugin, then the datapath (pinned links, which detaches
-/// the programs, and maps), the pods' host veths and the masquerade table,
+/// plugin) and the plugin, then the datapath (the GRO tunnel device, pinned
+/// links, which detaches the programs, and maps), the pods' host veths and the masquerade table,
 /// last the state directory and the socket. Returns one line per thing
 /// removed; empty when there was nothing left (a second run). Refuses while
 /// an agent runs, unless `force`.
@@ -486,10 +355,19 @@ fn remove_cni_files(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
     Ok(done)
 }
 
-/// The pinned links (detaching the programs) and maps, the pods' host
-/// veths and the masquerade table of the caller's network namespace.
+/// The GRO tunnel device, the pinned links (detaching the programs) and
+/// maps, the pods' host veths and the masquerade table of the caller's
+/// network namespace.
 fn remove_datapath(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
     let mut done = Vec::new();
+    // First, so the kernel never decapsulates our port itself once
+    // `from_uplink` is gone.
+    if netlink::delete_gro_device().map_err(InstallError::Netlink)? {
+        done.push(format!(
+            "deleted the GRO tunnel device {}",
+            netlink::GRO_DEVICE
+        ));
+    }
     if opts.pin_dir.exists() {
         for (prog, iface) in datapath::attachments(&opts.pin_dir) {
             done.push(format!("detached {prog} from {iface}"));
@@ -579,6 +457,8 @@ fn nft_table_exists() -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     /// A node's CNI directories, a plugin to install and agent files, all
@@ -586,6 +466,7 @@ mod tests {
     struct Node {
         tmp: tempfile::TempDir,
         opts: CniInstall,
+        conf: ConflistOptions,
     }
 
     impl Node {
@@ -596,17 +477,29 @@ mod tests {
             fs::write(&plugin, b"\x7fELF plugin v1").unwrap();
             let opts = CniInstall {
                 bin_dir: tmp.path().join("opt/cni/bin"),
-                conf_dir: tmp.path().join("etc/cni/net.d"),
                 plugin,
+                // Nothing shipped: the reference plugins have their own
+                // tests.
+                reference_dir: tmp.path().join("image/usr/lib/cni"),
+            };
+            let conf = ConflistOptions {
+                conf_dir: tmp.path().join("etc/cni/net.d"),
+                bin_dir: opts.bin_dir.clone(),
                 socket: tmp.path().join("run/overlay/agent.sock"),
                 cni_version: DEFAULT_CNI_VERSION,
                 portmap: Portmap::Auto,
             };
-            Self { tmp, opts }
+            Self { tmp, opts, conf }
+        }
+
+        /// What install-cni and then the ready agent write.
+        fn install(&self) -> (InstallReport, ConflistReport) {
+            let r = install_cni(&self.opts).unwrap();
+            (r, install_conflist(&self.conf).unwrap())
         }
 
         fn conflist(&self) -> PathBuf {
-            self.opts.conf_dir.join(paths::CONFLIST_NAME)
+            self.conf.conf_dir.join(paths::CONFLIST_NAME)
         }
 
         fn plugin(&self) -> PathBuf {
@@ -617,9 +510,9 @@ mod tests {
             Uninstall {
                 pin_dir: self.tmp.path().join("bpf/overlay"),
                 bin_dir: self.opts.bin_dir.clone(),
-                conf_dir: self.opts.conf_dir.clone(),
+                conf_dir: self.conf.conf_dir.clone(),
                 state_dir: self.tmp.path().join("var/lib/overlay"),
-                socket: self.opts.socket.clone(),
+                socket: self.conf.socket.clone(),
                 force: false,
             }
         }
@@ -641,12 +534,12 @@ mod tests {
     #[test]
     fn install_creates_both_files_and_the_plugin_parses_what_libcni_hands_it() {
         let n = Node::new();
-        let r = install_cni(&n.opts).unwrap();
+        let (r, c) = n.install();
         assert_eq!(
-            (&r.plugin, &r.conflist),
+            (&r.plugin, &c.change),
             (&FileChange::Created, &FileChange::Created)
         );
-        assert!(r.shadowing.is_empty());
+        assert!(c.shadowing.is_empty());
         assert_eq!(fs::read(n.plugin()).unwrap(), b"\x7fELF plugin v1");
         let mode = fs::metadata(n.plugin()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
@@ -661,11 +554,11 @@ mod tests {
         entry["name"] = list["name"].clone();
         entry["cniVersion"] = list["cniVersion"].clone();
         let conf = crate::cni::config::parse(entry.to_string().as_bytes()).unwrap();
-        assert_eq!(conf.agent_socket.as_deref(), Some(n.opts.socket.as_path()));
+        assert_eq!(conf.agent_socket.as_deref(), Some(n.conf.socket.as_path()));
         entry[MANAGED_KEY] = Value::Bool(true);
         crate::cni::config::parse(entry.to_string().as_bytes()).unwrap();
         // No temporary file is left behind.
-        for dir in [&n.opts.bin_dir, &n.opts.conf_dir] {
+        for dir in [&n.opts.bin_dir, &n.conf.conf_dir] {
             let names: Vec<_> = fs::read_dir(dir).unwrap().flatten().collect();
             assert_eq!(names.len(), 1, "{names:?}");
         }
@@ -674,22 +567,23 @@ mod tests {
     #[test]
     fn a_second_install_writes_nothing_and_changed_content_is_rewritten() {
         let n = Node::new();
-        install_cni(&n.opts).unwrap();
+        n.install();
         let (t_bin, t_conf) = (mtime(&n.plugin()), mtime(&n.conflist()));
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let r = install_cni(&n.opts).unwrap();
+        let (r, c) = n.install();
         assert_eq!(
-            (r.plugin, r.conflist),
+            (r.plugin, c.change),
             (FileChange::Unchanged, FileChange::Unchanged)
         );
         assert_eq!((mtime(&n.plugin()), mtime(&n.conflist())), (t_bin, t_conf));
 
         fs::write(&n.opts.plugin, b"\x7fELF plugin v2").unwrap();
-        let mut opts = n.opts.clone();
-        opts.socket = PathBuf::from("/run/other/agent.sock");
-        let r = install_cni(&opts).unwrap();
+        let mut conf = n.conf.clone();
+        conf.socket = PathBuf::from("/run/other/agent.sock");
+        let r = install_cni(&n.opts).unwrap();
+        let c = install_conflist(&conf).unwrap();
         assert_eq!(
-            (r.plugin, r.conflist),
+            (r.plugin, c.change),
             (FileChange::Updated, FileChange::Updated)
         );
         assert_eq!(fs::read(n.plugin()).unwrap(), b"\x7fELF plugin v2");
@@ -704,13 +598,13 @@ mod tests {
     #[test]
     fn a_foreign_conflist_is_backed_up_and_uninstall_puts_it_back() {
         let n = Node::new();
-        fs::create_dir_all(&n.opts.conf_dir).unwrap();
+        fs::create_dir_all(&n.conf.conf_dir).unwrap();
         let foreign = r#"{"cniVersion":"1.0.0","name":"weave","plugins":[{"type":"weave-net"}]}"#;
         fs::write(n.conflist(), foreign).unwrap();
         let backup = backup_path(&n.conflist());
-        let r = install_cni(&n.opts).unwrap();
+        let (_, c) = n.install();
         assert_eq!(
-            r.conflist,
+            c.change,
             FileChange::ReplacedForeign {
                 backup: backup.clone()
             }
@@ -718,7 +612,7 @@ mod tests {
         assert_eq!(fs::read_to_string(&backup).unwrap(), foreign);
         assert!(is_ours(&fs::read(n.conflist()).unwrap()));
         assert_eq!(
-            install_cni(&n.opts).unwrap().conflist,
+            install_conflist(&n.conf).unwrap().change,
             FileChange::Unchanged
         );
 
@@ -738,14 +632,14 @@ mod tests {
     #[test]
     fn a_second_foreign_file_does_not_overwrite_the_first_backup() {
         let n = Node::new();
-        fs::create_dir_all(&n.opts.conf_dir).unwrap();
+        fs::create_dir_all(&n.conf.conf_dir).unwrap();
         fs::write(n.conflist(), "original").unwrap();
-        install_cni(&n.opts).unwrap();
+        n.install();
         fs::write(n.conflist(), "second").unwrap();
-        let r = install_cni(&n.opts).unwrap();
+        let (_, c) = n.install();
         let second = PathBuf::from(format!("{}.1", backup_path(&n.conflist()).display()));
         assert_eq!(
-            r.conflist,
+            c.change,
             FileChange::ReplacedForeign {
                 backup: second.clone()
             }
@@ -760,7 +654,7 @@ mod tests {
     #[test]
     fn uninstall_removes_our_files_state_and_socket_and_then_has_nothing_to_do() {
         let n = Node::new();
-        install_cni(&n.opts).unwrap();
+        n.install();
         let u = n.uninstall();
         fs::create_dir_all(u.state_dir.join("ipam/allocations")).unwrap();
         fs::write(u.state_dir.join("blocks.json"), "[]").unwrap();
@@ -787,7 +681,7 @@ mod tests {
             "empty socket dir left"
         );
         assert!(
-            n.opts.conf_dir.is_dir() && n.opts.bin_dir.is_dir(),
+            n.conf.conf_dir.is_dir() && n.opts.bin_dir.is_dir(),
             "shared dirs stay"
         );
         assert_eq!(n.uninstall_files(), Vec::<String>::new());
@@ -796,7 +690,7 @@ mod tests {
     #[test]
     fn uninstall_keeps_a_conflist_that_is_not_ours_and_a_busy_socket_dir() {
         let n = Node::new();
-        fs::create_dir_all(&n.opts.conf_dir).unwrap();
+        fs::create_dir_all(&n.conf.conf_dir).unwrap();
         fs::write(n.conflist(), r#"{"name":"other"}"#).unwrap();
         let u = n.uninstall();
         fs::create_dir_all(u.socket.parent().unwrap()).unwrap();
@@ -850,40 +744,49 @@ mod tests {
     #[test]
     fn configurations_sorting_before_ours_are_reported_and_kept() {
         let n = Node::new();
-        fs::create_dir_all(&n.opts.conf_dir).unwrap();
+        let dir = &n.conf.conf_dir;
+        fs::create_dir_all(dir).unwrap();
         for name in [
             "05-cilium.conf",
             "00-x.json",
             "99-late.conflist",
             "01-notes.txt",
         ] {
-            fs::write(n.opts.conf_dir.join(name), "{}").unwrap();
+            fs::write(dir.join(name), "{}").unwrap();
         }
-        let r = install_cni(&n.opts).unwrap();
+        let (_, c) = n.install();
         assert_eq!(
-            r.shadowing,
-            vec![
-                n.opts.conf_dir.join("00-x.json"),
-                n.opts.conf_dir.join("05-cilium.conf")
-            ]
+            c.shadowing,
+            vec![dir.join("00-x.json"), dir.join("05-cilium.conf")]
         );
-        assert!(n.opts.conf_dir.join("05-cilium.conf").exists());
+        assert!(dir.join("05-cilium.conf").exists());
     }
 
     #[test]
-    fn portmap_is_chained_when_asked_or_when_present() {
+    fn portmap_is_chained_when_asked_or_when_present_and_left_out_otherwise() {
         let mut n = Node::new();
         let plugins = |n: &Node| -> Vec<Value> {
             let v: Value = serde_json::from_slice(&fs::read(n.conflist()).unwrap()).unwrap();
             v["plugins"].as_array().unwrap().clone()
         };
-        install_cni(&n.opts).unwrap();
+        let (_, c) = n.install();
         assert_eq!(plugins(&n).len(), 1, "auto, no portmap binary");
-        fs::write(n.opts.bin_dir.join("portmap"), b"x").unwrap();
-        install_cni(&n.opts).unwrap();
+        assert!(!c.portmap);
+        // install-cni puts the shipped one there when the host has none.
+        fs::create_dir_all(&n.opts.reference_dir).unwrap();
+        fs::write(n.opts.reference_dir.join("portmap"), b"x").unwrap();
+        let (r, c) = n.install();
+        assert!(
+            r.reference
+                .iter()
+                .any(|(p, a)| *p == "portmap" && matches!(a, ReferenceAction::Install { .. })),
+            "{:?}",
+            r.reference
+        );
+        assert!(c.portmap);
         assert_eq!(plugins(&n)[1]["type"], "portmap", "auto, portmap present");
-        n.opts.portmap = Portmap::Off;
-        install_cni(&n.opts).unwrap();
+        n.conf.portmap = Portmap::Off;
+        n.install();
         assert_eq!(plugins(&n).len(), 1, "off");
     }
 
@@ -896,11 +799,11 @@ mod tests {
 
         // A file where the configuration directory should be.
         let mut n = Node::new();
-        n.opts.conf_dir = n.opts.plugin.join("net.d");
-        let e = install_cni(&n.opts).unwrap_err();
+        n.conf.conf_dir = n.opts.plugin.join("net.d");
+        let e = install_conflist(&n.conf).unwrap_err();
         let chain = crate::cni::error::chain(&e);
         assert!(
-            chain.contains(&*n.opts.conf_dir.display().to_string()),
+            chain.contains(&*n.conf.conf_dir.display().to_string()),
             "{chain}"
         );
         assert!(chain.contains("Not a directory"), "{chain}");

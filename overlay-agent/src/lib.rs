@@ -8,6 +8,7 @@
 //! - [`maps`]: typed access to the pinned maps;
 //! - [`netns`]: run work inside another network namespace on its own thread;
 //! - [`paths`]: every filesystem path the agent uses;
+//! - [`policy`]: NetworkPolicy compiled into the policy maps;
 //! - [`status`]: the human-readable view of a node's datapath.
 
 pub mod agent;
@@ -27,5 +28,6 @@ pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod paths;
+pub mod policy;
 pub mod status;
 pub mod topology;

@@ -113,7 +113,7 @@ pub struct Maps {
     stats: PerCpuArray<MapData, u64>,
 }
 
-fn open<T>(dir: &Path, name: &'static str) -> Result<T, MapsError>
+pub(crate) fn open<T>(dir: &Path, name: &'static str) -> Result<T, MapsError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
@@ -127,7 +127,7 @@ where
     T::try_from(map).map_err(err)
 }
 
-fn access(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+pub(crate) fn access(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |e| MapsError::Access {
         op,
         map,
@@ -136,7 +136,11 @@ fn access(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsE
 }
 
 /// Removal is idempotent: a key that is already gone is success.
-fn removed(r: Result<(), MapError>, op: &'static str, map: &'static str) -> Result<(), MapsError> {
+pub(crate) fn removed(
+    r: Result<(), MapError>,
+    op: &'static str,
+    map: &'static str,
+) -> Result<(), MapsError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

@@ -9,10 +9,12 @@
 
 pub mod consts;
 pub mod maps;
+pub mod policy;
 pub mod stats;
 
 pub use consts::*;
 pub use maps::*;
+pub use policy::*;
 pub use stats::*;
 
 #[cfg(test)]
@@ -53,8 +55,27 @@ mod tests {
         assert!(
             ALL_MAPS
                 .iter()
-                .all(|m| m.starts_with("ovl_") && (m.ends_with("_v1") || m.ends_with("_v2")))
+                .chain(POLICY_MAPS.iter())
+                .all(|m| m.starts_with("ovl_")
+                    && (m.ends_with("_v1") || m.ends_with("_v2") || m.ends_with("_v3")))
         );
         assert!(RETIRED_MAPS.iter().all(|r| !ALL_MAPS.contains(r)));
+        assert!(POLICY_MAPS.iter().all(|m| !ALL_MAPS.contains(m)));
+    }
+
+    #[test]
+    fn connection_tracking_timeouts_follow_the_protocol_state() {
+        assert_eq!(ct_timeout_ns(IPPROTO_TCP, 0), CT_TCP_SYN_NS);
+        assert_eq!(
+            ct_timeout_ns(IPPROTO_TCP, CT_F_REPLIED),
+            CT_TCP_ESTABLISHED_NS
+        );
+        assert_eq!(
+            ct_timeout_ns(IPPROTO_TCP, CT_F_REPLIED | CT_F_CLOSING),
+            CT_TCP_CLOSING_NS
+        );
+        assert_eq!(ct_timeout_ns(IPPROTO_UDP, 0), CT_DATAGRAM_NS);
+        assert_eq!(ct_timeout_ns(IPPROTO_SCTP, CT_F_REPLIED), CT_DATAGRAM_NS);
+        assert_eq!(ct_timeout_ns(IPPROTO_ICMP, 0), CT_OTHER_NS);
     }
 }

@@ -15,13 +15,14 @@ pub const MAP_ENDPOINTS: &str = "ovl_endpoints_v1";
 /// Name of the peer map (hash: node IPv4 → [`Peer`]).
 pub const MAP_PEERS: &str = "ovl_peers_v1";
 /// Name of the counter map (per-CPU array of `u64`, indexed by [`crate::Stat`]).
-/// `_v2`: four counters were added (the array grew from 17 to 21 slots).
-pub const MAP_STATS: &str = "ovl_stats_v2";
+/// `_v2`: four counters were added (the array grew from 17 to 21 slots);
+/// `_v3`: three more for NetworkPolicy (24 slots).
+pub const MAP_STATS: &str = "ovl_stats_v3";
 
 /// Names of maps an earlier release pinned and this one replaced (a layout
 /// change bumps the suffix): the agent unpins them once its programs no
 /// longer use them, and uninstall removes them.
-pub const RETIRED_MAPS: [&str; 1] = ["ovl_stats_v1"];
+pub const RETIRED_MAPS: [&str; 2] = ["ovl_stats_v1", "ovl_stats_v2"];
 
 /// Every map the programs use, in a fixed order.
 pub const ALL_MAPS: [&str; 5] = [MAP_CONFIG, MAP_ROUTES, MAP_ENDPOINTS, MAP_PEERS, MAP_STATS];
@@ -30,6 +31,9 @@ pub const ALL_MAPS: [&str; 5] = [MAP_CONFIG, MAP_ROUTES, MAP_ENDPOINTS, MAP_PEER
 pub const PROG_FROM_POD: &str = "from_pod";
 /// Name of the program attached at TC ingress of the node's uplink.
 pub const PROG_FROM_UPLINK: &str = "from_uplink";
+/// Name of the program attached at TC egress of each pod's host-side veth
+/// (what the host stack routes to the pod: NetworkPolicy ingress).
+pub const PROG_TO_POD: &str = "to_pod";
 
 /// Capacity of [`MAP_ROUTES`]: pod blocks in the cluster.
 pub const MAX_ROUTES: u32 = 16384;

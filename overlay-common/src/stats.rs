@@ -52,10 +52,19 @@ pub enum Stat {
     DropProbeUnknownPeer = 19,
     /// `from_uplink`: a peer's liveness probe, answered by reflecting it.
     ProbeAnswered = 20,
+    /// Dropped: NetworkPolicy isolates the sending pod for egress and no
+    /// rule allows this packet (counted per pod in `ovl_policy_drops_v1` too).
+    DropPolicyEgress = 21,
+    /// Dropped: NetworkPolicy isolates the receiving pod for ingress and no
+    /// rule allows this packet (counted per pod in `ovl_policy_drops_v1` too).
+    DropPolicyIngress = 22,
+    /// `to_pod`: the host stack delivered to a pod (node, host-network pods,
+    /// the outside world) and policy allowed it.
+    ToPodPassed = 23,
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STATS_LEN: u32 = 21;
+pub const STATS_LEN: u32 = 24;
 
 impl Stat {
     /// Every counter, in index order.
@@ -81,6 +90,9 @@ impl Stat {
         Stat::DropPodToTunnel,
         Stat::DropProbeUnknownPeer,
         Stat::ProbeAnswered,
+        Stat::DropPolicyEgress,
+        Stat::DropPolicyIngress,
+        Stat::ToPodPassed,
     ];
 
     /// Stable snake-case name, used in `status` output and metric labels.
@@ -107,6 +119,9 @@ impl Stat {
             Stat::DropPodToTunnel => "drop_pod_to_tunnel",
             Stat::DropProbeUnknownPeer => "drop_probe_unknown_peer",
             Stat::ProbeAnswered => "probe_answered",
+            Stat::DropPolicyEgress => "drop_policy_egress",
+            Stat::DropPolicyIngress => "drop_policy_ingress",
+            Stat::ToPodPassed => "to_pod_passed",
         }
     }
 
@@ -128,6 +143,8 @@ impl Stat {
                 | Stat::DropPodSpoofedSource
                 | Stat::DropPodToTunnel
                 | Stat::DropProbeUnknownPeer
+                | Stat::DropPolicyEgress
+                | Stat::DropPolicyIngress
         )
     }
 }

@@ -8,6 +8,10 @@
 //! - anything else (ARP, IPv6, the node itself, the outside world) →
 //!   `OK`, untouched, for the host stack (masquerade, etc.).
 //!
+//! NetworkPolicy: the sender's egress is decided here for every packet,
+//! and the receiver's ingress too when it is a pod on this node
+//! ([`crate::policy`]).
+//!
 //! Before any of that, a pod may only send as itself: an IPv4 packet whose
 //! source is not the address of the endpoint attached to this interface is
 //! dropped (`drop_pod_spoofed_source`), and so is UDP a pod aims at the
@@ -36,6 +40,7 @@ use overlay_common::{ETH_HLEN, Endpoint, IPPROTO_UDP, NodeConfig, Stat, VXLAN_OV
 use crate::{
     maps::{ENDPOINTS, config, route},
     packet::{self, L3},
+    policy::{self, Check},
     verdict::{OK, Verdict, finish, redirected},
     vxlan,
 };
@@ -85,8 +90,32 @@ fn try_from_pod(ctx: &TcContext) -> Verdict {
     if let Some(ep) = ENDPOINTS.get_ptr(ip.dst) {
         // SAFETY: the pointer comes from a successful lookup; copy out at once.
         let ep = unsafe { *ep };
+        // Both ends are here: the sender's egress and the receiver's
+        // ingress are decided together.
+        policy::decide(
+            ctx,
+            L3,
+            &ip,
+            &Check {
+                egress: Some(ip.src),
+                ingress: Some(ip.dst),
+                ingress_exempt: false,
+            },
+        )?;
         return deliver_local(ctx, &ep).map(|a| (a, Stat::FromPodLocal));
     }
+    // Leaving this node (another node's pod, the node, the outside world):
+    // egress is decided here, ingress where it arrives.
+    policy::decide(
+        ctx,
+        L3,
+        &ip,
+        &Check {
+            egress: Some(ip.src),
+            ingress: None,
+            ingress_exempt: false,
+        },
+    )?;
 
     let Some(r) = route(ip.dst) else {
         return to_host(ctx, cfg, &ip);

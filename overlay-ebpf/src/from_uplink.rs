@@ -24,6 +24,7 @@ use crate::{
     from_pod::deliver_local,
     maps::{ENDPOINTS, PEERS, config, route},
     packet::{self, L3},
+    policy::{self, Check},
     probe,
     verdict::{OK, Verdict, finish},
 };
@@ -106,6 +107,18 @@ fn try_from_uplink(ctx: &TcContext) -> Verdict {
     };
     // SAFETY: the pointer comes from a successful lookup; copy out at once.
     let ep = unsafe { *ep };
+    // The receiving pod's NetworkPolicy ingress (its egress was decided on
+    // the sending node).
+    policy::decide(
+        ctx,
+        INNER_ETH_OFFSET + ETH_HLEN,
+        &inner,
+        &Check {
+            egress: None,
+            ingress: Some(inner.dst),
+            ingress_exempt: false,
+        },
+    )?;
 
     ctx.adjust_room(
         -(VXLAN_OVERHEAD as i32),

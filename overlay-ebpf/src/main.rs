@@ -3,12 +3,17 @@
 //! One module per attach point, each a thin `#[classifier]` entry around a
 //! `try_*` body that returns a [`Verdict`] or the drop reason ([`Stat`]); the
 //! entry bumps exactly one counter per packet; `probe` answers datapath
-//! liveness probes for `from_uplink`. Shared helpers: `maps` (the
+//! liveness probes for `from_uplink`; `to_pod` (TC egress of a pod's
+//! veth) and `policy` + `conntrack` + `flow` enforce NetworkPolicy. Shared helpers: `maps` (the
 //! map definitions), `packet` (header parsing), `vxlan` (building and
 //! checking the outer headers).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod flow;
 #[cfg(target_arch = "bpf")]
 mod from_pod;
 #[cfg(target_arch = "bpf")]
@@ -18,7 +23,11 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
+mod policy;
+#[cfg(target_arch = "bpf")]
 mod probe;
+#[cfg(target_arch = "bpf")]
+mod to_pod;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 mod vxlan;

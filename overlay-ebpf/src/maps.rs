@@ -2,12 +2,16 @@
 //! `overlay-common`).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     macros::btf_map,
 };
 use overlay_common::{
-    Endpoint, Ipv4Bytes, MAX_ENDPOINTS, MAX_PEERS, MAX_ROUTES, NodeConfig, Peer, Route, STATS_LEN,
-    Stat,
+    CidrKey, CtEntry, CtKey, DropKey, Endpoint, Identity, Ipv4Bytes, MAX_CONNTRACK, MAX_ENDPOINTS,
+    MAX_IDENTITY_ENTRIES, MAX_PEERS, MAX_POLICY_CIDRS, MAX_POLICY_ENDPOINTS, MAX_POLICY_RULES,
+    MAX_ROUTES, NodeConfig, POLICY_EVENTS_BYTES, Peer, PolicyEndpoint, PolicyEvent, PolicyKey,
+    PolicyRule, Route, STATS_LEN, Stat,
 };
 
 #[btf_map(name = "ovl_config_v1")]
@@ -22,8 +26,32 @@ pub static ENDPOINTS: HashMap<Ipv4Bytes, Endpoint, { MAX_ENDPOINTS as usize }> =
 #[btf_map(name = "ovl_peers_v1")]
 pub static PEERS: HashMap<Ipv4Bytes, Peer, { MAX_PEERS as usize }> = HashMap::new();
 
-#[btf_map(name = "ovl_stats_v2")]
+#[btf_map(name = "ovl_stats_v3")]
 pub static STATS: PerCpuArray<u64, { STATS_LEN as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "ovl_identities_v1")]
+pub static IDENTITIES: HashMap<Ipv4Bytes, Identity, { MAX_IDENTITY_ENTRIES as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "ovl_policy_eps_v1")]
+pub static POLICY_EPS: HashMap<Ipv4Bytes, PolicyEndpoint, { MAX_POLICY_ENDPOINTS as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "ovl_policy_v1")]
+pub static POLICY: LpmTrie<PolicyKey, PolicyRule, { MAX_POLICY_RULES as usize }> = LpmTrie::new();
+
+#[btf_map(name = "ovl_policy_cidrs_v1")]
+pub static POLICY_CIDRS: LpmTrie<CidrKey, Identity, { MAX_POLICY_CIDRS as usize }> = LpmTrie::new();
+
+#[btf_map(name = "ovl_ct_v1")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { MAX_CONNTRACK as usize }> = LruHashMap::new();
+
+#[btf_map(name = "ovl_policy_events_v1")]
+pub static POLICY_EVENTS: RingBuf<PolicyEvent, { POLICY_EVENTS_BYTES as usize }> = RingBuf::new();
+
+#[btf_map(name = "ovl_policy_drops_v1")]
+pub static POLICY_DROPS: PerCpuHashMap<DropKey, u64, { 2 * MAX_POLICY_ENDPOINTS as usize }> =
+    PerCpuHashMap::new();
 
 /// This node's configuration, once the agent has written it.
 #[inline(always)]

@@ -1,14 +1,17 @@
-//! A fake Kubernetes API server for the agents of a lab: just the Node
-//! calls the agent makes (list, watch, status patch), over plain HTTP/1.1,
-//! with a bearer token checked on every request. A Node is what a kubelet
-//! registers: its own conditions (`Ready`, the pressures) and no
+//! A fake Kubernetes API server for the agents of a lab: just the calls
+//! the agent makes (list, watch and status patch of Nodes; list and watch
+//! of Pods, Namespaces and NetworkPolicies in all namespaces), over plain
+//! HTTP/1.1, with a bearer token checked on every request. A Node is what
+//! a kubelet registers: its own conditions (`Ready`, the pressures) and no
 //! `NetworkUnavailable` (only cloud route controllers set that). A `get`
 //! of a single Node, which the agent's ClusterRole does not allow, is
 //! answered 403 as the real server would, so a test that checks every
 //! answer was 200 notices it.
 //!
-//! It keeps a set of Nodes (name → InternalIP), a resourceVersion counter
-//! and the log of watch events, and records every request it answers.
+//! It keeps a set of Nodes (name → InternalIP), the objects of the other
+//! collections as JSON, one resourceVersion counter and the log of watch
+//! events (each tagged with its collection, as one etcd revision serves
+//! every resource), and records every request it answers.
 //! Every connection gets one request and a `Connection: close` answer; a
 //! watch answer has no Content-Length, so its body ends when the server
 //! closes the stream (after `min(timeoutSeconds, 5 s)`), as the API server
@@ -105,15 +108,30 @@ impl Recorded {
     /// API group, as the API server derives them from the method and path
     /// (`nodes` or a subresource such as `nodes/status`; `get`, `list`,
     /// `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`).
-    /// `None` for a path outside `/api/v1`.
+    /// Resources of another API group than the core one are named
+    /// `resource.group` (`networkpolicies.networking.k8s.io`). `None` for
+    /// a path outside `/api/v1` and `/apis/GROUP/VERSION`.
     pub fn rbac(&self) -> Option<(String, String)> {
-        let rest = self.path().strip_prefix("/api/v1/")?;
+        let path = self.path();
+        let (group, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+            ("", rest)
+        } else {
+            let mut it = path.strip_prefix("/apis/")?.splitn(3, '/');
+            let group = it.next()?;
+            let _version = it.next()?;
+            (group, it.next()?)
+        };
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
         let (resource, named) = match parts.as_slice() {
             [kind] => ((*kind).to_owned(), false),
             [kind, _name] => ((*kind).to_owned(), true),
             [kind, _name, sub] => (format!("{kind}/{sub}"), true),
             _ => return None,
+        };
+        let resource = if group.is_empty() {
+            resource
+        } else {
+            format!("{resource}.{group}")
         };
         let verb = match (self.method.as_str(), named) {
             ("GET", _) if self.is_watch() => "watch",
@@ -136,6 +154,22 @@ impl Recorded {
 }
 
 const NODES_PATH: &str = "/api/v1/nodes";
+/// Collection of every Pod.
+pub const PODS: &str = "/api/v1/pods";
+/// Collection of every Namespace.
+pub const NAMESPACES: &str = "/api/v1/namespaces";
+/// Collection of every NetworkPolicy.
+pub const NETWORK_POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
+
+/// `(kind, apiVersion)` of the objects of a collection other than Nodes.
+fn kind_of(collection: &str) -> Option<(&'static str, &'static str)> {
+    match collection {
+        PODS => Some(("Pod", "v1")),
+        NAMESPACES => Some(("Namespace", "v1")),
+        NETWORK_POLICIES => Some(("NetworkPolicy", "networking.k8s.io/v1")),
+        _ => None,
+    }
+}
 
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -170,10 +204,12 @@ struct FakeNode {
 #[derive(Default)]
 struct State {
     nodes: BTreeMap<String, FakeNode>,
+    /// Collection → `namespace/name` → object.
+    objects: BTreeMap<&'static str, BTreeMap<String, Value>>,
     /// The last resourceVersion handed out.
     rv: u64,
-    /// `(resourceVersion, type, object)`, oldest first.
-    events: Vec<(u64, &'static str, Value)>,
+    /// `(resourceVersion, collection, type, object)`, oldest first.
+    events: Vec<(u64, &'static str, &'static str, Value)>,
     requests: Vec<Recorded>,
 }
 
@@ -265,9 +301,74 @@ impl FakeKube {
         let object = node_json(name, &node);
         s.nodes.insert(name.to_owned(), node);
         let rv = s.rv;
-        s.events.push((rv, "ADDED", object));
+        s.events.push((rv, NODES_PATH, "ADDED", object));
         drop(s);
         self.shared.changed.notify_all();
+    }
+
+    /// Creates or replaces an object of `collection` ([`PODS`],
+    /// [`NAMESPACES`], [`NETWORK_POLICIES`]) as `kubectl apply` would: the
+    /// server sets kind, apiVersion, uid, resourceVersion and
+    /// creationTimestamp, and an ADDED or MODIFIED event carries it.
+    /// Returns its resourceVersion.
+    pub fn apply(&self, collection: &'static str, mut object: Value) -> u64 {
+        let (kind, api_version) =
+            kind_of(collection).unwrap_or_else(|| panic!("no collection {collection}"));
+        let mut s = self.shared.lock();
+        s.rv += 1;
+        let rv = s.rv;
+        let key = object_key(&object);
+        let existing = s.objects.get(collection).and_then(|c| c.get(&key)).cloned();
+        object["kind"] = json!(kind);
+        object["apiVersion"] = json!(api_version);
+        let meta = &mut object["metadata"];
+        meta["resourceVersion"] = json!(rv.to_string());
+        match &existing {
+            Some(old) => {
+                meta["uid"] = old["metadata"]["uid"].clone();
+                meta["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+            }
+            None => {
+                meta["uid"] = json!(format!("00000000-0000-4000-8000-{rv:012x}"));
+                meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+        }
+        if collection == NAMESPACES {
+            // The API server sets this label on every Namespace (1.21+).
+            let name = meta["name"].clone();
+            meta["labels"]["kubernetes.io/metadata.name"] = name;
+        }
+        let kind = if existing.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        s.objects
+            .entry(collection)
+            .or_default()
+            .insert(key, object.clone());
+        s.events.push((rv, collection, kind, object));
+        drop(s);
+        self.shared.changed.notify_all();
+        rv
+    }
+
+    /// Deletes an object of `collection` (`namespace` empty for a
+    /// Namespace): a DELETED event carries its last state. Returns whether
+    /// it existed.
+    pub fn delete(&self, collection: &'static str, namespace: &str, name: &str) -> bool {
+        let mut s = self.shared.lock();
+        let key = format!("{namespace}/{name}");
+        let Some(mut object) = s.objects.get_mut(collection).and_then(|c| c.remove(&key)) else {
+            return false;
+        };
+        s.rv += 1;
+        let rv = s.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        s.events.push((rv, collection, "DELETED", object));
+        drop(s);
+        self.shared.changed.notify_all();
+        true
     }
 
     /// Removes Node `name`: it leaves the list and a DELETED event carries
@@ -280,7 +381,8 @@ impl FakeKube {
         s.rv += 1;
         node.resource_version = s.rv;
         let rv = s.rv;
-        s.events.push((rv, "DELETED", node_json(name, &node)));
+        s.events
+            .push((rv, NODES_PATH, "DELETED", node_json(name, &node)));
         drop(s);
         self.shared.changed.notify_all();
         true
@@ -377,7 +479,11 @@ fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     let expected = format!("Bearer {}", shared.token);
     let (status, answer) = if rec.header("authorization") != Some(expected.as_str()) {
         (401, status_body(401, "Unauthorized", "Unauthorized"))
-    } else if rec.method == "GET" && rec.path() == NODES_PATH && rec.is_watch() {
+    } else if rec.method == "GET"
+        && (rec.path() == NODES_PATH || kind_of(rec.path()).is_some())
+        && rec.is_watch()
+    {
+        let collection = collection_of(rec.path());
         rec.status = 200;
         let rv = rec
             .query()
@@ -390,10 +496,17 @@ fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(MAX_WATCH, |s| Duration::from_secs(s).min(MAX_WATCH));
         shared.lock().requests.push(rec);
-        watch(&stream, shared, rv, timeout);
+        watch(&stream, shared, collection, rv, timeout);
         return;
     } else if rec.method == "GET" && rec.path() == NODES_PATH {
         (200, list(shared))
+    } else if rec.method == "GET"
+        && let Some((kind, api_version)) = kind_of(rec.path())
+    {
+        (
+            200,
+            list_objects(shared, collection_of(rec.path()), kind, api_version),
+        )
     } else if let Some(name) = rec.path().strip_prefix("/api/v1/nodes/")
         && rec.method == "GET"
         && !name.contains('/')
@@ -443,7 +556,13 @@ fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
 
 /// Streams the events newer than `rv`, then new ones as they come, until
 /// `timeout` or stop; then closes (which ends the body).
-fn watch(stream: &TcpStream, shared: &Shared, mut rv: u64, timeout: Duration) {
+fn watch(
+    stream: &TcpStream,
+    shared: &Shared,
+    collection: &'static str,
+    mut rv: u64,
+    timeout: Duration,
+) {
     let mut w = stream;
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
     if w.write_all(head.as_bytes())
@@ -456,7 +575,10 @@ fn watch(stream: &TcpStream, shared: &Shared, mut rv: u64, timeout: Duration) {
     loop {
         let mut s = shared.lock();
         loop {
-            let pending = s.events.iter().any(|(v, _, _)| *v > rv);
+            let pending = s
+                .events
+                .iter()
+                .any(|(v, c, _, _)| *v > rv && *c == collection);
             let now = Instant::now();
             if pending || shared.stopped() || now >= deadline {
                 break;
@@ -470,8 +592,8 @@ fn watch(stream: &TcpStream, shared: &Shared, mut rv: u64, timeout: Duration) {
         let lines: String = s
             .events
             .iter()
-            .filter(|(v, _, _)| *v > rv)
-            .map(|(_, kind, object)| format!("{}\n", json!({"type": kind, "object": object})))
+            .filter(|(v, c, _, _)| *v > rv && *c == collection)
+            .map(|(_, _, kind, object)| format!("{}\n", json!({"type": kind, "object": object})))
             .collect();
         rv = s.rv;
         drop(s);
@@ -487,6 +609,40 @@ fn watch(stream: &TcpStream, shared: &Shared, mut rv: u64, timeout: Duration) {
         }
     }
     let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// `namespace/name` of an object.
+fn object_key(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        object["metadata"]["namespace"].as_str().unwrap_or_default(),
+        object["metadata"]["name"]
+            .as_str()
+            .expect("an object has metadata.name")
+    )
+}
+
+/// The collection constant for a path known to be one.
+fn collection_of(path: &str) -> &'static str {
+    [NODES_PATH, PODS, NAMESPACES, NETWORK_POLICIES]
+        .into_iter()
+        .find(|c| *c == path)
+        .expect("a known collection")
+}
+
+fn list_objects(shared: &Shared, collection: &str, kind: &str, api_version: &str) -> Value {
+    let s = shared.lock();
+    let items: Vec<Value> = s
+        .objects
+        .get(collection)
+        .map(|c| c.values().cloned().collect())
+        .unwrap_or_default();
+    json!({
+        "kind": format!("{kind}List"),
+        "apiVersion": api_version,
+        "metadata": {"resourceVersion": s.rv.to_string()},
+        "items": items,
+    })
 }
 
 fn list(shared: &Shared) -> Value {
@@ -536,7 +692,7 @@ fn patch(shared: &Shared, name: &str, rec: &Recorded) -> (u16, Value) {
     node.resource_version = rv;
     let object = node_json(name, node);
     s.rv = rv;
-    s.events.push((rv, "MODIFIED", object.clone()));
+    s.events.push((rv, NODES_PATH, "MODIFIED", object.clone()));
     drop(s);
     shared.changed.notify_all();
     (200, object)

@@ -15,6 +15,8 @@ pub mod fake_kube;
 pub mod gossip_sim;
 pub mod lab;
 pub mod netns;
+pub mod netpol;
+pub mod policy_bench;
 pub mod privileged;
 pub mod rogue;
 pub mod traffic;

@@ -159,8 +159,8 @@ fn raw_get(url: &str, path: &str, token: &str) -> String {
     answer
 }
 
-/// The `(resource, verb)` pairs the manifest's ClusterRole grants in the
-/// core API group.
+/// The `(resource, verb)` pairs the manifest's ClusterRole grants (a
+/// resource of another group than the core one as `resource.group`).
 fn cluster_role_grants() -> BTreeSet<(String, String)> {
     let docs = yaml_documents(&manifest_path("overlay.yaml"));
     let role = docs
@@ -176,14 +176,17 @@ fn cluster_role_grants() -> BTreeSet<(String, String)> {
     };
     let mut grants = BTreeSet::new();
     for rule in role["rules"].as_array().expect("rules") {
-        assert_eq!(
-            strings(&rule["apiGroups"]),
-            [""],
-            "only the core group: {rule}"
-        );
-        for resource in strings(&rule["resources"]) {
-            for verb in strings(&rule["verbs"]) {
-                grants.insert((resource.clone(), verb));
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                // Named as `Recorded::rbac` names them.
+                let resource = if group.is_empty() {
+                    resource
+                } else {
+                    format!("{resource}.{group}")
+                };
+                for verb in strings(&rule["verbs"]) {
+                    grants.insert((resource.clone(), verb));
+                }
             }
         }
     }

@@ -180,7 +180,7 @@ fn bpftool_dumps_every_pinned_map_with_named_fields() {
         ("ovl_routes_v1", &["prefix_len", "node_ip"]),
         ("ovl_endpoints_v1", &["ifindex", "pod_mac", "host_mac"]),
         ("ovl_peers_v1", &["flags"]),
-        ("ovl_stats_v2", &["cpu", "values"]),
+        ("ovl_stats_v3", &["cpu", "values"]),
     ];
     assert_eq!(
         want.map(|(m, _)| m),

@@ -606,13 +606,17 @@ fn attaching_again_after_an_interface_is_recreated_under_the_same_name_attaches_
         );
         node.ns.ip(&["link", "del", "ovlx"]);
     }
+    // One pin per program and interface: from_pod (ingress) and to_pod
+    // (egress, NetworkPolicy), never a second of either.
+    let progs: Vec<String> = overlay_agent::datapath::attachments(pin)
+        .into_iter()
+        .filter(|(_, i)| i == "ovlx")
+        .map(|(p, _)| p)
+        .collect();
     assert_eq!(
-        overlay_agent::datapath::attachments(pin)
-            .iter()
-            .filter(|(_, i)| i == "ovlx")
-            .count(),
-        1,
-        "one pin per interface"
+        progs,
+        vec!["from_pod".to_owned(), "to_pod".to_owned()],
+        "one pin per program and interface"
     );
 }
 

@@ -1678,3 +1678,466 @@ fn from_uplink_drops_forged_and_malformed_probes() {
         Stat::FromUplinkPassed,
     );
 }
+
+// ---------------------------------------------------------------------------
+// NetworkPolicy: verdicts and connection tracking.
+//
+// The pods as the API would list them: LOCAL_POD is x/server (named port
+// `http` = TCP 80), NEIGHBOUR_POD is x/client, REMOTE_POD is y/client on
+// the peer. Policies are compiled by the agent's own compiler and written
+// by its diff update, as the agent does.
+// ---------------------------------------------------------------------------
+
+const PROTO_SCTP: u8 = 132;
+
+/// TCP flags.
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// A TCP segment (no options, no payload) with `flags` and a valid checksum.
+fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut s = tcp_syn(src, dst, sport, dport);
+    s[13] = flags;
+    s[16..18].copy_from_slice(&[0, 0]);
+    let csum = l4_checksum(src, dst, PROTO_TCP, &s);
+    s[16..18].copy_from_slice(&csum.to_be_bytes());
+    s
+}
+
+fn tcp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    Ipv4::new(PROTO_TCP, src, dst).packet(&tcp_segment(src, dst, sport, dport, flags))
+}
+
+/// An SCTP packet with one INIT chunk. The checksum (CRC32c) is left zero:
+/// the programs never look at it.
+fn sctp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&[0; 8]); // verification tag 0 (INIT), checksum
+    s.extend_from_slice(&[1, 0, 0, 20]); // INIT, flags, length 20
+    s.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1]);
+    Ipv4::new(PROTO_SCTP, src, dst).packet(&s)
+}
+
+/// An ICMP destination-unreachable (port unreachable) from `src` to `dst`
+/// quoting `quoted` (an IPv4 packet; its header and first 8 bytes).
+fn icmp_unreachable(src: Ipv4Addr, dst: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut s = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    s.extend_from_slice(&quoted[..28]);
+    let csum = inet_checksum(&s);
+    s[2..4].copy_from_slice(&csum.to_be_bytes());
+    Ipv4::new(PROTO_ICMP, src, dst).packet(&s)
+}
+
+/// What the host stack hands `to_pod` for the local pod.
+fn to_pod_frame(ip: &[u8]) -> Vec<u8> {
+    ethernet(POD_MAC, HOST_MAC, ETH_P_IP, ip)
+}
+
+struct PolicyFixture {
+    fx: Fixture,
+    maps: overlay_agent::policy::PolicyMaps,
+    applied: overlay_agent::policy::Compiled,
+    ids: overlay_agent::policy::Identities,
+    pods: std::collections::BTreeMap<String, overlay_agent::policy::types::Pod>,
+    namespaces: std::collections::BTreeMap<String, overlay_agent::policy::types::Namespace>,
+}
+
+impl PolicyFixture {
+    fn new() -> Self {
+        let fx = Fixture::new();
+        let maps = overlay_agent::policy::PolicyMaps::open(fx._pin.0.as_path())
+            .unwrap_or_else(|e| panic!("opening the policy maps: {}", error_chain(&e)));
+        let pod = |ns: &str, name: &str, app: &str, ip: Ipv4Addr| {
+            serde_json::from_value::<overlay_agent::policy::types::Pod>(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
+                "spec": {"containers": [{"name": "c", "ports": [
+                    {"name": "http", "containerPort": 80, "protocol": "TCP"}
+                ]}]},
+                "status": {"podIP": ip.to_string(), "phase": "Running"},
+            }))
+            .expect("pod JSON")
+        };
+        let pods = [
+            pod("x", "server", "server", LOCAL_POD),
+            pod("x", "client", "client", NEIGHBOUR_POD),
+            pod("y", "client", "client", REMOTE_POD),
+        ]
+        .into_iter()
+        .map(|p| (p.key(), p))
+        .collect();
+        let namespaces = ["x", "y"]
+            .into_iter()
+            .map(|n| {
+                let ns = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": n, "labels": {"team": n}}
+                }))
+                .expect("namespace JSON");
+                (n.to_owned(), ns)
+            })
+            .collect();
+        Self {
+            fx,
+            maps,
+            applied: Default::default(),
+            ids: Default::default(),
+            pods,
+            namespaces,
+        }
+    }
+
+    /// Makes `policies` (specs in namespace `x`, by name) the cluster's.
+    fn set(&mut self, policies: &[(&str, serde_json::Value)]) {
+        let policies = policies
+            .iter()
+            .map(|(name, spec)| {
+                let p: overlay_agent::policy::types::NetworkPolicy =
+                    serde_json::from_value(serde_json::json!({
+                        "metadata": {"name": name, "namespace": "x"},
+                        "spec": spec,
+                    }))
+                    .expect("policy JSON");
+                (p.key(), p)
+            })
+            .collect();
+        let local = [LOCAL_POD, NEIGHBOUR_POD].into_iter().collect();
+        let next = overlay_agent::policy::compile(
+            &overlay_agent::policy::Inputs {
+                pods: &self.pods,
+                namespaces: &self.namespaces,
+                policies: &policies,
+                local: &local,
+            },
+            &mut self.ids,
+        );
+        assert!(next.problems.is_empty(), "{:?}", next.problems);
+        self.maps
+            .update(&self.applied, &next)
+            .unwrap_or_else(|e| panic!("updating the policy maps: {}", error_chain(&e)));
+        self.applied = next;
+    }
+
+    fn drops(&self, pod: Ipv4Addr) -> overlay_agent::policy::Drops {
+        self.maps
+            .drops()
+            .unwrap_or_else(|e| panic!("reading policy drops: {}", error_chain(&e)))
+            .get(&pod)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn run_to_pod(&mut self, ip: &[u8]) -> Run {
+        let ifindex = self.fx.pod_ifindex;
+        self.fx
+            .run(overlay_common::PROG_TO_POD, &to_pod_frame(ip), ifindex)
+    }
+}
+
+#[test]
+fn policy_ingress_allows_only_what_a_rule_allows_on_every_path_and_counts_drops_per_pod() {
+    overlay_tests::privileged!(
+        "policy_ingress_allows_only_what_a_rule_allows_on_every_path_and_counts_drops_per_pod"
+    );
+    let mut p = PolicyFixture::new();
+    p.set(&[(
+        "server",
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                         "ports": [{"port": "http"}]}],
+        }),
+    )]);
+
+    // Same node: x/client may open TCP 80, nothing else.
+    let ok = from_pod_frame(&tcp_packet(NEIGHBOUR_POD, LOCAL_POD, 40000, 80, SYN));
+    p.fx.run_from_pod(&ok).expect(
+        "x/client -> x/server TCP 80",
+        TC_ACT_REDIRECT,
+        Stat::FromPodLocal,
+    );
+    let other_port = from_pod_frame(&tcp_packet(NEIGHBOUR_POD, LOCAL_POD, 40001, 81, SYN));
+    p.fx.run_from_pod(&other_port).expect_dropped(
+        "x/client -> x/server TCP 81",
+        &other_port,
+        Stat::DropPolicyIngress,
+    );
+    let udp = from_pod_frame(&pod_udp(NEIGHBOUR_POD, LOCAL_POD, 40002, 80, b"u"));
+    p.fx.run_from_pod(&udp).expect_dropped(
+        "x/client -> x/server UDP 80",
+        &udp,
+        Stat::DropPolicyIngress,
+    );
+    // The server itself is not isolated for egress; the client not at all.
+    let out = from_pod_frame(&tcp_packet(LOCAL_POD, NEIGHBOUR_POD, 40003, 22, SYN));
+    p.fx.run_from_pod(&out).expect(
+        "x/server -> x/client TCP 22",
+        TC_ACT_REDIRECT,
+        Stat::FromPodLocal,
+    );
+
+    // From another node: y/client is in another namespace.
+    let remote = Vxlan::new(tcp_packet(REMOTE_POD, LOCAL_POD, 40004, 80, SYN)).frame();
+    p.fx.run_from_uplink(&remote).expect_dropped(
+        "y/client -> x/server over VXLAN",
+        &remote,
+        Stat::DropPolicyIngress,
+    );
+
+    // From the host stack: the node's own address (kubelet probes) passes,
+    // another address does not.
+    let probe = tcp_packet(NODE, LOCAL_POD, 40005, 8080, SYN);
+    p.run_to_pod(&probe)
+        .expect("node -> x/server (probe)", TC_ACT_OK, Stat::ToPodPassed);
+    let outside = tcp_packet(STRANGER, LOCAL_POD, 40006, 80, SYN);
+    let r = p.run_to_pod(&outside);
+    r.expect("outside -> x/server", TC_ACT_SHOT, Stat::DropPolicyIngress);
+
+    let d = p.drops(LOCAL_POD);
+    assert_eq!((d.ingress, d.egress), (4, 0), "drops of x/server: {d:?}");
+    assert_eq!(p.drops(NEIGHBOUR_POD), Default::default());
+
+    // Deleting the policy opens the pod again.
+    p.set(&[]);
+    let again = from_pod_frame(&tcp_packet(NEIGHBOUR_POD, LOCAL_POD, 40007, 81, SYN));
+    p.fx.run_from_pod(&again)
+        .expect("no policy: TCP 81", TC_ACT_REDIRECT, Stat::FromPodLocal);
+}
+
+#[test]
+fn policy_egress_is_decided_on_the_sending_node_with_ip_blocks_and_except() {
+    overlay_tests::privileged!(
+        "policy_egress_is_decided_on_the_sending_node_with_ip_blocks_and_except"
+    );
+    let mut p = PolicyFixture::new();
+    p.set(&[(
+        "dns-only",
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.96.0.0/24", "except": ["10.96.0.11/32"]}}],
+                        "ports": [{"port": 53, "protocol": "UDP"}]}],
+        }),
+    )]);
+    let dns = from_pod_frame(&pod_udp(
+        LOCAL_POD,
+        Ipv4Addr::new(10, 96, 0, 10),
+        5000,
+        53,
+        b"q",
+    ));
+    p.fx.run_from_pod(&dns).expect_passed(
+        "x/server -> 10.96.0.10 UDP 53",
+        &dns,
+        Stat::FromPodPassed,
+    );
+    let excepted = from_pod_frame(&pod_udp(
+        LOCAL_POD,
+        Ipv4Addr::new(10, 96, 0, 11),
+        5000,
+        53,
+        b"q",
+    ));
+    p.fx.run_from_pod(&excepted).expect_dropped(
+        "x/server -> 10.96.0.11 (except) UDP 53",
+        &excepted,
+        Stat::DropPolicyEgress,
+    );
+    let tcp = from_pod_frame(&tcp_packet(
+        LOCAL_POD,
+        Ipv4Addr::new(10, 96, 0, 10),
+        5001,
+        53,
+        SYN,
+    ));
+    p.fx.run_from_pod(&tcp).expect_dropped(
+        "x/server -> 10.96.0.10 TCP 53",
+        &tcp,
+        Stat::DropPolicyEgress,
+    );
+    let remote = from_pod_frame(&tcp_packet(LOCAL_POD, REMOTE_POD, 5002, 80, SYN));
+    p.fx.run_from_pod(&remote).expect_dropped(
+        "x/server -> y/client (other node)",
+        &remote,
+        Stat::DropPolicyEgress,
+    );
+    let ping = from_pod_frame(
+        &Ipv4::new(PROTO_ICMP, LOCAL_POD, NEIGHBOUR_POD).packet(&icmp_echo(7, 1, b"p")),
+    );
+    p.fx.run_from_pod(&ping).expect_dropped(
+        "x/server -> x/client ICMP",
+        &ping,
+        Stat::DropPolicyEgress,
+    );
+    let d = p.drops(LOCAL_POD);
+    assert_eq!((d.ingress, d.egress), (0, 4), "drops of x/server: {d:?}");
+}
+
+#[test]
+fn conntrack_lets_replies_of_allowed_connections_in_and_related_icmp_errors() {
+    overlay_tests::privileged!(
+        "conntrack_lets_replies_of_allowed_connections_in_and_related_icmp_errors"
+    );
+    let mut p = PolicyFixture::new();
+    // Isolated both ways; may open TCP 80 and UDP 53 to y only.
+    p.set(&[(
+        "out-to-y",
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "y"}}}],
+                        "ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}]}],
+        }),
+    )]);
+
+    // A connection out: SYN allowed by egress, the SYN-ACK back in by
+    // connection tracking although nothing allows ingress.
+    let syn = from_pod_frame(&tcp_packet(LOCAL_POD, REMOTE_POD, 41000, 80, SYN));
+    let r = p.fx.run_from_pod(&syn);
+    r.expect("SYN out", TC_ACT_REDIRECT, Stat::FromPodEncapsulated);
+    let synack = Vxlan::new(tcp_packet(REMOTE_POD, LOCAL_POD, 80, 41000, SYN | ACK)).frame();
+    p.fx.run_from_uplink(&synack).expect(
+        "SYN-ACK in",
+        TC_ACT_REDIRECT,
+        Stat::FromUplinkDecapsulated,
+    );
+    let ack = from_pod_frame(&tcp_packet(LOCAL_POD, REMOTE_POD, 41000, 80, ACK));
+    p.fx.run_from_pod(&ack)
+        .expect("ACK out", TC_ACT_REDIRECT, Stat::FromPodEncapsulated);
+    let data_in = Vxlan::new(tcp_packet(REMOTE_POD, LOCAL_POD, 80, 41000, ACK)).frame();
+    p.fx.run_from_uplink(&data_in)
+        .expect("data in", TC_ACT_REDIRECT, Stat::FromUplinkDecapsulated);
+
+    // The same peer opening a connection of its own: dropped. A SYN is
+    // always a new connection, even on the tuple of a tracked one.
+    let new_in = Vxlan::new(tcp_packet(REMOTE_POD, LOCAL_POD, 41001, 80, SYN)).frame();
+    p.fx.run_from_uplink(&new_in).expect_dropped(
+        "new connection in",
+        &new_in,
+        Stat::DropPolicyIngress,
+    );
+    let reused = Vxlan::new(tcp_packet(REMOTE_POD, LOCAL_POD, 80, 41000, SYN)).frame();
+    p.fx.run_from_uplink(&reused).expect_dropped(
+        "a SYN on the reversed tuple of a tracked connection",
+        &reused,
+        Stat::DropPolicyIngress,
+    );
+    // An ACK that matches no connection is no reply either.
+    let stray = Vxlan::new(tcp_packet(REMOTE_POD, LOCAL_POD, 80, 41999, ACK)).frame();
+    p.fx.run_from_uplink(&stray)
+        .expect_dropped("untracked ACK", &stray, Stat::DropPolicyIngress);
+
+    // UDP out, and the ICMP error about it back in; an error quoting a
+    // flow that was never allowed stays out.
+    let query = pod_udp(LOCAL_POD, REMOTE_POD, 42000, 53, b"query");
+    p.fx.run_from_pod(&from_pod_frame(&query)).expect(
+        "UDP out",
+        TC_ACT_REDIRECT,
+        Stat::FromPodEncapsulated,
+    );
+    let related = Vxlan::new(icmp_unreachable(REMOTE_POD, LOCAL_POD, &query)).frame();
+    p.fx.run_from_uplink(&related).expect(
+        "related ICMP error in",
+        TC_ACT_REDIRECT,
+        Stat::FromUplinkDecapsulated,
+    );
+    let unrelated_query = pod_udp(LOCAL_POD, REMOTE_POD, 42001, 54, b"never sent");
+    let unrelated = Vxlan::new(icmp_unreachable(REMOTE_POD, LOCAL_POD, &unrelated_query)).frame();
+    p.fx.run_from_uplink(&unrelated).expect_dropped(
+        "unrelated ICMP error in",
+        &unrelated,
+        Stat::DropPolicyIngress,
+    );
+
+    // RST ends the connection soon, but its last packets still pass.
+    let rst = from_pod_frame(&tcp_packet(LOCAL_POD, REMOTE_POD, 41000, 80, RST | ACK));
+    p.fx.run_from_pod(&rst)
+        .expect("RST out", TC_ACT_REDIRECT, Stat::FromPodEncapsulated);
+    let fin_in = Vxlan::new(tcp_packet(REMOTE_POD, LOCAL_POD, 80, 41000, FIN | ACK)).frame();
+    p.fx.run_from_uplink(&fin_in).expect(
+        "late FIN in",
+        TC_ACT_REDIRECT,
+        Stat::FromUplinkDecapsulated,
+    );
+    assert_eq!(p.drops(LOCAL_POD).ingress, 4);
+}
+
+#[test]
+fn established_connections_outlive_a_policy_change_and_new_ones_follow_it() {
+    overlay_tests::privileged!(
+        "established_connections_outlive_a_policy_change_and_new_ones_follow_it"
+    );
+    let mut p = PolicyFixture::new();
+    let allow = serde_json::json!({
+        "podSelector": {"matchLabels": {"app": "server"}},
+        "ingress": [{"from": [{"podSelector": {}}]}],
+    });
+    p.set(&[("allow", allow)]);
+    let syn = from_pod_frame(&tcp_packet(NEIGHBOUR_POD, LOCAL_POD, 43000, 80, SYN));
+    p.fx.run_from_pod(&syn)
+        .expect("SYN under allow", TC_ACT_REDIRECT, Stat::FromPodLocal);
+
+    // Deny all ingress now.
+    p.set(&[("deny", serde_json::json!({"podSelector": {}}))]);
+    let data = from_pod_frame(&tcp_packet(NEIGHBOUR_POD, LOCAL_POD, 43000, 80, ACK));
+    p.fx.run_from_pod(&data).expect(
+        "the established connection goes on",
+        TC_ACT_REDIRECT,
+        Stat::FromPodLocal,
+    );
+    let reply = from_pod_frame(&tcp_packet(LOCAL_POD, NEIGHBOUR_POD, 80, 43000, ACK));
+    p.fx.run_from_pod(&reply)
+        .expect("its replies too", TC_ACT_REDIRECT, Stat::FromPodLocal);
+    let new = from_pod_frame(&tcp_packet(NEIGHBOUR_POD, LOCAL_POD, 43001, 80, SYN));
+    p.fx.run_from_pod(&new)
+        .expect_dropped("a new connection", &new, Stat::DropPolicyIngress);
+    let again = from_pod_frame(&tcp_packet(NEIGHBOUR_POD, LOCAL_POD, 43000, 80, SYN));
+    p.fx.run_from_pod(&again).expect_dropped(
+        "a new connection on the old tuple",
+        &again,
+        Stat::DropPolicyIngress,
+    );
+}
+
+#[test]
+fn sctp_rules_match_sctp_ports_only() {
+    overlay_tests::privileged!("sctp_rules_match_sctp_ports_only");
+    let mut p = PolicyFixture::new();
+    p.set(&[(
+        "sctp",
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"ports": [{"port": 9000, "endPort": 9001, "protocol": "SCTP"}]}],
+        }),
+    )]);
+    for port in [9000, 9001] {
+        let ok = from_pod_frame(&sctp_packet(NEIGHBOUR_POD, LOCAL_POD, 5000, port));
+        p.fx.run_from_pod(&ok)
+            .expect(&format!("SCTP {port}"), TC_ACT_REDIRECT, Stat::FromPodLocal);
+    }
+    let remote = Vxlan::new(sctp_packet(REMOTE_POD, LOCAL_POD, 5000, 9000)).frame();
+    p.fx.run_from_uplink(&remote).expect(
+        "SCTP 9000 from another node",
+        TC_ACT_REDIRECT,
+        Stat::FromUplinkDecapsulated,
+    );
+    for (what, frame) in [
+        (
+            "SCTP 9002",
+            from_pod_frame(&sctp_packet(NEIGHBOUR_POD, LOCAL_POD, 5000, 9002)),
+        ),
+        (
+            "TCP 9000",
+            from_pod_frame(&tcp_packet(NEIGHBOUR_POD, LOCAL_POD, 5000, 9000, SYN)),
+        ),
+        (
+            "UDP 9000",
+            from_pod_frame(&pod_udp(NEIGHBOUR_POD, LOCAL_POD, 5000, 9000, b"u")),
+        ),
+    ] {
+        p.fx.run_from_pod(&frame)
+            .expect_dropped(what, &frame, Stat::DropPolicyIngress);
+    }
+}

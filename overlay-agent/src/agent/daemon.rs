@@ -41,6 +41,7 @@ use crate::{
     },
     metrics::{Instrumented, Metrics},
     paths,
+    policy::{PolicyController, PolicyMaps, events::Events},
     topology::{Topology, TopologyError},
 };
 
@@ -95,6 +96,12 @@ pub enum DaemonError {
     /// The datapath prober could not start.
     #[error("starting the datapath prober")]
     Prober(#[source] ProberError),
+    /// The NetworkPolicy maps could not be opened.
+    #[error("opening the NetworkPolicy maps")]
+    PolicyMaps(#[source] crate::maps::MapsError),
+    /// The NetworkPolicy threads could not start.
+    #[error("starting the NetworkPolicy controller")]
+    Policy(#[source] io::Error),
     /// A blocking task panicked.
     #[error("agent task failed")]
     Join(#[source] tokio::task::JoinError),
@@ -189,6 +196,29 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     };
     let mut datapaths = prober.as_ref().map(|p| p.states());
 
+    // NetworkPolicy needs every Pod, Namespace and NetworkPolicy: only
+    // with the Kubernetes API.
+    let policy = match &kube {
+        Some(client) => {
+            let maps = PolicyMaps::open(agent.pin_dir()).map_err(DaemonError::PolicyMaps)?;
+            let events = Events::open(agent.pin_dir()).map_err(DaemonError::PolicyMaps)?;
+            let a = agent.clone();
+            let controller = {
+                let _span = info_span!("policy").entered();
+                PolicyController::spawn(
+                    client.clone(),
+                    maps,
+                    Some(events),
+                    Arc::new(move || a.endpoint_ips()),
+                )
+                .map_err(DaemonError::Policy)?
+            };
+            info!("enforcing NetworkPolicy: watching Pods, Namespaces and NetworkPolicies");
+            Some(Arc::new(controller))
+        }
+        None => None,
+    };
+
     let listener = server::bind(&socket).map_err(|source| DaemonError::Listen {
         what: socket.display().to_string(),
         source,
@@ -219,7 +249,12 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     let serving_http = tokio::spawn(
         http::serve(
             http_listener,
-            status_handler(agent.clone(), gossip.clone(), prober.clone()),
+            status_handler(
+                agent.clone(),
+                gossip.clone(),
+                prober.clone(),
+                policy.clone(),
+            ),
             stop_rx.clone(),
         )
         .instrument(info_span!("status")),
@@ -232,6 +267,7 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
                     agent.clone(),
                     gossip.clone(),
                     prober.clone(),
+                    policy.clone(),
                     metrics.clone(),
                 ),
                 stop_rx.clone(),
@@ -609,12 +645,14 @@ fn status_handler(
     agent: Arc<Agent>,
     gossip: Option<Arc<Gossip>>,
     prober: Option<Arc<Prober>>,
+    policy: Option<Arc<PolicyController>>,
 ) -> Handler {
     Arc::new(move |req: Request| {
         let agent = agent.clone();
         let gossip = gossip.clone();
         let prober = prober.clone();
-        Box::pin(async move { route(req, agent, gossip, prober).await })
+        let policy = policy.clone();
+        Box::pin(async move { route(req, agent, gossip, prober, policy).await })
     })
 }
 
@@ -625,9 +663,16 @@ async fn full_report(
     agent: &Arc<Agent>,
     gossip: Option<&Arc<Gossip>>,
     prober: Option<&Arc<Prober>>,
+    policy: Option<&Arc<PolicyController>>,
 ) -> Result<NodeReport, tokio::task::JoinError> {
     let a = agent.clone();
-    let mut report = tokio::task::spawn_blocking(move || a.report()).await?;
+    let p = policy.cloned();
+    let mut report = tokio::task::spawn_blocking(move || {
+        let mut r = a.report();
+        r.policy = p.map(|p| p.report());
+        r
+    })
+    .await?;
     report.gossip = gossip.map(|g| g.status());
     report.probes = prober.map(|p| p.report());
     let routed = &report.datapath.peers;
@@ -652,17 +697,21 @@ fn metrics_handler(
     agent: Arc<Agent>,
     gossip: Option<Arc<Gossip>>,
     prober: Option<Arc<Prober>>,
+    policy: Option<Arc<PolicyController>>,
     metrics: Arc<Metrics>,
 ) -> Handler {
     Arc::new(move |req: Request| {
         let agent = agent.clone();
         let gossip = gossip.clone();
         let prober = prober.clone();
+        let policy = policy.clone();
         let metrics = metrics.clone();
         Box::pin(async move {
             match (req.method.as_str(), req.path.as_str()) {
                 ("GET", "/metrics") => {
-                    match full_report(&agent, gossip.as_ref(), prober.as_ref()).await {
+                    match full_report(&agent, gossip.as_ref(), prober.as_ref(), policy.as_ref())
+                        .await
+                    {
                         Ok(report) => Response {
                             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
                             ..Response::text(200, metrics.render(report))
@@ -682,12 +731,15 @@ async fn route(
     agent: Arc<Agent>,
     gossip: Option<Arc<Gossip>>,
     prober: Option<Arc<Prober>>,
+    policy: Option<Arc<PolicyController>>,
 ) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/status") => match full_report(&agent, gossip.as_ref(), prober.as_ref()).await {
-            Ok(report) => Response::json(200, &report),
-            Err(e) => Response::text(500, format!("status failed: {e}\n")),
-        },
+        ("GET", "/status") => {
+            match full_report(&agent, gossip.as_ref(), prober.as_ref(), policy.as_ref()).await {
+                Ok(report) => Response::json(200, &report),
+                Err(e) => Response::text(500, format!("status failed: {e}\n")),
+            }
+        }
         ("GET", "/healthz") => {
             let a = agent.clone();
             match tokio::task::spawn_blocking(move || a.is_ready()).await {

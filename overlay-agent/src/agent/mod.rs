@@ -302,9 +302,27 @@ impl Agent {
             .to_owned(),
             gossip: None,
             probes: None,
+            policy: None,
             ipam: state.ipam.usage(),
             datapath,
         }
+    }
+
+    /// The addresses of this node's pods (its endpoints map); empty if the
+    /// map cannot be read.
+    pub fn endpoint_ips(&self) -> BTreeSet<Ipv4Addr> {
+        match self.lock().maps.endpoints() {
+            Ok(e) => e.into_iter().map(|e| e.ip).collect(),
+            Err(e) => {
+                warn!(error = %crate::cni::error::chain(&e), "reading the endpoints");
+                BTreeSet::new()
+            }
+        }
+    }
+
+    /// The pin directory of the datapath.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.config.pin_dir
     }
 
     /// Whether ADD can be served: a topology is applied and gives this node

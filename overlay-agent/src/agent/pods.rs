@@ -11,7 +11,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
-use overlay_common::{Endpoint, POD_GATEWAY, PROG_FROM_POD};
+use overlay_common::{Endpoint, POD_GATEWAY, PROG_FROM_POD, PROG_TO_POD};
 use tracing::{info, warn};
 
 use super::{Agent, State};
@@ -337,7 +337,7 @@ impl Agent {
             .map_err(|e| io_error("listing pod veths", &e))?;
         let stray_pins = datapath::attachments(&self.config.pin_dir)
             .into_iter()
-            .filter(|(prog, _)| prog == PROG_FROM_POD)
+            .filter(|(prog, _)| prog == PROG_FROM_POD || prog == PROG_TO_POD)
             .map(|(_, iface)| iface);
         let strays: BTreeSet<String> = stray_links
             .into_iter()

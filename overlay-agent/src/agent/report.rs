@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{gossip::status::GossipStatus, ipam::Usage, liveness::prober::ProbeReport};
+use crate::{
+    gossip::status::GossipStatus, ipam::Usage, liveness::prober::ProbeReport, policy::PolicyReport,
+};
 
 /// The datapath part of the report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +37,9 @@ pub struct NodeReport {
     /// Datapath liveness probes (absent when not probing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<ProbeReport>,
+    /// NetworkPolicy (absent without the Kubernetes API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
     /// Address usage in this node's blocks.
     pub ipam: Usage,
     /// The datapath.
@@ -106,6 +111,9 @@ impl NodeReport {
         let _ = writeln!(s, "  counters:");
         for (name, v) in &d.counters {
             let _ = writeln!(s, "    {name:<26} {v}");
+        }
+        if let Some(p) = &self.policy {
+            s.push_str(&p.render());
         }
         s
     }

@@ -24,7 +24,7 @@ use aya::{
     },
 };
 pub use bpffs::{ensure_mounted as ensure_bpffs, is_bpffs};
-use overlay_common::{ALL_MAPS, PROG_FROM_POD, PROG_FROM_UPLINK};
+use overlay_common::{ALL_MAPS, POLICY_MAPS, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD};
 
 use crate::paths::LINKS_SUBDIR;
 
@@ -87,7 +87,7 @@ pub enum DatapathError {
         source: Box<ProgramError>,
     },
     /// Attaching a program to an interface failed.
-    #[error("attaching {prog} to TC ingress of {iface}")]
+    #[error("attaching {prog} to TC of {iface}")]
     Attach {
         /// Program name.
         prog: &'static str,
@@ -124,7 +124,11 @@ impl Datapath {
 
     fn load_object(pin_dir: &Path, object: &[u8]) -> Result<Self, DatapathError> {
         prepare_pin_dir(pin_dir)?;
-        let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
+        let paths: Vec<(&str, PathBuf)> = ALL_MAPS
+            .iter()
+            .chain(POLICY_MAPS.iter())
+            .map(|m| (*m, pin_dir.join(m)))
+            .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
@@ -132,7 +136,7 @@ impl Datapath {
         let mut ebpf = loader
             .load(object)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        for prog in [PROG_FROM_POD, PROG_FROM_UPLINK] {
+        for prog in [PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD] {
             classifier(&mut ebpf, prog)?
                 .load()
                 .map_err(|e| DatapathError::LoadProgram {
@@ -162,15 +166,23 @@ impl Datapath {
         self.attach(PROG_FROM_UPLINK, iface)
     }
 
-    /// Attaches `from_pod` at TC ingress of a pod's host-side veth.
+    /// Attaches `from_pod` at TC ingress and `to_pod` at TC egress of a
+    /// pod's host-side veth.
     pub fn attach_pod(&mut self, iface: &str) -> Result<(), DatapathError> {
-        self.attach(PROG_FROM_POD, iface)
+        self.attach(PROG_FROM_POD, iface)?;
+        self.attach(PROG_TO_POD, iface)
     }
 
-    /// Attaches `prog` at TC ingress of `iface` through a pinned TCX link.
-    /// Idempotent: where a live link is pinned already its program is
-    /// replaced atomically; a stale pin (its interface gone) is replaced.
+    /// Attaches `prog` at TC ingress (egress for `to_pod`) of `iface`
+    /// through a pinned TCX link. Idempotent: where a live link is pinned
+    /// already its program is replaced atomically; a stale pin (its
+    /// interface gone) is replaced.
     fn attach(&mut self, prog: &'static str, iface: &str) -> Result<(), DatapathError> {
+        let direction = if prog == PROG_TO_POD {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        };
         let pin = link_pin_path(&self.pin_dir, prog, iface);
         let program = classifier(&mut self.ebpf, prog)?;
 
@@ -193,7 +205,7 @@ impl Datapath {
         let id = program
             .attach_with_options(
                 iface,
-                TcAttachType::Ingress,
+                direction,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(|e| DatapathError::Attach {
@@ -213,7 +225,7 @@ impl Datapath {
 /// Detaches whatever program is attached to `iface` through a link pinned in
 /// `pin_dir`. Idempotent: nothing pinned is not an error.
 pub fn detach(pin_dir: &Path, iface: &str) -> Result<(), DatapathError> {
-    for prog in [PROG_FROM_POD, PROG_FROM_UPLINK] {
+    for prog in [PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD] {
         let pin = link_pin_path(pin_dir, prog, iface);
         match fs::remove_file(&pin) {
             Ok(()) => {}

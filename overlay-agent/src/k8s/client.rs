@@ -12,13 +12,14 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use serde::{Deserialize, de::DeserializeOwned};
 use ureq::{
     Agent, Body, RequestBuilder,
     http::{Response, StatusCode},
     tls::{Certificate, PemItem, RootCerts, TlsConfig},
 };
 
-use super::types::{NodeList, RawWatchEvent, Status, WatchEvent};
+use super::types::{ListMeta, NodeList, RawWatchEvent, Status, WatchEvent};
 use crate::paths;
 
 /// Nodes asked for per page of a list.
@@ -201,13 +202,47 @@ fn hint(code: u16) -> &'static str {
         }
         403 => {
             " (bind the agent's ServiceAccount to a ClusterRole that allows \
-             list and watch on nodes and patch on nodes/status)"
+             list and watch on nodes, pods, namespaces and networkpolicies, and patch on \
+             nodes/status)"
         }
         _ => "",
     }
 }
 
-/// A blocking client for Node list, watch and status patch.
+/// A complete list of a collection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectList<T> {
+    /// The version the list was read at; watch from it.
+    pub resource_version: String,
+    /// The objects.
+    pub items: Vec<T>,
+}
+
+/// One event of a watch of a collection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectEvent<T> {
+    /// An object appeared.
+    Added(T),
+    /// An object changed.
+    Modified(T),
+    /// An object was deleted (its last state).
+    Deleted(T),
+    /// Nothing to report; the version moved on.
+    Bookmark,
+}
+
+/// A list page as on the wire; `null` items are skipped.
+#[derive(Deserialize)]
+#[serde(bound = "T: DeserializeOwned")]
+struct RawList<T> {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<Option<T>>,
+}
+
+/// A blocking client for Node list, watch and status patch, and list and
+/// watch of any collection.
 #[derive(Debug)]
 pub struct KubeClient {
     agent: Agent,
@@ -347,6 +382,120 @@ impl KubeClient {
                 && !node.metadata.resource_version.is_empty()
             {
                 last.clone_from(&node.metadata.resource_version);
+            }
+            on_event(event);
+        }
+    }
+
+    /// Every object of the collection at `path` (e.g. `/api/v1/pods`),
+    /// read in pages of [`LIST_PAGE_SIZE`]. `what` names the objects in
+    /// errors (`Pods`).
+    pub fn list_objects<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &'static str,
+    ) -> Result<ObjectList<T>, KubeError> {
+        let op = format!("list {what}");
+        let mut all = ObjectList {
+            resource_version: String::new(),
+            items: Vec::new(),
+        };
+        let mut token = String::new();
+        for _ in 0..MAX_PAGES {
+            let mut req = self
+                .agent
+                .get(format!("{}{path}", self.base))
+                .query("limit", LIST_PAGE_SIZE.to_string());
+            if !token.is_empty() {
+                req = req.query("continue", &token);
+            }
+            let resp = self.prepare(req, self.timeout)?.call();
+            let body = answer(&op, resp)?;
+            let page: RawList<T> = serde_json::from_reader(BufReader::new(body.into_reader()))
+                .map_err(|source| decode(&op, what, source))?;
+            all.items.extend(page.items.into_iter().flatten());
+            all.resource_version = page.metadata.resource_version;
+            if page.metadata.continue_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.metadata.continue_token;
+        }
+        Err(KubeError::Paging {
+            op,
+            pages: MAX_PAGES,
+        })
+    }
+
+    /// Watches the collection at `path` from `resource_version` until the
+    /// server ends the stream, as [`KubeClient::watch_nodes`] does, calling
+    /// `on_event` for each ADDED, MODIFIED, DELETED and BOOKMARK. Returns
+    /// the last resource version seen.
+    pub fn watch_objects<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &'static str,
+        resource_version: &str,
+        timeout_secs: u32,
+        mut on_event: impl FnMut(ObjectEvent<T>),
+    ) -> Result<String, KubeError> {
+        let op = format!("watch {what}");
+        let req = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .query("watch", "1")
+            .query("resourceVersion", resource_version)
+            .query("timeoutSeconds", timeout_secs.to_string())
+            .query("allowWatchBookmarks", "true");
+        let limit = Duration::from_secs(timeout_secs.into()) + self.timeout;
+        let body = answer(&op, self.prepare(req, limit)?.call())?;
+        let mut reader = BufReader::new(body.into_reader());
+        let mut last = resource_version.to_owned();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = (&mut reader)
+                .take(MAX_EVENT_BYTES)
+                .read_line(&mut line)
+                .map_err(|source| read(&op, source))?;
+            if n == 0 {
+                return Ok(last);
+            }
+            if !line.ends_with('\n') && n as u64 == MAX_EVENT_BYTES {
+                return Err(read(
+                    &op,
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a watch event is longer than {MAX_EVENT_BYTES} bytes"),
+                    ),
+                ));
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let raw: RawWatchEvent =
+                serde_json::from_str(&line).map_err(|source| decode(&op, "watch event", source))?;
+            let version = raw.object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let object = |v| serde_json::from_value::<T>(v).map_err(|e| decode(&op, what, e));
+            let event = match raw.kind.as_str() {
+                "ADDED" => ObjectEvent::Added(object(raw.object)?),
+                "MODIFIED" => ObjectEvent::Modified(object(raw.object)?),
+                "DELETED" => ObjectEvent::Deleted(object(raw.object)?),
+                "BOOKMARK" => ObjectEvent::Bookmark,
+                "ERROR" => {
+                    let status: Status = serde_json::from_value(raw.object)
+                        .map_err(|source| decode(&op, "watch error", source))?;
+                    return Err(status_error(&op, status.code, status.message));
+                }
+                kind => {
+                    tracing::debug!(kind, "skipping a watch event of unknown type");
+                    continue;
+                }
+            };
+            if !version.is_empty() {
+                last = version;
             }
             on_event(event);
         }

@@ -22,6 +22,6 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use client::{KubeClient, KubeError, KubeSettings};
+pub use client::{KubeClient, KubeError, KubeSettings, ObjectEvent, ObjectList};
 pub use controller::{Controller, ControllerConfig, Members, seeds_from, to_reclaim};
 pub use types::{Node, NodeList, WatchEvent};

@@ -4,7 +4,7 @@
 //! - measured as they happen: CNI operations by command and result, with
 //!   latency histograms ([`Metrics::observe_cni`]);
 //! - read when scraped from the node's report: datapath counters from
-//!   `ovl_stats_v2` (drops with a `reason` label), peers by state, IPAM
+//!   `ovl_stats_v3` (drops with a `reason` label), peers by state, IPAM
 //!   blocks and addresses, gossip bytes and datagrams, authentication
 //!   failures ([`Metrics::render`]). Nothing is cached between scrapes, so
 //!   a scrape shows the kernel's counters as they are.
@@ -178,7 +178,7 @@ impl Collector for ReportCollector {
             i64::from(r.ready),
         )?;
 
-        // Datapath: ovl_stats_v2, summed over CPUs.
+        // Datapath: ovl_stats_v3, summed over CPUs.
         let mut packets = Vec::new();
         let mut drops = Vec::new();
         for (name, v) in &r.datapath.counters {
@@ -190,13 +190,13 @@ impl Collector for ReportCollector {
         counter(
             &mut enc,
             "datapath_packets",
-            "Packets the eBPF programs handled, by event (ovl_stats_v2)",
+            "Packets the eBPF programs handled, by event (ovl_stats_v3)",
             &packets,
         )?;
         counter(
             &mut enc,
             "datapath_drops",
-            "Packets the eBPF programs dropped, by reason (ovl_stats_v2)",
+            "Packets the eBPF programs dropped, by reason (ovl_stats_v3)",
             &drops,
         )?;
         plain_gauge(
@@ -322,6 +322,61 @@ impl Collector for ReportCollector {
                 "gossip_send_errors",
                 "Gossip datagrams that could not be sent",
                 w.send_errors,
+            )?;
+        }
+
+        // NetworkPolicy.
+        if let Some(p) = &r.policy {
+            let mut drops = Vec::new();
+            for pod in &p.isolated {
+                for (direction, v) in [("ingress", pod.drops_ingress), ("egress", pod.drops_egress)]
+                {
+                    drops.push((
+                        vec![("pod", pod.pod.clone()), ("direction", direction.into())],
+                        v,
+                    ));
+                }
+            }
+            counter(
+                &mut enc,
+                "policy_drops",
+                "Packets NetworkPolicy dropped, by local pod and direction (ovl_policy_drops_v1)",
+                &drops,
+            )?;
+            plain_gauge(
+                &mut enc,
+                "policy_isolated_pods",
+                "Local pods isolated by NetworkPolicy",
+                sat(p.isolated.len() as u64),
+            )?;
+            plain_gauge(
+                &mut enc,
+                "policy_problems",
+                "NetworkPolicies (or rules of them) that could not be applied",
+                sat(p.problems.len() as u64),
+            )?;
+            gauge(
+                &mut enc,
+                "policy_map_entries",
+                "Entries of the NetworkPolicy maps, by map",
+                &[
+                    (
+                        vec![("map", overlay_common::MAP_IDENTITIES)],
+                        sat(p.identities as u64),
+                    ),
+                    (
+                        vec![("map", overlay_common::MAP_POLICY)],
+                        sat(p.rules as u64),
+                    ),
+                    (
+                        vec![("map", overlay_common::MAP_POLICY_CIDRS)],
+                        sat(p.cidrs as u64),
+                    ),
+                    (
+                        vec![("map", overlay_common::MAP_CONNTRACK)],
+                        sat(p.tracked_connections as u64),
+                    ),
+                ],
             )?;
         }
 

@@ -63,6 +63,7 @@ fn report() -> NodeReport {
             },
             ..GossipStatus::default()
         }),
+        policy: None,
         probes: Some(ProbeReport {
             sent: 50,
             answered: 48,

@@ -77,6 +77,13 @@ Options:
                       nodes of the partition run [default: 200]
   --gossip-rounds N   partition rounds, 0 for none [default: 5]
   --gossip-seed N     seed of the partition run's random choices [default: 24301]
+  --policy-only       only the NetworkPolicy benches: compile and map update
+                      (100,000 pods, 1,000 policies; --policy-pods N,
+                      --policy-count N, --policy-local N change the sizes),
+                      then a 20-rule policy vs none on the datapath
+                      (--policy-datapath-reps N [3, 0 for none],
+                      --policy-datapath-secs S [10], --policy-datapath-wire
+                      for an underlay like a wire)
   -h, --help          print this help
 
 Underlays (every scenario runs on each chosen one):
@@ -1498,6 +1505,10 @@ fn on_path(tool: &str) -> bool {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // NetworkPolicy compile/update at scale: its own part and flags.
+    if let Some(code) = overlay_tests::policy_bench::main_if_asked(&args) {
+        return code;
+    }
     let opts = match parse_args(&args) {
         Ok(Cli::Help) => {
             print!("{USAGE}");

@@ -24,6 +24,8 @@ use overlay_agent::policy::{
 };
 use serde_json::json;
 
+use crate::lab::Underlay;
+
 /// Sizes of the synthetic cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
@@ -314,17 +316,19 @@ pub struct Plan {
     pub datapath_reps: u32,
     /// Seconds of each iperf3 run.
     pub datapath_secs: u32,
-    /// Make the underlay behave like a wire (tso/gso off, gro on).
-    pub datapath_wire: bool,
+    /// The underlay of the two-node lab: [`Underlay::Wire`] (the target's,
+    /// the default) or [`Underlay::Veth`].
+    pub datapath_underlay: Underlay,
 }
 
 /// `overlay-bench --policy-only`'s flags: `--policy-pods N`,
 /// `--policy-count N`, `--policy-local N`, `--policy-datapath-reps N`
 /// (default 3, 0 for none), `--policy-datapath-secs S` (default 10),
-/// `--policy-datapath-wire` (underlay like a wire: tso/gso off, gro on).
+/// `--policy-datapath-underlay wire|veth` (default wire: MTU-sized frames,
+/// GRO on receive, the agent's GRO tunnel device, as on a physical NIC).
 pub fn parse(args: &[String]) -> Result<Plan, String> {
     let mut s = Sizes::default();
-    let (mut reps, mut secs, mut wire) = (3, 10, false);
+    let (mut reps, mut secs, mut underlay) = (3, 10, Underlay::Wire);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = |min: usize, max: usize| -> Result<usize, String> {
@@ -340,7 +344,14 @@ pub fn parse(args: &[String]) -> Result<Plan, String> {
         };
         match a.as_str() {
             "--policy-only" => {}
-            "--policy-datapath-wire" => wire = true,
+            "--policy-datapath-underlay" => {
+                underlay = match it.next().map(String::as_str) {
+                    Some("wire") => Underlay::Wire,
+                    Some("veth") => Underlay::Veth,
+                    Some(v) => return Err(format!("{a}: {v:?} is neither wire nor veth")),
+                    None => return Err(format!("{a} needs a value (wire or veth)")),
+                }
+            }
             "--policy-pods" => s.pods = num(100, 250_000)?,
             "--policy-count" => s.policies = num(1, 100_000)?,
             "--policy-local" => s.local = num(1, 4096)?,
@@ -354,7 +365,7 @@ pub fn parse(args: &[String]) -> Result<Plan, String> {
         sizes: s,
         datapath_reps: reps,
         datapath_secs: secs,
-        datapath_wire: wire,
+        datapath_underlay: underlay,
     })
 }
 
@@ -375,7 +386,7 @@ pub fn main_if_asked(args: &[String]) -> Option<std::process::ExitCode> {
     if plan.datapath_reps > 0 {
         print!(
             "{}",
-            datapath::run(plan.datapath_reps, plan.datapath_secs, plan.datapath_wire)
+            datapath::run(plan.datapath_reps, plan.datapath_secs, plan.datapath_underlay)
         );
     }
     Some(code)
@@ -430,7 +441,7 @@ pub mod datapath {
     use serde_json::json;
 
     use crate::{
-        lab::{Lab, LabOptions, Mode, UPLINK},
+        lab::{Lab, LabOptions, Mode, Underlay},
         netns::Netns,
     };
 
@@ -596,21 +607,16 @@ pub mod datapath {
     }
 
     /// Runs `reps` interleaved repetitions of both configurations on a
-    /// two-node overlay (with `wire`, an underlay that behaves like a wire:
-    /// MTU-sized frames, GRO on receive), and reports medians and ratios.
-    pub fn run(reps: u32, secs: u32, wire: bool) -> String {
-        let lab = Lab::new(&LabOptions::uniform(Mode::Overlay, 2, 1));
-        if wire {
-            for n in &lab.nodes {
-                n.ns.exec(&[
-                    "ethtool", "-K", UPLINK, "tso", "off", "gso", "off", "gro", "on",
-                ]);
+    /// two-node overlay over `underlay` (the lab's, so a `wire` has
+    /// MTU-sized frames, GRO on receive and the GRO tunnel device), and
+    /// reports medians and ratios.
+    pub fn run(reps: u32, secs: u32, underlay: Underlay) -> String {
+        let lab = Lab::new(&LabOptions::uniform(Mode::Overlay, 2, 1).on(underlay));
+        let underlay = match underlay {
+            Underlay::Wire => {
+                "`wire` underlay (MTU-sized frames, GRO on receive, GRO tunnel device)"
             }
-        }
-        let underlay = if wire {
-            "underlay like a wire (tso/gso off, gro on)"
-        } else {
-            "veth underlay (GSO packets whole)"
+            Underlay::Veth => "`veth` underlay (GSO packets whole)",
         };
         let mut maps: Vec<(PolicyMaps, Compiled)> = lab
             .nodes

@@ -82,8 +82,8 @@ Options:
                       --policy-count N, --policy-local N change the sizes),
                       then a 20-rule policy vs none on the datapath
                       (--policy-datapath-reps N [3, 0 for none],
-                      --policy-datapath-secs S [10], --policy-datapath-wire
-                      for an underlay like a wire)
+                      --policy-datapath-secs S [10],
+                      --policy-datapath-underlay wire|veth [wire])
   -h, --help          print this help
 
 Underlays (every scenario runs on each chosen one):

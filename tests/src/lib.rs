@@ -17,6 +17,7 @@ pub mod lab;
 pub mod netns;
 pub mod privileged;
 pub mod rogue;
+pub mod swim_sim;
 pub mod traffic;
 
 pub use cmd::{run, run_ok, sh};

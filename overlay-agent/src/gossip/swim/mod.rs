@@ -35,8 +35,9 @@
 //!   times, and a newer `(generation, seq)` replaces an older one.
 //!   Gossip rounds are sent only while there is something to spread, so
 //!   an idle cluster only probes.
-//! - Anti-entropy: every [`SwimConfig::sync_interval`] (and at join, with
-//!   a seed) a node sends a random member a digest of its records
+//! - Anti-entropy: every [`SwimConfig::sync_interval`] (at join, with a
+//!   seed, and every [`SwimConfig::sync_burst_interval`] while exchanges
+//!   keep bringing new records, as in a cold start) a node sends a random member a digest of its records
 //!   ([`BUCKETS`] XORs of record fingerprints, about 1.3 KB whatever the
 //!   cluster size); both sides then send each other the records of the
 //!   buckets that differ, in datagrams of at most [`SYNC_CHUNK`] bytes.
@@ -71,6 +72,9 @@ const KIND_SYNC: u8 = 1;
 pub const BUCKETS: usize = 128;
 /// Largest push-pull datagram payload (records are split across several).
 pub const SYNC_CHUNK: usize = 32 * 1024;
+/// Records learned by push-pull between two exchanges above which the next
+/// exchange comes after [`SwimConfig::sync_burst_interval`].
+pub const SYNC_BURST_RECORDS: u64 = 1;
 /// Largest foca packet (fits a 1,500-byte MTU once sealed).
 pub const MAX_PACKET: usize = 1400;
 
@@ -123,8 +127,11 @@ pub struct SwimConfig {
     pub suspicion: Duration,
     /// Gossip round interval (a round is sent only with something to spread).
     pub gossip_interval: Duration,
-    /// Push-pull period.
+    /// Push-pull period while exchanges find nothing new.
     pub sync_interval: Duration,
+    /// Push-pull period while they do (a cold start): anti-entropy runs
+    /// fast until the records stop changing.
+    pub sync_burst_interval: Duration,
     /// Seed of this node's random choices.
     pub rng_seed: u64,
 }
@@ -141,8 +148,9 @@ impl SwimConfig {
             probe_period: Duration::from_millis(500),
             probe_rtt: Duration::from_millis(200),
             suspicion: Duration::from_millis(2500),
-            gossip_interval: Duration::from_millis(200),
+            gossip_interval: Duration::from_millis(100),
             sync_interval: Duration::from_secs(30),
+            sync_burst_interval: Duration::from_secs(2),
             rng_seed,
         }
     }
@@ -179,8 +187,12 @@ pub struct SwimStats {
     pub undecodable: u64,
     /// Records learned through push-pull.
     pub synced_records: u64,
+    /// Records learned through push-pull since the last exchange started.
+    pub synced_since: u64,
     /// Push-pull exchanges this node started.
     pub syncs: u64,
+    /// Members this node declared (or learned to be) down.
+    pub members_down: u64,
 }
 
 /// Why a node could not start.
@@ -202,6 +214,8 @@ struct Store {
     buckets: Vec<u64>,
     /// Active members by address.
     live: HashMap<SocketAddrV4, Id>,
+    /// Members seen going down.
+    downs: u64,
 }
 
 fn bucket_of(name: &str) -> usize {
@@ -344,14 +358,13 @@ impl Runtime<Id> for Io<'_> {
                 s.live.insert(id.addr, *id);
             }
             Notification::MemberDown(id) => {
+                s.downs += 1;
                 if s.live.get(&id.addr) == Some(id) {
                     s.live.remove(&id.addr);
                 }
             }
-            Notification::Rename(old, new) => {
-                if s.live.get(&old.addr) == Some(old) {
-                    s.live.insert(new.addr, *new);
-                }
+            Notification::Rename(old, new) if s.live.get(&old.addr) == Some(old) => {
+                s.live.insert(new.addr, *new);
             }
             _ => {}
         }
@@ -417,6 +430,7 @@ impl Swim {
             records: HashMap::new(),
             buckets: vec![0; BUCKETS],
             live: HashMap::new(),
+            downs: 0,
         }));
         lock(&store).apply(me.clone(), true);
         let mut foca = Foca::with_custom_broadcast(
@@ -471,6 +485,10 @@ impl Swim {
                 .announce(placeholder, &mut io)
                 .map_err(SwimError::Config)?;
         }
+        // Our record spreads as a broadcast from the first gossip round on.
+        self.foca
+            .add_broadcast(&self.me.encode())
+            .map_err(SwimError::Broadcast)?;
         if !seeds.is_empty() {
             let s = seeds[(self.rng.next() % seeds.len() as u64) as usize];
             self.send_digest(s, false);
@@ -478,7 +496,7 @@ impl Swim {
         self.out
             .timers
             .push((self.config.gossip_interval, SwimTimer::Gossip));
-        let first = jitter(&mut self.rng, self.config.sync_interval);
+        let first = jitter(&mut self.rng, self.config.sync_burst_interval);
         self.out.timers.push((first, SwimTimer::Sync));
         Ok(())
     }
@@ -571,7 +589,16 @@ impl Swim {
                     let p = peers[(self.rng.next() % peers.len() as u64) as usize];
                     self.send_digest(p, false);
                 }
-                let next = jitter(&mut self.rng, self.config.sync_interval);
+                // Many new records from the last exchanges: the cluster is
+                // forming (or healing); exchange again soon.
+                let busy = self.stats.synced_since >= SYNC_BURST_RECORDS;
+                self.stats.synced_since = 0;
+                let period = if busy {
+                    self.config.sync_burst_interval
+                } else {
+                    self.config.sync_interval
+                };
+                let next = jitter(&mut self.rng, period);
                 self.out.timers.push((next, SwimTimer::Sync));
             }
         }
@@ -619,6 +646,7 @@ impl Swim {
                 for r in records {
                     if s.apply(r, false) {
                         self.stats.synced_records += 1;
+                        self.stats.synced_since += 1;
                     }
                 }
                 true
@@ -664,7 +692,10 @@ impl Swim {
 
     /// Counters.
     pub fn stats(&self) -> SwimStats {
-        self.stats
+        SwimStats {
+            members_down: lock(&self.store).downs,
+            ..self.stats
+        }
     }
 
     /// Number of records known (this node's included).

@@ -3,6 +3,11 @@
 //! included) in one process, driven by a discrete-event loop on a virtual
 //! clock, over a simulated network with latency, loss and partitions.
 //!
+//! The nodes share one copy of each record version
+//! ([`overlay_agent::gossip::swim::SharedRecords`]) so that 5,000 nodes
+//! fit in memory; everything else (membership, digests, replay windows) is
+//! each node's own.
+//!
 //! Time is virtual: the loop jumps from one event (a datagram delivered, a
 //! timer firing) to the next, so figures are protocol time. Bandwidth counts
 //! every sealed datagram a node sends plus 28 bytes of IPv4 and UDP headers.
@@ -17,13 +22,14 @@ use std::{
     collections::{BinaryHeap, HashMap},
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
     time::Duration,
 };
 
 use overlay_agent::gossip::{
     DEFAULT_GOSSIP_PORT,
     auth::Key,
-    swim::{NodeRecord, Swim, SwimConfig, SwimTimer},
+    swim::{NodeRecord, SharedRecords, Swim, SwimConfig, SwimTimer},
     view::{Claim, ClaimState},
 };
 
@@ -126,6 +132,7 @@ pub struct SwimSim {
     rng: Rng,
     key: Option<Key>,
     cluster_size: u32,
+    shared: Arc<SharedRecords>,
 }
 
 impl SwimSim {
@@ -144,6 +151,7 @@ impl SwimSim {
             rng: Rng::new(seed),
             key: Some(Key::derive(b"simulation", "sim")),
             cluster_size: u32::try_from(capacity).unwrap_or(u32::MAX),
+            shared: Arc::default(),
         }
     }
 
@@ -186,6 +194,7 @@ impl SwimSim {
         let seeds = (0..SEEDS.min(self.nodes.len())).map(addr).collect();
         let mut config = SwimConfig::new(Self::record(i, generation), seeds, self.cluster_size);
         config.key = self.key.clone();
+        config.shared = Some(self.shared.clone());
         config.rng_seed ^= self.rng.next_u64();
         let mut node = Swim::new(config).expect("a valid SWIM configuration");
         node.start().expect("joining through the seeds");
@@ -644,6 +653,22 @@ pub struct Plan {
     pub churn: Duration,
     /// Seed.
     pub seed: u64,
+}
+
+impl Plan {
+    /// The targets at `nodes`: a 30 s start window, 10 minutes of
+    /// idle steady state, 10 minutes at 1 % loss, 2 minutes of churn.
+    pub fn targets(nodes: usize, seed: u64) -> Self {
+        Self {
+            nodes,
+            window: Duration::from_secs(30),
+            idle: Duration::from_secs(600),
+            lossy: Duration::from_secs(600),
+            loss: 0.01,
+            churn: Duration::from_secs(120),
+            seed,
+        }
+    }
 }
 
 /// Cold start, a join, a death, idle, lossy steady state, churn; in that

@@ -47,7 +47,9 @@
 pub mod record;
 
 use std::{
-    collections::HashMap,
+    borrow::Borrow,
+    collections::{HashMap, HashSet},
+    hash::{Hash, Hasher},
     net::{SocketAddr, SocketAddrV4},
     num::{NonZeroU8, NonZeroU32, NonZeroUsize},
     sync::{Arc, Mutex},
@@ -134,6 +136,10 @@ pub struct SwimConfig {
     pub sync_burst_interval: Duration,
     /// Seed of this node's random choices.
     pub rng_seed: u64,
+    /// Records shared by the nodes of one process (simulations): each node
+    /// keeps a pointer to one copy of a record instead of its own copy.
+    /// `None` in the agent.
+    pub shared: Option<Arc<SharedRecords>>,
 }
 
 impl SwimConfig {
@@ -152,7 +158,56 @@ impl SwimConfig {
             sync_interval: Duration::from_secs(30),
             sync_burst_interval: Duration::from_secs(2),
             rng_seed,
+            shared: None,
         }
+    }
+}
+
+/// One copy of each record version for all the nodes of a process (see
+/// [`SwimConfig::shared`]).
+#[derive(Debug, Default)]
+pub struct SharedRecords(Mutex<HashMap<RecordKey, Arc<NodeRecord>>>);
+
+impl SharedRecords {
+    fn intern(&self, r: NodeRecord) -> Arc<NodeRecord> {
+        let key = RecordKey {
+            name: r.name.clone(),
+            generation: r.generation,
+            seq: r.seq,
+        };
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(key).or_insert_with(|| Arc::new(r)).clone()
+    }
+
+    /// Record versions held.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A record in a set keyed by its node's name.
+#[derive(Clone, Debug)]
+struct ByName(Arc<NodeRecord>);
+
+impl PartialEq for ByName {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.name == o.0.name
+    }
+}
+impl Eq for ByName {}
+impl Hash for ByName {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.name.as_str().hash(h);
+    }
+}
+impl Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.name
     }
 }
 
@@ -210,7 +265,8 @@ pub enum SwimError {
 /// handler that foca owns.
 struct Store {
     me: String,
-    records: HashMap<String, NodeRecord>,
+    records: HashSet<ByName>,
+    shared: Option<Arc<SharedRecords>>,
     buckets: Vec<u64>,
     /// Active members by address.
     live: HashMap<SocketAddrV4, Id>,
@@ -229,14 +285,18 @@ impl Store {
             return false;
         }
         let b = bucket_of(&r.name);
-        if let Some(old) = self.records.get(&r.name) {
-            if !r.newer_than(old) {
+        if let Some(old) = self.records.get(r.name.as_str()) {
+            if !r.newer_than(&old.0) {
                 return false;
             }
-            self.buckets[b] ^= old.fingerprint();
+            self.buckets[b] ^= old.0.fingerprint();
         }
         self.buckets[b] ^= r.fingerprint();
-        self.records.insert(r.name.clone(), r);
+        let r = match &self.shared {
+            Some(c) => c.intern(r),
+            None => Arc::new(r),
+        };
+        self.records.replace(ByName(r));
         true
     }
 
@@ -379,13 +439,13 @@ impl Runtime<Id> for Io<'_> {
     }
 }
 
-/// A push-pull message.
+/// A push-pull message (records owned when received, borrowed when sent).
 #[derive(Debug, Serialize, Deserialize)]
-enum SyncMessage {
+enum SyncMessage<R> {
     /// The sender's digest; `reply` if it answers one.
     Digest { reply: bool, buckets: Vec<u64> },
     /// Records of the buckets that differ.
-    Push { records: Vec<NodeRecord> },
+    Push { records: Vec<R> },
 }
 
 /// One node of the SWIM layer (sans-I/O).
@@ -427,7 +487,8 @@ impl Swim {
             .max(NonZeroU8::new(12).unwrap_or(NonZeroU8::MIN));
         let store = Arc::new(Mutex::new(Store {
             me: me.name.clone(),
-            records: HashMap::new(),
+            records: HashSet::new(),
+            shared: config.shared.clone(),
             buckets: vec![0; BUCKETS],
             live: HashMap::new(),
             downs: 0,
@@ -555,7 +616,8 @@ impl Swim {
                 let mut io = io!(self);
                 self.foca.handle_data(body, &mut io).is_ok()
             }
-            Some((&KIND_SYNC, body)) => match postcard::from_bytes::<SyncMessage>(body) {
+            Some((&KIND_SYNC, body)) => match postcard::from_bytes::<SyncMessage<NodeRecord>>(body)
+            {
                 Ok(m) => self.handle_sync(from, m),
                 Err(_) => false,
             },
@@ -614,12 +676,12 @@ impl Swim {
             self.stats.syncs += 1;
         }
         let buckets = lock(&self.store).buckets.clone();
-        let body = postcard::to_allocvec(&SyncMessage::Digest { reply, buckets })
+        let body = postcard::to_allocvec(&SyncMessage::<NodeRecord>::Digest { reply, buckets })
             .expect("plain data serialises");
         io!(self).send(to, KIND_SYNC, &body);
     }
 
-    fn handle_sync(&mut self, from: SocketAddrV4, m: SyncMessage) -> bool {
+    fn handle_sync(&mut self, from: SocketAddrV4, m: SyncMessage<NodeRecord>) -> bool {
         match m {
             SyncMessage::Digest { reply, buckets } => {
                 if buckets.len() != BUCKETS {
@@ -628,14 +690,14 @@ impl Swim {
                 if !reply {
                     self.send_digest(from, true);
                 }
-                let records: Vec<NodeRecord> = {
+                let records: Vec<Arc<NodeRecord>> = {
                     let s = lock(&self.store);
                     let differ: Vec<bool> =
                         (0..BUCKETS).map(|b| s.buckets[b] != buckets[b]).collect();
                     s.records
-                        .values()
-                        .filter(|r| differ[bucket_of(&r.name)])
-                        .cloned()
+                        .iter()
+                        .filter(|r| differ[bucket_of(&r.0.name)])
+                        .map(|r| r.0.clone())
                         .collect()
                 };
                 self.push_records(from, records);
@@ -655,10 +717,10 @@ impl Swim {
     }
 
     /// Sends `records` in datagrams of at most [`SYNC_CHUNK`] bytes.
-    fn push_records(&mut self, to: SocketAddrV4, records: Vec<NodeRecord>) {
-        let mut chunk: Vec<NodeRecord> = Vec::new();
+    fn push_records(&mut self, to: SocketAddrV4, records: Vec<Arc<NodeRecord>>) {
+        let mut chunk: Vec<&NodeRecord> = Vec::new();
         let mut size = 0;
-        let flush = |this: &mut Self, chunk: &mut Vec<NodeRecord>| {
+        let flush = |this: &mut Self, chunk: &mut Vec<&NodeRecord>| {
             if chunk.is_empty() {
                 return;
             }
@@ -668,7 +730,7 @@ impl Swim {
             let body = postcard::to_allocvec(&m).expect("plain data serialises");
             io!(this).send(to, KIND_SYNC, &body);
         };
-        for r in records {
+        for r in &records {
             let len = r.encode().len();
             if size + len > SYNC_CHUNK {
                 flush(self, &mut chunk);
@@ -710,13 +772,16 @@ impl Swim {
 
     /// The record of `name`, if known.
     pub fn record_of(&self, name: &str) -> Option<NodeRecord> {
-        lock(&self.store).records.get(name).cloned()
+        lock(&self.store)
+            .records
+            .get(name)
+            .map(|r| NodeRecord::clone(&r.0))
     }
 
     /// Whether `name`'s known generation is alive (this node: always).
     pub fn is_live(&self, name: &str) -> bool {
         let s = lock(&self.store);
-        s.records.get(name).is_some_and(|r| s.is_live(r))
+        s.records.get(name).is_some_and(|r| s.is_live(&r.0))
     }
 
     /// Whether foca holds the member at `addr` alive (any generation).
@@ -729,8 +794,8 @@ impl Swim {
         let s = lock(&self.store);
         let parsed: Vec<(&NodeRecord, bool, crate::gossip::view::Record)> = s
             .records
-            .values()
-            .map(|r| (r, s.is_live(r), r.to_view()))
+            .iter()
+            .map(|r| (&*r.0, s.is_live(&r.0), r.0.to_view()))
             .collect();
         View::build(parsed.iter().map(|(r, live, v)| Seen {
             name: &r.name,

@@ -107,7 +107,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// What foca keeps of a record broadcast while it disseminates it: a newer
 /// version of the same node's record replaces an older one in its backlog.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RecordKey {
     /// Node name.
     pub name: String,

@@ -19,7 +19,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::{BinaryHeap, HashMap},
+    collections::{BTreeMap, BinaryHeap, HashMap},
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
     sync::Arc,
@@ -29,6 +29,7 @@ use std::{
 use overlay_agent::gossip::{
     DEFAULT_GOSSIP_PORT,
     auth::Key,
+    claims::{ClaimConfig, Claimer},
     swim::{NodeRecord, SharedRecords, Swim, SwimConfig, SwimTimer},
     view::{Claim, ClaimState},
 };
@@ -189,10 +190,17 @@ impl SwimSim {
 
     /// Starts node `i` (a new generation if it ran before).
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, |_| {});
+    }
+
+    /// Starts node `i` with its record changed by `f` first.
+    pub fn spawn_with(&mut self, i: usize, f: impl FnOnce(&mut NodeRecord)) {
         self.life[i] += 1;
         let generation = 1_000 * self.life[i] + self.now.as_millis() as u64;
         let seeds = (0..SEEDS.min(self.nodes.len())).map(addr).collect();
-        let mut config = SwimConfig::new(Self::record(i, generation), seeds, self.cluster_size);
+        let mut record = Self::record(i, generation);
+        f(&mut record);
+        let mut config = SwimConfig::new(record, seeds, self.cluster_size);
         config.key = self.key.clone();
         config.shared = Some(self.shared.clone());
         config.rng_seed ^= self.rng.next_u64();
@@ -775,6 +783,220 @@ impl fmt::Display for Report {
             self.rss_mb.1,
             self.rss_mb.1 / self.nodes as f64,
             self.rejected
+        )
+    }
+}
+
+/// The claim rule over the SWIM layer: every node runs the agent's
+/// [`Claimer`] on the view its [`Swim`] node builds, once a second, and
+/// publishes its claims in its record, as the agent would.
+pub struct Claims {
+    claimers: Vec<Option<Claimer>>,
+    /// Nodes told they have no free address (they claim block after block).
+    pub starved: Vec<bool>,
+    base: tokio::time::Instant,
+}
+
+/// Settle period of the claim scenarios (half the agent's default).
+pub const SETTLE: Duration = Duration::from_secs(15);
+
+impl Claims {
+    /// No claimer yet for a cluster of `capacity` nodes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            claimers: (0..capacity).map(|_| None).collect(),
+            starved: vec![false; capacity],
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Starts node `i` with no claim, and its claimer.
+    pub fn spawn(&mut self, sim: &mut SwimSim, i: usize) {
+        sim.spawn_with(i, |r| r.claims.clear());
+        let Some(node) = sim.node(i) else { return };
+        let r = node.record();
+        let config = ClaimConfig {
+            range: "10.32.0.0/12".parse().expect("cluster range"),
+            block_prefix: 24,
+            settle: SETTLE,
+            low_water: 1,
+            must_join: true,
+        };
+        self.claimers[i] = Some(Claimer::new(&r.name, r.generation, config, BTreeMap::new()));
+    }
+
+    /// Runs `d`, ticking every claimer once a second.
+    pub fn run_for(&mut self, sim: &mut SwimSim, d: Duration) {
+        let end = sim.now() + d;
+        while sim.now() < end {
+            sim.run_for(Duration::from_secs(1).min(end - sim.now()));
+            for i in 0..self.claimers.len() {
+                let (Some(claimer), Some(node)) =
+                    (self.claimers[i].as_mut(), sim.nodes[i].as_mut())
+                else {
+                    continue;
+                };
+                let view = node.view();
+                let free = Some(if self.starved[i] { 0 } else { 1000 });
+                claimer.tick(self.base + sim.now, &view, free);
+                let claims: Vec<_> = claimer.published().into_iter().collect();
+                let forgets: Vec<_> = view.forgotten.into_iter().collect();
+                node.update(|r| {
+                    r.claims = claims;
+                    r.forgets = forgets;
+                })
+                .expect("publishing claims");
+                sim.flush(i);
+            }
+        }
+    }
+
+    /// Blocks each running node holds settled (by its own claimer).
+    pub fn settled(&self, sim: &SwimSim) -> BTreeMap<usize, Vec<ipnet::Ipv4Net>> {
+        sim.running()
+            .into_iter()
+            .filter_map(|i| {
+                let c = self.claimers[i].as_ref()?;
+                Some((i, c.settled().keys().copied().collect()))
+            })
+            .collect()
+    }
+
+    /// Blocks settled on more than one node: must stay empty.
+    pub fn duplicates(&self, sim: &SwimSim) -> Vec<ipnet::Ipv4Net> {
+        let mut seen: BTreeMap<ipnet::Ipv4Net, usize> = BTreeMap::new();
+        for blocks in self.settled(sim).values() {
+            for b in blocks {
+                *seen.entry(*b).or_default() += 1;
+            }
+        }
+        seen.into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(b, _)| b)
+            .collect()
+    }
+
+    /// Whether every running node's view names the same settled owners.
+    pub fn views_agree(sim: &SwimSim) -> bool {
+        let mut owners = sim
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| n.view().settled_owners());
+        let Some(first) = owners.next() else {
+            return true;
+        };
+        owners.all(|o| o == first)
+    }
+}
+
+/// What the partition scenario over the claim rule found.
+#[derive(Clone, Debug)]
+pub struct ClaimPartition {
+    /// Nodes.
+    pub nodes: usize,
+    /// Nodes on the minority side.
+    pub minority: usize,
+    /// Blocks settled on more than one node, at any check: must be empty.
+    pub duplicates: Vec<ipnet::Ipv4Net>,
+    /// Blocks settled by minority nodes during the cut: must be 0.
+    pub settled_minority: usize,
+    /// Blocks settled by majority nodes during the cut.
+    pub settled_majority: usize,
+    /// After the heal: every node holds every other alive again.
+    pub healed: Option<Duration>,
+    /// After the heal: every view names the same owners.
+    pub views_agree: bool,
+    /// Each node settled exactly one block at formation.
+    pub formed: bool,
+}
+
+/// Forms `nodes` with the claim rule (one block each), cuts off a random
+/// 30 % with a tenth of each side starved for addresses for 60 s, heals,
+/// and checks one owner per block.
+pub fn claim_partition(nodes: usize, seed: u64) -> ClaimPartition {
+    let mut sim = SwimSim::new(nodes, Net::default(), seed);
+    let mut claims = Claims::new(nodes);
+    for i in 0..nodes {
+        claims.spawn(&mut sim, i);
+        sim.run_for(Duration::from_millis(10));
+    }
+    claims.run_for(&mut sim, SETTLE * 3);
+    let at_formation = claims.settled(&sim);
+    let formed = at_formation.len() == nodes && at_formation.values().all(|b| b.len() == 1);
+    let mut duplicates = claims.duplicates(&sim);
+
+    let mut order: Vec<usize> = (0..nodes).collect();
+    sim.rng.shuffle(&mut order);
+    let minority: Vec<usize> = order[..nodes * 3 / 10].to_vec();
+    let majority: Vec<usize> = order[nodes * 3 / 10..].to_vec();
+    for side in [&minority, &majority] {
+        for i in side.iter().take(side.len().div_ceil(10)) {
+            claims.starved[*i] = true;
+        }
+    }
+    sim.partition(&[majority.clone(), minority.clone()]);
+    claims.run_for(&mut sim, SETTLE * 4);
+    let during = claims.settled(&sim);
+    let grew = |side: &[usize]| {
+        side.iter()
+            .map(|i| during[i].len().saturating_sub(at_formation[i].len()))
+            .sum::<usize>()
+    };
+    let settled_minority = grew(&minority);
+    let settled_majority = grew(&majority);
+    duplicates.extend(claims.duplicates(&sim));
+
+    claims.starved.iter_mut().for_each(|s| *s = false);
+    sim.heal();
+    let t0 = sim.now();
+    let mut healed = None;
+    let limit = sim.now() + WAIT_LIMIT;
+    while sim.now() < limit {
+        claims.run_for(&mut sim, Duration::from_secs(1));
+        if sim.all_live() {
+            healed = Some(sim.now() - t0);
+            break;
+        }
+    }
+    claims.run_for(&mut sim, SETTLE * 2);
+    duplicates.extend(claims.duplicates(&sim));
+    duplicates.sort();
+    duplicates.dedup();
+    ClaimPartition {
+        nodes,
+        minority: minority.len(),
+        duplicates,
+        settled_minority,
+        settled_majority,
+        healed,
+        views_agree: Claims::views_agree(&sim),
+        formed,
+    }
+}
+
+impl fmt::Display for ClaimPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "claim rule over SWIM, {} nodes, {} cut off for 60 s",
+            self.nodes, self.minority
+        )?;
+        writeln!(
+            f,
+            "  formation: one settled block per node: {}",
+            self.formed
+        )?;
+        writeln!(
+            f,
+            "  during the cut: {} blocks settled on the majority side, {} on the minority side (must be 0)",
+            self.settled_majority, self.settled_minority
+        )?;
+        writeln!(f, "  heal: everyone alive again after {}", s(self.healed))?;
+        writeln!(
+            f,
+            "  blocks settled twice: {:?} (must be none); views agree: {}",
+            self.duplicates, self.views_agree
         )
     }
 }

@@ -45,3 +45,34 @@ fn a_thousand_nodes_form_spread_records_and_detect_deaths_within_the_targets() {
     assert!(r.churn.bandwidth.max <= 30_000.0, "churn bandwidth:\n{r}");
     assert_eq!(r.rejected, 0, "datagrams rejected in a clean cluster:\n{r}");
 }
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "200 simulated nodes with the claim rule: run in release (cargo xtask test does)"
+)]
+fn the_claim_rule_over_swim_keeps_one_owner_per_block_through_a_partition_and_heal() {
+    let r = swim_sim::claim_partition(200, 7);
+    println!("{r}");
+    assert!(
+        r.formed,
+        "formation did not give one settled block per node:\n{r}"
+    );
+    assert!(
+        r.duplicates.is_empty(),
+        "a block settled on two nodes:\n{r}"
+    );
+    assert_eq!(
+        r.settled_minority, 0,
+        "the minority side settled blocks:\n{r}"
+    );
+    assert!(
+        r.settled_majority > 0,
+        "the majority side settled nothing (the rule is stuck):\n{r}"
+    );
+    assert!(r.healed.is_some(), "the cluster never healed:\n{r}");
+    assert!(
+        r.views_agree,
+        "views disagree on owners after the heal:\n{r}"
+    );
+}

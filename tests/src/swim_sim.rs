@@ -686,8 +686,10 @@ pub fn run_all(p: Plan) -> Report {
     let churn_events = (10.0 * p.churn.as_secs_f64() / 60.0).ceil() as usize;
     let mut sim = SwimSim::new(p.nodes + 1 + churn_events, Net::default(), p.seed);
     let cold = cold_start(&mut sim, p.nodes, p.window);
-    // Let the start-up broadcasts drain before measuring the steady state.
-    sim.run_for(Duration::from_secs(10));
+    // Let the start-up broadcasts and the fast push-pull exchanges that
+    // follow a join (SYNC_BURST_ROUNDS x 2 s) end before measuring the
+    // steady state.
+    sim.run_for(Duration::from_secs(30));
     let idle = steady(&mut sim, p.idle, 0.0);
     let j = join(&mut sim, p.nodes);
     let victim = p.nodes / 2;

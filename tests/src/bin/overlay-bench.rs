@@ -66,6 +66,8 @@ Options:
   --gossip-seed N     seed of the partition run's random choices [default: 24301]
   --swim-nodes N      nodes of the SWIM gossip layer's simulation, 0 for none
                       [default: 5000]
+  --swim-steady S     seconds of its idle and of its 1 % loss windows
+                      [default: 600]
   -h, --help          print this help
 
 Scenarios (a fresh topology each, torn down afterwards):
@@ -220,6 +222,7 @@ struct Opts {
     gossip_rounds: u32,
     gossip_seed: u32,
     swim_nodes: u32,
+    swim_steady: u32,
 }
 
 impl Default for Opts {
@@ -236,6 +239,7 @@ impl Default for Opts {
             gossip_rounds: 5,
             gossip_seed: 0x5eed,
             swim_nodes: 5000,
+            swim_steady: 600,
         }
     }
 }
@@ -287,6 +291,7 @@ fn parse_args(args: &[String]) -> Result<Cli, String> {
             "--gossip-rounds" => opts.gossip_rounds = number(flag, value(), 0, 100)?,
             "--gossip-seed" => opts.gossip_seed = number(flag, value(), 0, u32::MAX)?,
             "--swim-nodes" => opts.swim_nodes = number(flag, value(), 0, 10_000)?,
+            "--swim-steady" => opts.swim_steady = number(flag, value(), 10, 3600)?,
             "--cni-only" | "--skip-cni" | "--gossip-only" | "--skip-gossip" if inline.is_some() => {
                 return Err(format!("{flag} takes no value"));
             }
@@ -1202,7 +1207,9 @@ fn run_gossip(opts: &Opts, out: &mut GossipResults) {
     if opts.swim_nodes >= 10 {
         let n = opts.swim_nodes as usize;
         eprintln!("[gossip] SWIM layer, {n} nodes");
-        let plan = swim_sim::Plan::targets(n, u64::from(opts.gossip_seed));
+        let mut plan = swim_sim::Plan::targets(n, u64::from(opts.gossip_seed));
+        plan.idle = Duration::from_secs(opts.swim_steady.into());
+        plan.lossy = plan.idle;
         println!("{}", swim_sim::run_all(plan));
     }
     if stopped() {

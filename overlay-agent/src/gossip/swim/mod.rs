@@ -35,14 +35,15 @@
 //!   times, and a newer `(generation, seq)` replaces an older one.
 //!   Gossip rounds are sent only while there is something to spread, so
 //!   an idle cluster only probes.
-//! - Anti-entropy: every [`SwimConfig::sync_interval`] (at join, with a
-//!   seed, and every [`SwimConfig::sync_burst_interval`] while exchanges
-//!   keep bringing new records, as in a cold start) a node sends a random member a digest of its records
-//!   ([`BUCKETS`] XORs of record fingerprints, about 1.3 KB whatever the
-//!   cluster size); both sides then send each other the records of the
-//!   buckets that differ, in datagrams of at most [`SYNC_CHUNK`] bytes.
-//!   A cold-started node gets every record in one exchange; an idle
-//!   exchange costs two digests.
+//! - Anti-entropy: a node sends a random live member a digest of its
+//!   records ([`BUCKETS`] XORs of record fingerprints, about 1.3 KB
+//!   whatever the cluster size); both sides then send each other the
+//!   records of the buckets that differ, in datagrams of at most
+//!   [`SYNC_CHUNK`] bytes. At join the exchange is with a seed; then every
+//!   [`SwimConfig::sync_burst_interval`] until [`SYNC_BURST_ROUNDS`]
+//!   exchanges in a row bring nothing new (a cold start, a heal), then
+//!   every [`SwimConfig::sync_interval`]. An idle exchange costs two
+//!   digests.
 
 pub mod record;
 
@@ -77,6 +78,9 @@ pub const SYNC_CHUNK: usize = 32 * 1024;
 /// Records learned by push-pull between two exchanges above which the next
 /// exchange comes after [`SwimConfig::sync_burst_interval`].
 pub const SYNC_BURST_RECORDS: u64 = 1;
+/// Fast exchanges that bring nothing new before a node slows down to
+/// [`SwimConfig::sync_interval`] (also how many follow a join).
+pub const SYNC_BURST_ROUNDS: u32 = 10;
 /// Largest foca packet (fits a 1,500-byte MTU once sealed).
 pub const MAX_PACKET: usize = 1400;
 
@@ -460,6 +464,8 @@ pub struct Swim {
     config: SwimConfig,
     rng: SplitMix,
     stats: SwimStats,
+    /// Fast push-pull exchanges left (see [`SYNC_BURST_ROUNDS`]).
+    burst_left: u32,
 }
 
 impl Swim {
@@ -528,6 +534,7 @@ impl Swim {
             me,
             config,
             stats: SwimStats::default(),
+            burst_left: SYNC_BURST_ROUNDS,
         })
     }
 
@@ -659,11 +666,16 @@ impl Swim {
                     let p = peers[(self.rng.next() % peers.len() as u64) as usize];
                     self.send_digest(p, false);
                 }
-                // Many new records from the last exchanges: the cluster is
-                // forming (or healing); exchange again soon.
-                let busy = self.stats.synced_since >= SYNC_BURST_RECORDS;
+                // New records from the last exchange: the cluster is forming
+                // (or healing); keep exchanging often until SYNC_BURST_ROUNDS
+                // exchanges in a row bring nothing new.
+                if self.stats.synced_since >= SYNC_BURST_RECORDS {
+                    self.burst_left = SYNC_BURST_ROUNDS;
+                } else {
+                    self.burst_left = self.burst_left.saturating_sub(1);
+                }
                 self.stats.synced_since = 0;
-                let period = if busy {
+                let period = if self.burst_left > 0 {
                     self.config.sync_burst_interval
                 } else {
                     self.config.sync_interval

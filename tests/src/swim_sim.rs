@@ -134,6 +134,9 @@ pub struct SwimSim {
     key: Option<Key>,
     cluster_size: u32,
     shared: Arc<SharedRecords>,
+    /// Asked every few thousand events; when it says so, the loop stops
+    /// delivering (the bench's Ctrl-C) and every wait ends unreached.
+    pub stop: fn() -> bool,
 }
 
 impl SwimSim {
@@ -153,6 +156,7 @@ impl SwimSim {
             key: Some(Key::derive(b"simulation", "sim")),
             cluster_size: u32::try_from(capacity).unwrap_or(u32::MAX),
             shared: Arc::default(),
+            stop: || false,
         }
     }
 
@@ -308,7 +312,13 @@ impl SwimSim {
 
     /// Runs every event up to `until` (virtual time).
     pub fn run_until(&mut self, until: Duration) {
+        let mut events: u64 = 0;
         while self.queue.peek().is_some_and(|e| e.at <= until) {
+            events += 1;
+            if events.is_multiple_of(4096) && (self.stop)() {
+                self.queue.clear();
+                break;
+            }
             let Some(e) = self.queue.pop() else { break };
             self.now = e.at;
             match e.what {
@@ -661,6 +671,8 @@ pub struct Plan {
     pub churn: Duration,
     /// Seed.
     pub seed: u64,
+    /// Stops the run early when it says so (the bench's Ctrl-C).
+    pub stop: fn() -> bool,
 }
 
 impl Plan {
@@ -675,6 +687,7 @@ impl Plan {
             loss: 0.01,
             churn: Duration::from_secs(120),
             seed,
+            stop: || false,
         }
     }
 }
@@ -685,6 +698,7 @@ pub fn run_all(p: Plan) -> Report {
     let (cpu0, wall0) = (cpu_seconds(), std::time::Instant::now());
     let churn_events = (10.0 * p.churn.as_secs_f64() / 60.0).ceil() as usize;
     let mut sim = SwimSim::new(p.nodes + 1 + churn_events, Net::default(), p.seed);
+    sim.stop = p.stop;
     let cold = cold_start(&mut sim, p.nodes, p.window);
     // Let the start-up broadcasts and the fast push-pull exchanges that
     // follow a join (SYNC_BURST_ROUNDS x 2 s) end before measuring the

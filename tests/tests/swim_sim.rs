@@ -21,6 +21,7 @@ fn a_thousand_nodes_form_spread_records_and_detect_deaths_within_the_targets() {
         loss: 0.01,
         churn: Duration::from_secs(60),
         seed: 1,
+        stop: || false,
     });
     println!("{r}");
     let cold = r

@@ -101,8 +101,11 @@ conflict, identical topologies, nothing settled on a minority side.
 First of the gossip part, the SWIM layer (overlay_agent::gossip::swim, not yet
 the agent's) at --swim-nodes: cold start within 30 s, a join, a death, 10
 minutes idle, 10 minutes at 1 % loss, 2 minutes of churn (10 joins and 10
-deaths a minute), on a discrete-event virtual clock; about 15 minutes and 6 GB
-at 5000 nodes.
+deaths a minute), on a discrete-event virtual clock. Its cost grows faster
+than the square of the node count (foca finds a member by a linear scan, and
+one process runs every node): 1000 nodes take about 20 s of CPU and 340 MB,
+5000 nodes did not finish a cold start within 9 minutes of CPU here (about
+4.5 GB); use --swim-nodes 2000 for a run of minutes.
 
 Needs root, iperf3, sockperf, taskset, ss and ping; for the CNI part
 containernetworking-plugins, iptables, nft and the overlay-agent and
@@ -1209,6 +1212,7 @@ fn run_gossip(opts: &Opts, out: &mut GossipResults) {
         eprintln!("[gossip] SWIM layer, {n} nodes");
         let mut plan = swim_sim::Plan::targets(n, u64::from(opts.gossip_seed));
         plan.idle = Duration::from_secs(opts.swim_steady.into());
+        plan.stop = stopped;
         plan.lossy = plan.idle;
         println!("{}", swim_sim::run_all(plan));
     }

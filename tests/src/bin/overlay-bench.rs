@@ -65,7 +65,7 @@ Options:
   --gossip-rounds N   partition rounds, 0 for none [default: 5]
   --gossip-seed N     seed of the partition run's random choices [default: 24301]
   --swim-nodes N      nodes of the SWIM gossip layer's simulation, 0 for none
-                      [default: 5000]
+                      [default: 2000]
   --swim-steady S     seconds of its idle and of its 1 % loss windows
                       [default: 600]
   -h, --help          print this help
@@ -104,8 +104,8 @@ minutes idle, 10 minutes at 1 % loss, 2 minutes of churn (10 joins and 10
 deaths a minute), on a discrete-event virtual clock. Its cost grows faster
 than the square of the node count (foca finds a member by a linear scan, and
 one process runs every node): 1000 nodes take about 20 s of CPU and 340 MB,
-5000 nodes did not finish a cold start within 9 minutes of CPU here (about
-4.5 GB); use --swim-nodes 2000 for a run of minutes.
+5000 nodes did not finish a cold start within 12 minutes of CPU here (about
+4.7 GB), hence the default of 2000 (about 90 s of CPU and 1 GB).
 
 Needs root, iperf3, sockperf, taskset, ss and ping; for the CNI part
 containernetworking-plugins, iptables, nft and the overlay-agent and
@@ -241,7 +241,7 @@ impl Default for Opts {
             gossip_partition_nodes: 200,
             gossip_rounds: 5,
             gossip_seed: 0x5eed,
-            swim_nodes: 5000,
+            swim_nodes: 2000,
             swim_steady: 600,
         }
     }

@@ -833,3 +833,149 @@ fn jitter(rng: &mut SplitMix, d: Duration) -> Duration {
     let f = 0.9 + 0.2 * (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
     d.mul_f64(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: u8, key: Option<Key>) -> Swim {
+        let addr = SocketAddrV4::new([10, 0, 0, i].into(), 6783);
+        let record = NodeRecord {
+            name: format!("n{i}"),
+            generation: 1,
+            seq: 0,
+            gossip_addr: addr,
+            ip: [10, 0, 0, i].into(),
+            vxlan_port: 4789,
+            version: "test".into(),
+            stopping: false,
+            claims: Vec::new(),
+            forgets: Vec::new(),
+        };
+        let seeds = vec![SocketAddrV4::new([10, 0, 0, 1].into(), 6783)];
+        let mut config = SwimConfig::new(record, seeds, 2);
+        config.key = key;
+        Swim::new(config).expect("valid config")
+    }
+
+    /// Two nodes on a virtual clock, delivering at once.
+    struct Pair {
+        nodes: [Swim; 2],
+        timers: Vec<(Duration, usize, SwimTimer)>,
+        now: Duration,
+    }
+
+    impl Pair {
+        fn new(key: Option<Key>) -> Self {
+            let mut nodes = [node(1, key.clone()), node(2, key)];
+            nodes[0].start().unwrap();
+            nodes[1].start().unwrap();
+            Self {
+                nodes,
+                timers: Vec::new(),
+                now: Duration::ZERO,
+            }
+        }
+
+        /// Runs for `d`; returns every datagram sent, with its destination.
+        fn run(&mut self, d: Duration) -> Vec<(SocketAddrV4, Vec<u8>)> {
+            let end = self.now + d;
+            let mut wire = Vec::new();
+            loop {
+                let mut moved = true;
+                while moved {
+                    moved = false;
+                    for i in 0..2 {
+                        let out = self.nodes[i].take_outbox();
+                        let now = self.now;
+                        self.timers
+                            .extend(out.timers.into_iter().map(|(a, t)| (now + a, i, t)));
+                        for (to, data) in out.sends {
+                            moved = true;
+                            let from = self.nodes[i].record().gossip_addr;
+                            if let Some(j) =
+                                (0..2).find(|j| self.nodes[*j].record().gossip_addr == to)
+                            {
+                                self.nodes[j].handle_datagram(from, &data);
+                            }
+                            wire.push((to, data));
+                        }
+                    }
+                }
+                self.timers.sort_by_key(|(at, _, _)| *at);
+                if self.timers.is_empty() || self.timers[0].0 > end {
+                    self.now = end;
+                    return wire;
+                }
+                let (at, i, t) = self.timers.remove(0);
+                self.now = at;
+                self.nodes[i].handle_timer(t);
+            }
+        }
+    }
+
+    #[test]
+    fn two_nodes_join_learn_records_and_a_clean_stop_is_announced() {
+        let mut pair = Pair::new(Some(Key::derive(b"pw", "c")));
+        pair.run(Duration::from_secs(3));
+        let nodes = &mut pair.nodes;
+        assert!(nodes[0].is_live("n2") && nodes[1].is_live("n1"));
+        assert_eq!(
+            nodes[1].record_of("n1").unwrap().ip,
+            std::net::Ipv4Addr::new(10, 0, 0, 1)
+        );
+        nodes[0].update(|r| r.vxlan_port = 8472).unwrap();
+        pair.run(Duration::from_secs(2));
+        let nodes = &mut pair.nodes;
+        assert_eq!(nodes[1].record_of("n1").unwrap().vxlan_port, 8472);
+        nodes[0].leave().unwrap();
+        pair.run(Duration::from_secs(1));
+        let nodes = &mut pair.nodes;
+        let seen = nodes[1].record_of("n1").unwrap();
+        assert!(seen.stopping, "the clean stop did not spread: {seen:?}");
+        assert!(!nodes[1].is_live("n1"), "a node that left is still live");
+        let v = nodes[1].view();
+        assert!(v.members["n1"].record.stopping && !v.members["n1"].live);
+    }
+
+    #[test]
+    fn forged_replayed_and_foreign_datagrams_are_counted_and_change_nothing() {
+        let key = Some(Key::derive(b"pw", "c"));
+        let mut pair = Pair::new(key.clone());
+        let wire = pair.run(Duration::from_secs(1));
+        let nodes = &mut pair.nodes;
+        let to_n1 = SocketAddrV4::new([10, 0, 0, 1].into(), 6783);
+        let from = SocketAddrV4::new([10, 0, 0, 2].into(), 6783);
+        let (_, captured) = wire.iter().find(|(to, _)| *to == to_n1).unwrap().clone();
+        let before = (nodes[0].stats(), nodes[0].known());
+        // Replayed capture.
+        nodes[0].handle_datagram(from, &captured);
+        // Forged: another password.
+        let mut forger = Sealer::new(Some(Key::derive(b"wrong", "c")), 9, 1);
+        let mut forged = Vec::new();
+        let mut evil = MAGIC.to_vec();
+        evil.push(KIND_SYNC);
+        forger.seal(&evil, &mut forged);
+        nodes[0].handle_datagram(from, &forged);
+        // Flipped bit in a genuine datagram.
+        let mut flipped = captured.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 1;
+        nodes[0].handle_datagram(from, &flipped);
+        // Garbage.
+        nodes[0].handle_datagram(from, b"junk");
+        // Authentic but of another protocol (the previous release's).
+        let mut old = Sealer::new(key, 10, 1);
+        let mut foreign = Vec::new();
+        old.seal(b"\x00chitchat envelope", &mut foreign);
+        nodes[0].handle_datagram(from, &foreign);
+        let after = nodes[0].stats();
+        assert_eq!(after.rejected, before.0.rejected + 4, "{after:?}");
+        assert_eq!(after.foreign, before.0.foreign + 1, "{after:?}");
+        assert_eq!(nodes[0].known(), before.1);
+        assert!(
+            nodes[0].take_outbox().sends.is_empty(),
+            "answered a rejected datagram"
+        );
+    }
+}

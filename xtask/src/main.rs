@@ -190,6 +190,25 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
                     .env("OVERLAY_KUBE_VALIDATE", setup::kubernetes_validate()),
                 &mut tally,
             )
+        })
+        // The SWIM simulation runs 1,000 nodes: optimised it takes about a
+        // minute, unoptimised far too long, so the debug run above skips it
+        // (ignored, with that reason) and it runs here in release.
+        .and_then(|()| {
+            exec_tallied(
+                cargo()
+                    .args([
+                        "test",
+                        "--release",
+                        "-p",
+                        "overlay-tests",
+                        "--test",
+                        "swim_sim",
+                    ])
+                    .args(["--", "--include-ignored", "--test-threads", "1"])
+                    .args(extra),
+                &mut tally,
+            )
         });
     // One closing line over every test binary.
     println!(

@@ -10,13 +10,17 @@
 //!   deterministic winner);
 //! - [`node`]: the running node that ties chitchat, the rule and the
 //!   [`crate::topology::Topology`] seam together;
-//! - [`status`]: what `overlay-agent status` shows of all this.
+//! - [`status`]: what `overlay-agent status` shows of all this;
+//! - [`swim`]: the membership layer for 5,000 nodes (SWIM via foca, record
+//!   broadcasts, push-pull anti-entropy), sans-I/O, run by the simulation;
+//!   not yet wired into the agent, which still runs [`node`].
 
 pub mod auth;
 pub mod claims;
 pub mod fragment;
 pub mod node;
 pub mod status;
+pub mod swim;
 pub mod view;
 
 pub use node::{

@@ -1,0 +1,981 @@
+//! Gossip for 5,000 nodes: SWIM membership with suspicion (`foca`), node
+//! records as custom broadcasts, and a push-pull anti-entropy exchange.
+//!
+//! This layer is sans-I/O: [`Swim`] takes datagrams and timer events and
+//! leaves datagrams to send and timers to arm in its [`Outbox`]. The agent
+//! would put a UDP socket and tokio timers around it; the simulation
+//! (`overlay_tests::swim_sim`) puts thousands of them on one virtual clock.
+//!
+//! # Wire
+//!
+//! Every datagram is sealed by [`super::auth::Sealer`] (HMAC, replay
+//! window) and opened by [`super::auth::Opener`] before a byte of it is
+//! parsed. Inside the seal:
+//!
+//! ```text
+//! "OVS1" | kind u8 | body
+//! kind 0: a foca packet (header, member updates, record broadcasts)
+//! kind 1: a push-pull message (postcard `SyncMessage`)
+//! ```
+//!
+//! A sealed datagram whose payload does not start with `OVS1` (the previous
+//! release's chitchat envelope) is dropped and counted in
+//! [`SwimStats::foreign`], with a warning naming the sender: an old and a
+//! new agent do not understand each other and do not corrupt each other's
+//! state. Likewise the previous release fails to decode ours.
+//!
+//! # Dissemination
+//!
+//! - Membership and failure detection: foca (probe, indirect probes,
+//!   suspicion, refutation). Its messages carry a constant-size header and
+//!   as many updates as fit one 1,400-byte packet, whatever the cluster
+//!   size.
+//! - Records: a node's [`NodeRecord`] goes out as a custom broadcast when
+//!   it changes; foca piggybacks it on its messages a bounded number of
+//!   times, and a newer `(generation, seq)` replaces an older one.
+//!   Gossip rounds are sent only while there is something to spread, so
+//!   an idle cluster only probes.
+//! - Anti-entropy: a node sends a random live member a digest of its
+//!   records ([`BUCKETS`] XORs of record fingerprints, about 1.3 KB
+//!   whatever the cluster size); both sides then send each other the
+//!   records of the buckets that differ, in datagrams of at most
+//!   [`SYNC_CHUNK`] bytes. At join the exchange is with a seed; then every
+//!   [`SwimConfig::sync_burst_interval`] until [`SYNC_BURST_ROUNDS`]
+//!   exchanges in a row bring nothing new (a cold start, a heal), then
+//!   every [`SwimConfig::sync_interval`]. An idle exchange costs two
+//!   digests.
+
+pub mod record;
+
+use std::{
+    borrow::Borrow,
+    collections::{HashMap, HashSet},
+    hash::{Hash, Hasher},
+    net::{SocketAddr, SocketAddrV4},
+    num::{NonZeroU8, NonZeroU32, NonZeroUsize},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use foca::{BroadcastHandler, Foca, Identity, Notification, PostcardCodec, Runtime, Timer};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+pub use self::record::{NodeRecord, RecordKey};
+use super::{
+    auth::{Key, Opener, Sealer},
+    view::{Seen, View},
+};
+
+/// First bytes of every payload of this protocol, inside the seal.
+pub const MAGIC: [u8; 4] = *b"OVS1";
+const KIND_FOCA: u8 = 0;
+const KIND_SYNC: u8 = 1;
+/// Buckets of the push-pull digest.
+pub const BUCKETS: usize = 128;
+/// Largest push-pull datagram payload (records are split across several).
+pub const SYNC_CHUNK: usize = 32 * 1024;
+/// Records learned by push-pull between two exchanges above which the next
+/// exchange comes after [`SwimConfig::sync_burst_interval`].
+pub const SYNC_BURST_RECORDS: u64 = 1;
+/// Fast exchanges that bring nothing new before a node slows down to
+/// [`SwimConfig::sync_interval`] (also how many follow a join).
+pub const SYNC_BURST_ROUNDS: u32 = 10;
+/// Largest foca packet (fits a 1,500-byte MTU once sealed).
+pub const MAX_PACKET: usize = 1400;
+
+/// A member's identity in foca: where it gossips and which instance it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Id {
+    /// Gossip address.
+    pub addr: SocketAddrV4,
+    /// The node's generation (start time in ms).
+    pub generation: u64,
+    /// Bumped when the node rejoins after being wrongly declared down.
+    pub bump: u16,
+}
+
+impl Identity for Id {
+    type Addr = SocketAddrV4;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Self {
+            bump: self.bump.wrapping_add(1),
+            ..*self
+        })
+    }
+
+    fn addr(&self) -> SocketAddrV4 {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        (self.generation, self.bump) > (adversary.generation, adversary.bump)
+    }
+}
+
+/// How a [`Swim`] node runs.
+#[derive(Clone, Debug)]
+pub struct SwimConfig {
+    /// This node's record (its `seq` is managed by [`Swim`]).
+    pub record: NodeRecord,
+    /// Seed peers.
+    pub seeds: Vec<SocketAddrV4>,
+    /// Authentication key (`None`: unauthenticated).
+    pub key: Option<Key>,
+    /// Expected cluster size (sizes retransmissions).
+    pub cluster_size: u32,
+    /// SWIM probe period.
+    pub probe_period: Duration,
+    /// Wait for a direct ack before probing indirectly.
+    pub probe_rtt: Duration,
+    /// How long a suspect has to refute before it is declared down.
+    pub suspicion: Duration,
+    /// Gossip round interval (a round is sent only with something to spread).
+    pub gossip_interval: Duration,
+    /// Push-pull period while exchanges find nothing new.
+    pub sync_interval: Duration,
+    /// Push-pull period while they do (a cold start): anti-entropy runs
+    /// fast until the records stop changing.
+    pub sync_burst_interval: Duration,
+    /// Seed of this node's random choices.
+    pub rng_seed: u64,
+    /// Records shared by the nodes of one process (simulations): each node
+    /// keeps a pointer to one copy of a record instead of its own copy.
+    /// `None` in the agent.
+    pub shared: Option<Arc<SharedRecords>>,
+}
+
+impl SwimConfig {
+    /// The defaults for a cluster of about `cluster_size` nodes.
+    pub fn new(record: NodeRecord, seeds: Vec<SocketAddrV4>, cluster_size: u32) -> Self {
+        let rng_seed = record::fnv1a(record.name.as_bytes()) ^ record.generation;
+        Self {
+            record,
+            seeds,
+            key: None,
+            cluster_size,
+            probe_period: Duration::from_millis(500),
+            probe_rtt: Duration::from_millis(200),
+            suspicion: Duration::from_millis(2500),
+            gossip_interval: Duration::from_millis(100),
+            sync_interval: Duration::from_secs(30),
+            sync_burst_interval: Duration::from_secs(2),
+            rng_seed,
+            shared: None,
+        }
+    }
+}
+
+/// One copy of each record version for all the nodes of a process (see
+/// [`SwimConfig::shared`]).
+#[derive(Debug, Default)]
+pub struct SharedRecords(Mutex<HashMap<RecordKey, Arc<NodeRecord>>>);
+
+impl SharedRecords {
+    fn intern(&self, r: NodeRecord) -> Arc<NodeRecord> {
+        let key = RecordKey {
+            name: r.name.clone(),
+            generation: r.generation,
+            seq: r.seq,
+        };
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(key).or_insert_with(|| Arc::new(r)).clone()
+    }
+
+    /// Record versions held.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A record in a set keyed by its node's name.
+#[derive(Clone, Debug)]
+struct ByName(Arc<NodeRecord>);
+
+impl PartialEq for ByName {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.name == o.0.name
+    }
+}
+impl Eq for ByName {}
+impl Hash for ByName {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.name.as_str().hash(h);
+    }
+}
+impl Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+/// A timer a [`Swim`] node asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwimTimer {
+    /// One of foca's.
+    Foca(Timer<Id>),
+    /// A gossip round.
+    Gossip,
+    /// A push-pull exchange.
+    Sync,
+}
+
+/// What a node wants done after a call.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Sealed datagrams and their destination.
+    pub sends: Vec<(SocketAddrV4, Vec<u8>)>,
+    /// Timers to fire after the given delay.
+    pub timers: Vec<(Duration, SwimTimer)>,
+}
+
+/// Counters of one node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwimStats {
+    /// Datagrams that failed authentication or replay checks.
+    pub rejected: u64,
+    /// Authenticated datagrams of another protocol (the previous release).
+    pub foreign: u64,
+    /// Authenticated datagrams of ours that did not decode.
+    pub undecodable: u64,
+    /// Records learned through push-pull.
+    pub synced_records: u64,
+    /// Records learned through push-pull since the last exchange started.
+    pub synced_since: u64,
+    /// Push-pull exchanges this node started.
+    pub syncs: u64,
+    /// Members this node declared (or learned to be) down.
+    pub members_down: u64,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SwimError {
+    /// foca refused the configuration.
+    #[error("configuring SWIM membership")]
+    Config(#[source] foca::Error),
+    /// A record change could not be broadcast.
+    #[error("broadcasting this node's record")]
+    Broadcast(#[source] foca::Error),
+}
+
+/// Records known to a node, and who is alive. Shared with the broadcast
+/// handler that foca owns.
+struct Store {
+    me: String,
+    records: HashSet<ByName>,
+    shared: Option<Arc<SharedRecords>>,
+    buckets: Vec<u64>,
+    /// Active members by address.
+    live: HashMap<SocketAddrV4, Id>,
+    /// Members seen going down.
+    downs: u64,
+}
+
+fn bucket_of(name: &str) -> usize {
+    (record::fnv1a(name.as_bytes()) % BUCKETS as u64) as usize
+}
+
+impl Store {
+    /// Keeps `r` if it is newer than what is known; `own` for this node's.
+    fn apply(&mut self, r: NodeRecord, own: bool) -> bool {
+        if (r.name == self.me) != own {
+            return false;
+        }
+        let b = bucket_of(&r.name);
+        if let Some(old) = self.records.get(r.name.as_str()) {
+            if !r.newer_than(&old.0) {
+                return false;
+            }
+            self.buckets[b] ^= old.0.fingerprint();
+        }
+        self.buckets[b] ^= r.fingerprint();
+        let r = match &self.shared {
+            Some(c) => c.intern(r),
+            None => Arc::new(r),
+        };
+        self.records.replace(ByName(r));
+        true
+    }
+
+    fn is_live(&self, r: &NodeRecord) -> bool {
+        r.name == self.me
+            || self
+                .live
+                .get(&r.gossip_addr)
+                .is_some_and(|id| id.generation == r.generation)
+    }
+}
+
+fn lock(m: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// foca's hook for record broadcasts: keeps the newer ones and tells foca
+/// to spread them on.
+struct Handler(Arc<Mutex<Store>>);
+
+impl BroadcastHandler<Id> for Handler {
+    type Key = RecordKey;
+    type Error = postcard::Error;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        sender: Option<&Id>,
+    ) -> Result<Option<RecordKey>, postcard::Error> {
+        let r = NodeRecord::decode(data)?;
+        let key = RecordKey {
+            name: r.name.clone(),
+            generation: r.generation,
+            seq: r.seq,
+        };
+        // Our own record (`sender` None) is stored before it is added.
+        Ok((sender.is_none() || lock(&self.0).apply(r, false)).then_some(key))
+    }
+}
+
+/// Seeded SplitMix64: foca's and push-pull's random choices, reproducible
+/// in a simulation.
+#[derive(Clone, Debug)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl rand::TryRng for SplitMix {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok((self.next() >> 32) as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.next())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+/// The runtime over `$s`'s fields (a macro, so that foca stays borrowable).
+macro_rules! io {
+    ($s:ident) => {
+        Io {
+            sealer: &mut $s.sealer,
+            out: &mut $s.out,
+            store: &$s.store,
+            scratch: &mut $s.scratch,
+        }
+    };
+}
+
+/// foca's runtime for one call: seals what it sends, collects its timers,
+/// tracks who is alive.
+struct Io<'a> {
+    sealer: &'a mut Sealer,
+    out: &'a mut Outbox,
+    store: &'a Mutex<Store>,
+    scratch: &'a mut Vec<u8>,
+}
+
+impl Io<'_> {
+    fn send(&mut self, to: SocketAddrV4, kind: u8, body: &[u8]) {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&MAGIC);
+        self.scratch.push(kind);
+        self.scratch.extend_from_slice(body);
+        let mut datagram = Vec::new();
+        self.sealer.seal(self.scratch, &mut datagram);
+        self.out.sends.push((to, datagram));
+    }
+}
+
+impl Runtime<Id> for Io<'_> {
+    fn notify(&mut self, n: Notification<'_, Id>) {
+        let mut s = lock(self.store);
+        match n {
+            Notification::MemberUp(id) => {
+                s.live.insert(id.addr, *id);
+            }
+            Notification::MemberDown(id) => {
+                s.downs += 1;
+                if s.live.get(&id.addr) == Some(id) {
+                    s.live.remove(&id.addr);
+                }
+            }
+            Notification::Rename(old, new) if s.live.get(&old.addr) == Some(old) => {
+                s.live.insert(new.addr, *new);
+            }
+            _ => {}
+        }
+    }
+
+    fn send_to(&mut self, to: Id, data: &[u8]) {
+        self.send(to.addr, KIND_FOCA, data);
+    }
+
+    fn submit_after(&mut self, event: Timer<Id>, after: Duration) {
+        self.out.timers.push((after, SwimTimer::Foca(event)));
+    }
+}
+
+/// A push-pull message (records owned when received, borrowed when sent).
+#[derive(Debug, Serialize, Deserialize)]
+enum SyncMessage<R> {
+    /// The sender's digest; `reply` if it answers one.
+    Digest { reply: bool, buckets: Vec<u64> },
+    /// Records of the buckets that differ.
+    Push { records: Vec<R> },
+}
+
+/// One node of the SWIM layer (sans-I/O).
+pub struct Swim {
+    foca: Foca<Id, PostcardCodec, SplitMix, Handler>,
+    store: Arc<Mutex<Store>>,
+    sealer: Sealer,
+    opener: Opener,
+    out: Outbox,
+    scratch: Vec<u8>,
+    me: NodeRecord,
+    config: SwimConfig,
+    rng: SplitMix,
+    stats: SwimStats,
+    /// Fast push-pull exchanges left (see [`SYNC_BURST_ROUNDS`]).
+    burst_left: u32,
+}
+
+impl Swim {
+    /// A node that has not joined yet; call [`Swim::start`].
+    pub fn new(config: SwimConfig) -> Result<Self, SwimError> {
+        let me = config.record.clone();
+        let id = Id {
+            addr: me.gossip_addr,
+            generation: me.generation,
+            bump: 0,
+        };
+        let mut fc = foca::Config::new_lan(
+            NonZeroU32::new(config.cluster_size.max(1)).unwrap_or(NonZeroU32::MIN),
+        );
+        fc.probe_period = config.probe_period;
+        fc.probe_rtt = config.probe_rtt;
+        fc.suspect_to_down_after = config.suspicion;
+        fc.max_packet_size = NonZeroUsize::new(MAX_PACKET).unwrap_or(NonZeroUsize::MIN);
+        // Gossip rounds are ours: sent only while something is to spread.
+        fc.periodic_gossip = None;
+        // After a partition heals, the sides hold each other down and only
+        // an announce to a down member reconnects them: every 5 s rather
+        // than foca's 65 s (two small datagrams, answered only by a member
+        // that is in fact up).
+        fc.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(5),
+            num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+        });
+        // Enough retransmissions that a record reaches every node of a
+        // large cluster by broadcast alone with high probability.
+        fc.max_transmissions = fc
+            .max_transmissions
+            .max(NonZeroU8::new(12).unwrap_or(NonZeroU8::MIN));
+        let store = Arc::new(Mutex::new(Store {
+            me: me.name.clone(),
+            records: HashSet::new(),
+            shared: config.shared.clone(),
+            buckets: vec![0; BUCKETS],
+            live: HashMap::new(),
+            downs: 0,
+        }));
+        lock(&store).apply(me.clone(), true);
+        let mut foca = Foca::with_custom_broadcast(
+            id,
+            fc.clone(),
+            SplitMix::new(config.rng_seed),
+            PostcardCodec,
+            Handler(store.clone()),
+        );
+        // Setting the same config again validates it now rather than later.
+        foca.set_config(fc).map_err(SwimError::Config)?;
+        let sealer = Sealer::new(
+            config.key.clone(),
+            record::fnv1a(me.name.as_bytes()),
+            me.generation,
+        );
+        let opener = Opener::new(config.key.clone());
+        Ok(Self {
+            foca,
+            store,
+            sealer,
+            opener,
+            out: Outbox::default(),
+            scratch: Vec::new(),
+            rng: SplitMix::new(config.rng_seed.rotate_left(17) ^ 0x5bd1_e995),
+            me,
+            config,
+            stats: SwimStats::default(),
+            burst_left: SYNC_BURST_ROUNDS,
+        })
+    }
+
+    /// Joins: announces itself to the seeds, starts a push-pull with one of
+    /// them, and arms the periodic timers.
+    pub fn start(&mut self) -> Result<(), SwimError> {
+        let seeds: Vec<SocketAddrV4> = self
+            .config
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| *s != self.me.gossip_addr)
+            .collect();
+        for s in &seeds {
+            // The seed's generation is unknown: its answer carries its
+            // real identity.
+            let placeholder = Id {
+                addr: *s,
+                generation: 0,
+                bump: 0,
+            };
+            let mut io = io!(self);
+            self.foca
+                .announce(placeholder, &mut io)
+                .map_err(SwimError::Config)?;
+        }
+        // Our record spreads as a broadcast from the first gossip round on.
+        self.foca
+            .add_broadcast(&self.me.encode())
+            .map_err(SwimError::Broadcast)?;
+        if !seeds.is_empty() {
+            let s = seeds[(self.rng.next() % seeds.len() as u64) as usize];
+            self.send_digest(s, false);
+        }
+        self.out
+            .timers
+            .push((self.config.gossip_interval, SwimTimer::Gossip));
+        let first = jitter(&mut self.rng, self.config.sync_burst_interval);
+        self.out.timers.push((first, SwimTimer::Sync));
+        Ok(())
+    }
+
+    /// Changes this node's record and broadcasts the new version.
+    pub fn update(&mut self, f: impl FnOnce(&mut NodeRecord)) -> Result<(), SwimError> {
+        let before = self.me.clone();
+        f(&mut self.me);
+        self.me.name = before.name.clone();
+        self.me.generation = before.generation;
+        if self.me == before {
+            return Ok(());
+        }
+        self.me.seq = before.seq + 1;
+        lock(&self.store).apply(self.me.clone(), true);
+        self.foca
+            .add_broadcast(&self.me.encode())
+            .map_err(SwimError::Broadcast)?;
+        Ok(())
+    }
+
+    /// Announces a clean stop: the record says `stopping`, spread in one
+    /// gossip round, then foca tells the members it leaves.
+    pub fn leave(&mut self) -> Result<(), SwimError> {
+        self.update(|r| r.stopping = true)?;
+        let mut io = io!(self);
+        self.foca.gossip(&mut io).map_err(SwimError::Broadcast)?;
+        self.foca
+            .leave_cluster(&mut io)
+            .map_err(SwimError::Broadcast)
+    }
+
+    /// Handles one datagram from `from`: authenticated before anything is
+    /// parsed; anything else is counted and dropped.
+    pub fn handle_datagram(&mut self, from: SocketAddrV4, datagram: &[u8]) {
+        let payload = match self.opener.open(datagram) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.rejected += 1;
+                return;
+            }
+        };
+        let Some(rest) = payload.strip_prefix(&MAGIC) else {
+            self.stats.foreign += 1;
+            if self.stats.foreign.is_power_of_two() {
+                warn!(
+                    %from, count = self.stats.foreign,
+                    "authenticated gossip datagram of another protocol (an agent of the previous \
+                     release?): dropped; the two releases do not exchange membership, finish the upgrade"
+                );
+            }
+            return;
+        };
+        let ok = match rest.split_first() {
+            Some((&KIND_FOCA, body)) => {
+                let mut io = io!(self);
+                self.foca.handle_data(body, &mut io).is_ok()
+            }
+            Some((&KIND_SYNC, body)) => match postcard::from_bytes::<SyncMessage<NodeRecord>>(body)
+            {
+                Ok(m) => self.handle_sync(from, m),
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        if !ok {
+            self.stats.undecodable += 1;
+        }
+    }
+
+    /// Handles a timer this node asked for.
+    pub fn handle_timer(&mut self, timer: SwimTimer) {
+        match timer {
+            SwimTimer::Foca(t) => {
+                let mut io = io!(self);
+                // An error here is a stale timer of a previous identity.
+                let _ = self.foca.handle_timer(t, &mut io);
+            }
+            SwimTimer::Gossip => {
+                if self.foca.updates_backlog() + self.foca.custom_broadcast_backlog() > 0 {
+                    let mut io = io!(self);
+                    let _ = self.foca.gossip(&mut io);
+                }
+                self.out
+                    .timers
+                    .push((self.config.gossip_interval, SwimTimer::Gossip));
+            }
+            SwimTimer::Sync => {
+                let peers: Vec<SocketAddrV4> = lock(&self.store).live.keys().copied().collect();
+                if !peers.is_empty() {
+                    let p = peers[(self.rng.next() % peers.len() as u64) as usize];
+                    self.send_digest(p, false);
+                }
+                // New records from the last exchange: the cluster is forming
+                // (or healing); keep exchanging often until SYNC_BURST_ROUNDS
+                // exchanges in a row bring nothing new.
+                if self.stats.synced_since >= SYNC_BURST_RECORDS {
+                    self.burst_left = SYNC_BURST_ROUNDS;
+                } else {
+                    self.burst_left = self.burst_left.saturating_sub(1);
+                }
+                self.stats.synced_since = 0;
+                let period = if self.burst_left > 0 {
+                    self.config.sync_burst_interval
+                } else {
+                    self.config.sync_interval
+                };
+                let next = jitter(&mut self.rng, period);
+                self.out.timers.push((next, SwimTimer::Sync));
+            }
+        }
+    }
+
+    /// What to send and arm since the last call.
+    pub fn take_outbox(&mut self) -> Outbox {
+        std::mem::take(&mut self.out)
+    }
+
+    fn send_digest(&mut self, to: SocketAddrV4, reply: bool) {
+        if !reply {
+            self.stats.syncs += 1;
+        }
+        let buckets = lock(&self.store).buckets.clone();
+        let body = postcard::to_allocvec(&SyncMessage::<NodeRecord>::Digest { reply, buckets })
+            .expect("plain data serialises");
+        io!(self).send(to, KIND_SYNC, &body);
+    }
+
+    fn handle_sync(&mut self, from: SocketAddrV4, m: SyncMessage<NodeRecord>) -> bool {
+        match m {
+            SyncMessage::Digest { reply, buckets } => {
+                if buckets.len() != BUCKETS {
+                    return false;
+                }
+                if !reply {
+                    self.send_digest(from, true);
+                }
+                let records: Vec<Arc<NodeRecord>> = {
+                    let s = lock(&self.store);
+                    let differ: Vec<bool> =
+                        (0..BUCKETS).map(|b| s.buckets[b] != buckets[b]).collect();
+                    s.records
+                        .iter()
+                        .filter(|r| differ[bucket_of(&r.0.name)])
+                        .map(|r| r.0.clone())
+                        .collect()
+                };
+                self.push_records(from, records);
+                true
+            }
+            SyncMessage::Push { records } => {
+                let mut s = lock(&self.store);
+                for r in records {
+                    if s.apply(r, false) {
+                        self.stats.synced_records += 1;
+                        self.stats.synced_since += 1;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Sends `records` in datagrams of at most [`SYNC_CHUNK`] bytes.
+    fn push_records(&mut self, to: SocketAddrV4, records: Vec<Arc<NodeRecord>>) {
+        let mut chunk: Vec<&NodeRecord> = Vec::new();
+        let mut size = 0;
+        let flush = |this: &mut Self, chunk: &mut Vec<&NodeRecord>| {
+            if chunk.is_empty() {
+                return;
+            }
+            let m = SyncMessage::Push {
+                records: std::mem::take(chunk),
+            };
+            let body = postcard::to_allocvec(&m).expect("plain data serialises");
+            io!(this).send(to, KIND_SYNC, &body);
+        };
+        for r in &records {
+            let len = r.encode().len();
+            if size + len > SYNC_CHUNK {
+                flush(self, &mut chunk);
+                size = 0;
+            }
+            size += len;
+            chunk.push(r);
+        }
+        flush(self, &mut chunk);
+    }
+
+    /// This node's record.
+    pub fn record(&self) -> &NodeRecord {
+        &self.me
+    }
+
+    /// This node's foca identity.
+    pub fn id(&self) -> Id {
+        *self.foca.identity()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SwimStats {
+        SwimStats {
+            members_down: lock(&self.store).downs,
+            ..self.stats
+        }
+    }
+
+    /// Number of records known (this node's included).
+    pub fn known(&self) -> usize {
+        lock(&self.store).records.len()
+    }
+
+    /// Number of live members (this node excluded).
+    pub fn live_members(&self) -> usize {
+        lock(&self.store).live.len()
+    }
+
+    /// The record of `name`, if known.
+    pub fn record_of(&self, name: &str) -> Option<NodeRecord> {
+        lock(&self.store)
+            .records
+            .get(name)
+            .map(|r| NodeRecord::clone(&r.0))
+    }
+
+    /// Whether `name`'s known generation is alive (this node: always).
+    pub fn is_live(&self, name: &str) -> bool {
+        let s = lock(&self.store);
+        s.records.get(name).is_some_and(|r| s.is_live(&r.0))
+    }
+
+    /// Whether foca holds the member at `addr` alive (any generation).
+    pub fn is_addr_live(&self, addr: SocketAddrV4) -> bool {
+        lock(&self.store).live.contains_key(&addr)
+    }
+
+    /// The library-agnostic view the claim rule and the topology read.
+    pub fn view(&self) -> View {
+        let s = lock(&self.store);
+        let parsed: Vec<(&NodeRecord, bool, crate::gossip::view::Record)> = s
+            .records
+            .iter()
+            .map(|r| (&*r.0, s.is_live(&r.0), r.0.to_view()))
+            .collect();
+        View::build(parsed.iter().map(|(r, live, v)| Seen {
+            name: &r.name,
+            generation: r.generation,
+            gossip_addr: SocketAddr::V4(r.gossip_addr),
+            live: *live,
+            record: v,
+        }))
+    }
+}
+
+/// `d` ± 10 %, so that periodic exchanges of a cluster started at once do
+/// not stay in step.
+fn jitter(rng: &mut SplitMix, d: Duration) -> Duration {
+    let f = 0.9 + 0.2 * (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+    d.mul_f64(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: u8, key: Option<Key>) -> Swim {
+        let addr = SocketAddrV4::new([10, 0, 0, i].into(), 6783);
+        let record = NodeRecord {
+            name: format!("n{i}"),
+            generation: 1,
+            seq: 0,
+            gossip_addr: addr,
+            ip: [10, 0, 0, i].into(),
+            vxlan_port: 4789,
+            version: "test".into(),
+            stopping: false,
+            claims: Vec::new(),
+            forgets: Vec::new(),
+        };
+        let seeds = vec![SocketAddrV4::new([10, 0, 0, 1].into(), 6783)];
+        let mut config = SwimConfig::new(record, seeds, 2);
+        config.key = key;
+        Swim::new(config).expect("valid config")
+    }
+
+    /// Two nodes on a virtual clock, delivering at once.
+    struct Pair {
+        nodes: [Swim; 2],
+        timers: Vec<(Duration, usize, SwimTimer)>,
+        now: Duration,
+    }
+
+    impl Pair {
+        fn new(key: Option<Key>) -> Self {
+            let mut nodes = [node(1, key.clone()), node(2, key)];
+            nodes[0].start().unwrap();
+            nodes[1].start().unwrap();
+            Self {
+                nodes,
+                timers: Vec::new(),
+                now: Duration::ZERO,
+            }
+        }
+
+        /// Runs for `d`; returns every datagram sent, with its destination.
+        fn run(&mut self, d: Duration) -> Vec<(SocketAddrV4, Vec<u8>)> {
+            let end = self.now + d;
+            let mut wire = Vec::new();
+            loop {
+                let mut moved = true;
+                while moved {
+                    moved = false;
+                    for i in 0..2 {
+                        let out = self.nodes[i].take_outbox();
+                        let now = self.now;
+                        self.timers
+                            .extend(out.timers.into_iter().map(|(a, t)| (now + a, i, t)));
+                        for (to, data) in out.sends {
+                            moved = true;
+                            let from = self.nodes[i].record().gossip_addr;
+                            if let Some(j) =
+                                (0..2).find(|j| self.nodes[*j].record().gossip_addr == to)
+                            {
+                                self.nodes[j].handle_datagram(from, &data);
+                            }
+                            wire.push((to, data));
+                        }
+                    }
+                }
+                self.timers.sort_by_key(|(at, _, _)| *at);
+                if self.timers.is_empty() || self.timers[0].0 > end {
+                    self.now = end;
+                    return wire;
+                }
+                let (at, i, t) = self.timers.remove(0);
+                self.now = at;
+                self.nodes[i].handle_timer(t);
+            }
+        }
+    }
+
+    #[test]
+    fn two_nodes_join_learn_records_and_a_clean_stop_is_announced() {
+        let mut pair = Pair::new(Some(Key::derive(b"pw", "c")));
+        pair.run(Duration::from_secs(3));
+        let nodes = &mut pair.nodes;
+        assert!(nodes[0].is_live("n2") && nodes[1].is_live("n1"));
+        assert_eq!(
+            nodes[1].record_of("n1").unwrap().ip,
+            std::net::Ipv4Addr::new(10, 0, 0, 1)
+        );
+        nodes[0].update(|r| r.vxlan_port = 8472).unwrap();
+        pair.run(Duration::from_secs(2));
+        let nodes = &mut pair.nodes;
+        assert_eq!(nodes[1].record_of("n1").unwrap().vxlan_port, 8472);
+        nodes[0].leave().unwrap();
+        pair.run(Duration::from_secs(1));
+        let nodes = &mut pair.nodes;
+        let seen = nodes[1].record_of("n1").unwrap();
+        assert!(seen.stopping, "the clean stop did not spread: {seen:?}");
+        assert!(!nodes[1].is_live("n1"), "a node that left is still live");
+        let v = nodes[1].view();
+        assert!(v.members["n1"].record.stopping && !v.members["n1"].live);
+    }
+
+    #[test]
+    fn forged_replayed_and_foreign_datagrams_are_counted_and_change_nothing() {
+        let key = Some(Key::derive(b"pw", "c"));
+        let mut pair = Pair::new(key.clone());
+        let wire = pair.run(Duration::from_secs(1));
+        let nodes = &mut pair.nodes;
+        let to_n1 = SocketAddrV4::new([10, 0, 0, 1].into(), 6783);
+        let from = SocketAddrV4::new([10, 0, 0, 2].into(), 6783);
+        let (_, captured) = wire.iter().find(|(to, _)| *to == to_n1).unwrap().clone();
+        let before = (nodes[0].stats(), nodes[0].known());
+        // Replayed capture.
+        nodes[0].handle_datagram(from, &captured);
+        // Forged: another password.
+        let mut forger = Sealer::new(Some(Key::derive(b"wrong", "c")), 9, 1);
+        let mut forged = Vec::new();
+        let mut evil = MAGIC.to_vec();
+        evil.push(KIND_SYNC);
+        forger.seal(&evil, &mut forged);
+        nodes[0].handle_datagram(from, &forged);
+        // Flipped bit in a genuine datagram.
+        let mut flipped = captured.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 1;
+        nodes[0].handle_datagram(from, &flipped);
+        // Garbage.
+        nodes[0].handle_datagram(from, b"junk");
+        // Authentic but of another protocol (the previous release's).
+        let mut old = Sealer::new(key, 10, 1);
+        let mut foreign = Vec::new();
+        old.seal(b"\x00chitchat envelope", &mut foreign);
+        nodes[0].handle_datagram(from, &foreign);
+        let after = nodes[0].stats();
+        assert_eq!(after.rejected, before.0.rejected + 4, "{after:?}");
+        assert_eq!(after.foreign, before.0.foreign + 1, "{after:?}");
+        assert_eq!(nodes[0].known(), before.1);
+        assert!(
+            nodes[0].take_outbox().sends.is_empty(),
+            "answered a rejected datagram"
+        );
+    }
+}

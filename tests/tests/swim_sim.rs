@@ -1,0 +1,79 @@
+//! Simulations of the SWIM gossip layer (`overlay_tests::swim_sim`): real
+//! `Swim` nodes, authenticated, on a virtual clock. Sizes stay below the
+//! bench's 5,000 (`overlay-bench --swim-nodes`) to fit CI; the bounds are
+//! protocol-time bounds of the targets.
+
+use std::time::Duration;
+
+use overlay_tests::swim_sim::{self, Plan};
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "1,000 simulated nodes: run in release (cargo xtask test does)"
+)]
+fn a_thousand_nodes_form_spread_records_and_detect_deaths_within_the_targets() {
+    let r = swim_sim::run_all(Plan {
+        nodes: 1000,
+        window: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        lossy: Duration::from_secs(120),
+        loss: 0.01,
+        churn: Duration::from_secs(60),
+        seed: 1,
+        stop: || false,
+    });
+    println!("{r}");
+    let cold = r
+        .cold_start
+        .unwrap_or_else(|| panic!("cold start never converged:\n{r}"));
+    assert!(cold <= Duration::from_secs(20), "cold start {cold:?}:\n{r}");
+    let all = r
+        .join
+        .all
+        .unwrap_or_else(|| panic!("a new record never spread:\n{r}"));
+    assert!(all <= Duration::from_secs(5), "join {all:?}:\n{r}");
+    let death = r
+        .death
+        .unwrap_or_else(|| panic!("a death was never declared:\n{r}"));
+    assert!(death <= Duration::from_secs(6), "death {death:?}:\n{r}");
+    assert_eq!(
+        r.idle.false_downs + r.lossy.false_downs,
+        0,
+        "false deaths:\n{r}"
+    );
+    assert!(r.idle.bandwidth.mean <= 1000.0, "idle bandwidth:\n{r}");
+    assert!(r.churn.bandwidth.max <= 30_000.0, "churn bandwidth:\n{r}");
+    assert_eq!(r.rejected, 0, "datagrams rejected in a clean cluster:\n{r}");
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "200 simulated nodes with the claim rule: run in release (cargo xtask test does)"
+)]
+fn the_claim_rule_over_swim_keeps_one_owner_per_block_through_a_partition_and_heal() {
+    let r = swim_sim::claim_partition(200, 7);
+    println!("{r}");
+    assert!(
+        r.formed,
+        "formation did not give one settled block per node:\n{r}"
+    );
+    assert!(
+        r.duplicates.is_empty(),
+        "a block settled on two nodes:\n{r}"
+    );
+    assert_eq!(
+        r.settled_minority, 0,
+        "the minority side settled blocks:\n{r}"
+    );
+    assert!(
+        r.settled_majority > 0,
+        "the majority side settled nothing (the rule is stuck):\n{r}"
+    );
+    assert!(r.healed.is_some(), "the cluster never healed:\n{r}");
+    assert!(
+        r.views_agree,
+        "views disagree on owners after the heal:\n{r}"
+    );
+}

@@ -679,6 +679,21 @@ pub mod datapath {
             g1 / g0,
             r1 - r0
         );
+        // Each repetition's pair, so that a reader can see whether the
+        // difference of the medians stands out of the spread.
+        let _ = writeln!(
+            o,
+            "\nPer repetition (no policy / policy): {}",
+            results[0]
+                .iter()
+                .zip(&results[1])
+                .map(|(a, b)| format!(
+                    "{:.2}/{:.2} Gbit/s {:.2}/{:.2} µs",
+                    a.gbps, b.gbps, a.rtt_us, b.rtt_us
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
         o
     }
 }

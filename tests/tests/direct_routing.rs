@@ -36,17 +36,6 @@ fn counter(status: &Value, stat: Stat) -> u64 {
         .unwrap_or(0)
 }
 
-/// The carriage node `i`'s agent reports for `peer` (`direct`, `vxlan`,
-/// `refused`), if it reports one.
-fn carriage(c: &Cluster, i: usize, peer: Ipv4Addr) -> Option<String> {
-    let s = c.status(i);
-    s["datapath"]["carriage"]
-        .as_array()?
-        .iter()
-        .find(|p| p["ip"].as_str() == Some(&peer.to_string()))
-        .and_then(|p| p["carriage"].as_str().map(str::to_owned))
-}
-
 /// Waits (bounded) until node `i` reports `want` for `peer` and, for a
 /// direct peer, knows its MAC (whose packets it then accepts).
 fn wait_carriage(c: &Cluster, i: usize, peer: Ipv4Addr, want: &str) {
@@ -191,6 +180,7 @@ fn auto_routes_on_link_peers_directly_and_encapsulates_towards_a_routed_one() {
         );
     }
     let text = c.status_text(0);
+    eprintln!("node 0's status:\n{text}");
     assert!(
         text.contains("tunnel mode auto") && text.contains("direct") && text.contains("vxlan"),
         "{text}"

@@ -326,9 +326,9 @@ impl Lab {
                         make_wire(sw, &format!("p{}", i + 1));
                     }
                 }
-                make_wire(sw, "prt");
             }
-            if let Some(rt) = &self.router {
+            if let (Some(sw), Some(rt)) = (&self.switch, &self.router) {
+                make_wire(sw, "prt");
                 make_wire(rt, "sw0");
                 make_wire(rt, "dn0");
             }

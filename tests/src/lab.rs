@@ -482,6 +482,43 @@ impl Lab {
         }
     }
 
+    /// Switches every overlay node to direct routing towards every other
+    /// (what an agent with `--tunnel direct` writes when all peers are
+    /// on-link): each other node's block gets `ROUTE_F_DIRECT`, and each
+    /// other node's uplink MAC goes into the peer MAC map. The pods keep the
+    /// MTU they were made with (give them [`UNDERLAY_MTU`] through
+    /// [`LabOptions::pod_mtu`]).
+    pub fn route_directly(&self) {
+        let macs: Vec<[u8; 6]> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let text =
+                    n.ns.exec(&["cat", &format!("/sys/class/net/{UPLINK}/address")]);
+                let mut mac = [0u8; 6];
+                for (b, h) in mac.iter_mut().zip(text.trim().split(':')) {
+                    *b = u8::from_str_radix(h, 16).expect("a MAC address");
+                }
+                mac
+            })
+            .collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.mode != Mode::Overlay {
+                continue;
+            }
+            let mut maps = self.maps(i);
+            let mut peers = std::collections::BTreeMap::new();
+            for (k, other) in self.nodes.iter().enumerate() {
+                if k != i {
+                    maps.upsert_route_flags(other.block, other.ip, overlay_common::ROUTE_F_DIRECT)
+                        .expect("direct route");
+                    peers.insert(other.ip, macs[k]);
+                }
+            }
+            maps.sync_peer_macs(&peers).expect("peer MACs");
+        }
+    }
+
     /// The maps of node `i`.
     pub fn maps(&self, i: usize) -> Maps {
         Maps::open(&self.nodes[i].pin_dir).expect("open pinned maps")

@@ -2279,3 +2279,39 @@ fn from_uplink_passes_unencapsulated_traffic_that_is_not_pod_to_pod() {
             .expect_passed(what, &input, Stat::FromUplinkPassed);
     }
 }
+
+#[test]
+fn policy_ingress_applies_to_directly_routed_packets_as_to_decapsulated_ones() {
+    overlay_tests::privileged!(
+        "policy_ingress_applies_to_directly_routed_packets_as_to_decapsulated_ones"
+    );
+    let mut p = PolicyFixture::new();
+    p.fx.maps
+        .sync_peer_macs(&[(PEER, PEER_MAC)].into_iter().collect())
+        .expect("peer MAC");
+    // Clients of every namespace may open TCP 80 (`http`) of x/server.
+    p.set(&[(
+        "server",
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"from": [{"namespaceSelector": {},
+                                   "podSelector": {"matchLabels": {"app": "client"}}}],
+                         "ports": [{"port": "http"}]}],
+        }),
+    )]);
+    let allowed = direct_frame(PEER_MAC, &tcp_packet(REMOTE_POD, LOCAL_POD, 40100, 80, SYN));
+    let r = p.fx.run_from_uplink(&allowed);
+    r.expect(
+        "y/client -> x/server TCP 80, direct",
+        TC_ACT_REDIRECT,
+        Stat::FromUplinkDirect,
+    );
+    let refused = direct_frame(PEER_MAC, &tcp_packet(REMOTE_POD, LOCAL_POD, 40101, 81, SYN));
+    p.fx.run_from_uplink(&refused).expect_dropped(
+        "y/client -> x/server TCP 81, direct",
+        &refused,
+        Stat::DropPolicyIngress,
+    );
+    let d = p.drops(LOCAL_POD);
+    assert_eq!((d.ingress, d.egress), (1, 0), "drops of x/server: {d:?}");
+}

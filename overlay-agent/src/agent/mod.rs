@@ -201,6 +201,13 @@ impl Agent {
             pods_reattached = reattached,
             "datapath ready"
         );
+        // The peer MACs an earlier agent wrote: kept for peers whose
+        // neighbour entry the kernel has aged out since (see
+        // `tunnel_mode::peer_macs`), so a restart never drops a direct flow.
+        let macs = maps
+            .peer_macs()
+            .map(|m| m.into_iter().map(|(mac, ip)| (ip, mac)).collect())
+            .unwrap_or_default();
         Ok(Self {
             config,
             pod_mtu,
@@ -212,7 +219,7 @@ impl Agent {
                 topology_applied: false,
                 routed: BTreeSet::new(),
                 carriage: BTreeMap::new(),
-                macs: BTreeMap::new(),
+                macs,
                 last: None,
             }),
         })

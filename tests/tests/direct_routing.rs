@@ -207,8 +207,10 @@ fn direct_refuses_a_peer_that_is_not_on_link_and_names_it() {
     wait_carriage(&c, 0, n1, "direct");
     wait_carriage(&c, 0, n2, "refused");
     let log = c.log(0);
-    let want =
-        format!("peer {n2} is not on-link (not on-link: its route goes via gateway {ROUTER_IP})");
+    let want = format!(
+        "--tunnel direct: refusing to route peer {n2}, not on-link: its route goes via gateway \
+         {ROUTER_IP}"
+    );
     assert!(log.contains(&want), "no {want:?} in the log:\n{log}");
     let text = c.status_text(0);
     assert!(

@@ -79,6 +79,9 @@ struct State {
     /// The last topology and datapath states applied, re-applied by
     /// [`Agent::refresh_tunnels`].
     last: Option<(Topology, BTreeMap<Ipv4Addr, DatapathState>)>,
+    /// Bumped by every [`Agent::apply_topology`]: a refresh that finds it
+    /// moved while it asked the kernel gives way to the newer topology.
+    generation: u64,
 }
 
 /// The node agent.
@@ -221,6 +224,7 @@ impl Agent {
                 carriage: BTreeMap::new(),
                 macs,
                 last: None,
+                generation: 0,
             }),
         })
     }
@@ -235,7 +239,7 @@ impl Agent {
         topology: &Topology,
         datapaths: &BTreeMap<Ipv4Addr, DatapathState>,
     ) -> Result<SyncReport, AgentError> {
-        self.apply(topology, datapaths, false)
+        self.apply(topology, datapaths, None)
     }
 
     /// Re-decides, per peer, VXLAN or direct (`--tunnel`) from what the
@@ -244,18 +248,23 @@ impl Agent {
     /// that changed anything. The daemon calls it every few seconds: a
     /// route that changes under the agent changes the carriage.
     pub fn refresh_tunnels(&self) -> Result<(), AgentError> {
-        let last = self.lock().last.clone();
+        let (last, generation) = {
+            let state = self.lock();
+            (state.last.clone(), state.generation)
+        };
         if let Some((topology, datapaths)) = last {
-            self.apply(&topology, &datapaths, true)?;
+            self.apply(&topology, &datapaths, Some(generation))?;
         }
         Ok(())
     }
 
+    /// Applies `topology`; `refresh` is the generation a refresh read it
+    /// at (`None`: a new topology).
     fn apply(
         &self,
         topology: &Topology,
         datapaths: &BTreeMap<Ipv4Addr, DatapathState>,
-        refresh: bool,
+        refresh: Option<u64>,
     ) -> Result<SyncReport, AgentError> {
         let me = self.config.node_ip;
         let others: Vec<Ipv4Addr> = topology
@@ -273,6 +282,12 @@ impl Agent {
         };
         let survey = crate::netlink::survey(self.uplink_ifindex, &others, &solicit);
         let mut state = self.lock();
+        match refresh {
+            Some(g) if g != state.generation => return Ok(SyncReport::default()),
+            Some(_) => {}
+            None => state.generation += 1,
+        }
+        let refresh = refresh.is_some();
         let carriage: BTreeMap<Ipv4Addr, PeerCarriage> = match &survey {
             Ok(sv) => others
                 .iter()
@@ -348,9 +363,8 @@ impl Agent {
             }
             match c.carriage {
                 Carriage::Refused => error!(peer = %ip, reason = %c.why,
-                    "--tunnel direct: peer {ip} is not on-link ({}): refusing to route it \
-                     (its pods are unreachable from here); run --tunnel auto to encapsulate \
-                     towards it", c.why),
+                    "--tunnel direct: refusing to route peer {ip}, {}: its pods are unreachable \
+                     from here (--tunnel auto would encapsulate towards it)", c.why),
                 Carriage::Direct => info!(peer = %ip, "peer is on-link: routed directly"),
                 Carriage::Vxlan => info!(peer = %ip, reason = %c.why, "peer routed through VXLAN"),
             }

@@ -690,7 +690,8 @@ struct Sample {
     /// Node 1's `ul0` counters over the single-stream run.
     ul_tx_packets: u64,
     ul_tx_bytes: u64,
-    /// Overlay only: `from_pod_encapsulated` on node 1 over the single-stream run.
+    /// Our datapath only: `from_pod_encapsulated` (direct: `from_pod_direct`)
+    /// on node 1 over the single-stream run.
     encapsulated: Option<u64>,
     /// Overlay only: sum of both nodes' drop counters over the single-stream run.
     drops: Option<u64>,
@@ -888,7 +889,14 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts) -> Result<Sample>
         s.ul_avg_packet(),
         s.rx_avg_packet(),
         match (s.encapsulated, s.drops) {
-            (Some(e), Some(d)) => format!(", {e} encapsulated, {d} dropped"),
+            (Some(e), Some(d)) => format!(
+                ", {e} {}, {d} dropped",
+                if sc == Scenario::Direct {
+                    "sent direct"
+                } else {
+                    "encapsulated"
+                }
+            ),
             _ => String::new(),
         }
     ));
@@ -1422,7 +1430,7 @@ fn raw_table(o: &mut String, results: &Results, opts: &Opts) {
     o.push_str(
         "| underlay | rep | scenario | Gbit/s 1 | retr 1 | Gbit/s 4 | retr 4 | RR avg µs | \
          RR p99 µs | CPU0 s/GB | MSS | iperf3 CPU % snd/rcv 1 | ul0 tx pkts | ul0 avg pkt B | \
-         rx avg pkt B | encapsulated | drops | CPU0 / CPU1 busy % |\n",
+         rx avg pkt B | encapsulated (direct: sent direct) | drops | CPU0 / CPU1 busy % |\n",
     );
     o.push_str(
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",

@@ -179,6 +179,52 @@ fn auto_routes_on_link_peers_directly_and_encapsulates_towards_a_routed_one() {
             c.status(i)["datapath"]
         );
     }
+
+    // Kept current: once node 0's route to node 1 goes through the router,
+    // node 0 encapsulates towards it (within the agent's refresh), and goes
+    // back to direct when the route is gone; traffic flows throughout.
+    let router = c.lab.router.as_ref().expect("the router");
+    for sysctl in [
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.sw0.send_redirects=0",
+    ] {
+        router.exec(&["sysctl", "-qw", sysctl]);
+    }
+    let n0 = &c.lab.nodes[0].ns;
+    let via_router = [
+        "route",
+        "add",
+        &format!("{n1}/32"),
+        "via",
+        &ROUTER_IP.to_string(),
+        "dev",
+        UPLINK,
+    ];
+    n0.ip(&via_router);
+    wait_carriage(&c, 0, n1, "vxlan");
+    assert_eq!(
+        route_flags(&c, 0, 1),
+        Some(0),
+        "node 1's block, via the router"
+    );
+    let s0 = c.status(0);
+    assert!(
+        reaches(&p0, p1.ip),
+        "pod on node 0 -> node 1 through the router"
+    );
+    assert!(
+        d(&s0, &c.status(0), Stat::FromPodEncapsulated) > 0,
+        "node 0 did not encapsulate towards node 1 behind a gateway"
+    );
+    n0.ip(&["route", "del", &format!("{n1}/32")]);
+    wait_carriage(&c, 0, n1, "direct");
+    assert_eq!(
+        route_flags(&c, 0, 1),
+        Some(ROUTE_F_DIRECT),
+        "node 1's block, on-link again"
+    );
+    assert!(reaches(&p0, p1.ip), "pod on node 0 -> node 1, direct again");
+
     let text = c.status_text(0);
     eprintln!("node 0's status:\n{text}");
     assert!(

@@ -22,7 +22,7 @@ use overlay_tests::{
     cluster::{Cluster, CniPod},
     lab::{ROUTER_IP, UNDERLAY_MTU, UPLINK, node_block},
     privileged,
-    traffic::{Payload, ipv4_udp, send_file, send_raw_ipv4},
+    traffic::{ContinuousPing, Payload, ipv4_udp, send_file, send_raw_ipv4},
 };
 use serde_json::Value;
 
@@ -436,4 +436,52 @@ fn a_100_mib_transfer_each_way_arrives_intact_with_tunnel_direct() {
 fn a_100_mib_transfer_each_way_arrives_intact_with_tunnel_auto() {
     privileged!("a_100_mib_transfer_each_way_arrives_intact_with_tunnel_auto");
     transfers_each_way("auto", Stat::FromPodDirect);
+}
+
+/// The DaemonSet's setting (gossip, probes, `auto`) on one link: peers are
+/// routed directly, and killing and restarting either agent never loses a
+/// packet of a running flow (the new agent starts from the pinned routes
+/// and peer MACs the old one left).
+#[test]
+fn gossip_agents_in_auto_route_directly_and_restarts_never_interrupt_a_direct_flow() {
+    privileged!("gossip_agents_in_auto_route_directly_and_restarts_never_interrupt_a_direct_flow");
+    let mut c = Cluster::gossip_unstarted(2);
+    c.tunnel = "auto";
+    for i in 0..2 {
+        c.spawn_agent(i);
+    }
+    for i in 0..2 {
+        c.wait_ready(i, Duration::from_secs(40));
+    }
+    let a = c.add_pod(0);
+    let b = c.add_pod(1);
+    wait_carriage(&c, 0, c.lab.nodes[1].ip, "direct");
+    wait_carriage(&c, 1, c.lab.nodes[0].ip, "direct");
+    assert!(reaches(&a, b.ip), "pods do not reach each other");
+    let before = c.status(1);
+    let ping = ContinuousPing::start(&a.ns, b.ip, 20, Duration::from_secs(30));
+    for i in [0, 1] {
+        c.kill_agent(i);
+        std::thread::sleep(Duration::from_millis(500));
+        c.spawn_agent(i);
+        c.wait_ready(i, Duration::from_secs(40));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (sent, received) = ping.finish();
+    assert!(sent > 20, "the flow hardly ran: {sent} echoes");
+    assert_eq!(
+        received, sent,
+        "echoes lost across agent restarts: {received} of {sent}"
+    );
+    let after = c.status(1);
+    assert!(
+        counter(&after, Stat::FromUplinkDirect) - counter(&before, Stat::FromUplinkDirect) >= sent,
+        "the flow did not stay direct"
+    );
+    assert_eq!(
+        counter(&after, Stat::FromUplinkDecapsulated)
+            - counter(&before, Stat::FromUplinkDecapsulated),
+        0,
+        "the flow was encapsulated"
+    );
 }

@@ -141,7 +141,10 @@ pub struct AgentConfig {
     /// refused, not routed, and named in the log and the status); `auto`
     /// routes on-link peers directly and encapsulates towards the others.
     /// On-link is asked of the kernel per peer and re-checked on every
-    /// topology change and every few seconds.
+    /// topology change and every few seconds. `auto` keeps every pod at
+    /// the uplink MTU minus 50 (direct peers do not get the 50 bytes);
+    /// pick `direct` when every node shares one L2 segment, `vxlan` when
+    /// the underlay drops packets with pod addresses.
     #[arg(long, env = "OVERLAY_TUNNEL", default_value = "auto", value_enum)]
     pub tunnel: TunnelMode,
     /// Pod MTU; defaults to the uplink's MTU minus the 50 bytes of VXLAN

@@ -5,12 +5,12 @@
 //!   `ROUTE_F_DIRECT`): `bpf_redirect_neigh` out of the uplink with the
 //!   owning node's IP as next hop, so the frame goes to that node's MAC.
 //! - [`accept`] (from `from_uplink`, for IPv4 not addressed to the node):
-//!   a packet to a pod here from an address in a cluster block must come
-//!   from a live peer's MAC and from a block of that very peer; then
-//!   NetworkPolicy ingress decides and it goes straight into the pod
-//!   (`bpf_redirect_peer`). Anything else from a cluster block to a pod
-//!   here is dropped with its reason, never handed to the stack (which
-//!   would route it).
+//!   a packet from an address in a cluster block to an address in one must
+//!   come from a live peer's MAC and from a block of that very peer, and
+//!   be for a pod here; then NetworkPolicy ingress decides and it goes
+//!   straight into the pod (`bpf_redirect_peer`). Anything else from a
+//!   cluster block to a cluster block is dropped with its reason, never
+//!   handed to the stack (which would route it on).
 
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
@@ -58,21 +58,15 @@ pub fn send(cfg: &NodeConfig, peer: [u8; 4]) -> Verdict {
 /// before direct routing existed).
 #[inline(always)]
 pub fn accept(ctx: &TcContext, ip: &Ipv4) -> Option<Verdict> {
-    // Sources outside every cluster block keep today's behaviour.
+    // Sources outside every cluster block, and destinations outside them,
+    // keep today's behaviour.
     let owner = route(ip.src)?.node_ip;
-    let ep = ENDPOINTS.get_ptr(ip.dst)?;
-    // SAFETY: the pointer comes from a successful lookup; copy out at once.
-    let ep = unsafe { *ep };
-    Some(check_and_deliver(ctx, ip, owner, &ep))
+    route(ip.dst)?;
+    Some(check_and_deliver(ctx, ip, owner))
 }
 
 #[inline(always)]
-fn check_and_deliver(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    owner: [u8; 4],
-    ep: &overlay_common::Endpoint,
-) -> Verdict {
+fn check_and_deliver(ctx: &TcContext, ip: &Ipv4, owner: [u8; 4]) -> Verdict {
     let smac: [u8; 6] = ctx.load(6).map_err(|_| Stat::DropTruncated)?;
     // The MAC must be a peer's, and that peer alive.
     let Some(sender) = PEER_MACS.get_ptr(&mac_key(smac)) else {
@@ -89,6 +83,14 @@ fn check_and_deliver(
     if owner != sender {
         return Err(Stat::DropDirectSpoofedSource);
     }
+    // Pod to pod, from whom it claims: it must be for a pod here (the
+    // stack would route it on, and nothing routes pod traffic through a
+    // node that does not own the destination).
+    let Some(ep) = ENDPOINTS.get_ptr(ip.dst) else {
+        return Err(Stat::DropNoEndpoint);
+    };
+    // SAFETY: the pointer comes from a successful lookup; copy out at once.
+    let ep = unsafe { *ep };
     if usize::from(ip.total_len) + L3 > ctx.len() as usize {
         return Err(Stat::DropTruncated);
     }
@@ -104,5 +106,5 @@ fn check_and_deliver(
             ingress_exempt: false,
         },
     )?;
-    deliver_local(ctx, ep).map(|a| (a, Stat::FromUplinkDirect))
+    deliver_local(ctx, &ep).map(|a| (a, Stat::FromUplinkDirect))
 }

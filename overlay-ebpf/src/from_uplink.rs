@@ -10,10 +10,10 @@
 //! A peer's liveness probe (UDP to our node IP and probe port) is answered
 //! here by reflecting it ([`crate::probe`]).
 //!
-//! IPv4 for a pod here from an address in a cluster block, not addressed to
-//! the node, is a directly routed pod packet: accepted from a live peer's
-//! MAC with a source in that peer's blocks, dropped otherwise
-//! ([`crate::direct::accept`]).
+//! IPv4 from a cluster block to a cluster block, not addressed to the node,
+//! is a directly routed pod packet: delivered when it comes from a live
+//! peer's MAC with a source in that peer's blocks and is for a pod here,
+//! dropped otherwise ([`crate::direct::accept`]).
 
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},

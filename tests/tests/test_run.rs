@@ -2248,6 +2248,14 @@ fn from_uplink_drops_direct_packets_from_strangers_dead_peers_and_wrong_sources(
         fx.run_from_uplink(&input)
             .expect_dropped(what, &input, stat);
     }
+    // From the peer, as itself, but for an address here that is no pod:
+    // not handed to the stack, which would route it on.
+    let no_pod = direct_frame(PEER_MAC, &pod_udp(REMOTE_POD, LOCAL_NO_POD, 1, 2, b"x"));
+    fx.run_from_uplink(&no_pod).expect_dropped(
+        "the peer's pod to an address here that is no pod",
+        &no_pod,
+        Stat::DropNoEndpoint,
+    );
     // A peer that is known but withdrawn (not active) sends nothing direct.
     fx.maps.set_peer(PEER, false).expect("withdraw the peer");
     let input = direct_frame(PEER_MAC, &from_peer);
@@ -2270,8 +2278,8 @@ fn from_uplink_passes_unencapsulated_traffic_that_is_not_pod_to_pod() {
             pod_udp(Ipv4Addr::new(192, 0, 2, 7), LOCAL_POD, 1, 2, b"x"),
         ),
         (
-            "a peer's pod to an address here that is no pod",
-            pod_udp(REMOTE_POD, LOCAL_NO_POD, 1, 2, b"x"),
+            "a peer's pod to an address outside the cluster",
+            pod_udp(REMOTE_POD, Ipv4Addr::new(192, 0, 2, 8), 1, 2, b"x"),
         ),
     ] {
         let input = direct_frame(STRANGER_MAC, &ip);

@@ -135,7 +135,21 @@ pub struct AgentConfig {
     /// restored at its next answer.
     #[arg(long, env = "OVERLAY_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub probe_timeout: Duration,
-    /// Pod MTU; defaults to the uplink's MTU minus the 50 bytes of VXLAN.
+    /// How pod traffic crosses to other nodes: `vxlan` always
+    /// encapsulates; `direct` never does (every peer must be on-link, i.e.
+    /// the route to its node IP has no gateway; a peer that is not is
+    /// refused, not routed, and named in the log and the status); `auto`
+    /// routes on-link peers directly and encapsulates towards the others.
+    /// On-link is asked of the kernel per peer and re-checked on every
+    /// topology change and every few seconds. `auto` keeps every pod at
+    /// the uplink MTU minus 50 (direct peers do not get the 50 bytes);
+    /// pick `direct` when every node shares one L2 segment, `vxlan` when
+    /// the underlay drops packets with pod addresses.
+    #[arg(long, env = "OVERLAY_TUNNEL", default_value = "auto", value_enum)]
+    pub tunnel: TunnelMode,
+    /// Pod MTU; defaults to the uplink's MTU minus the 50 bytes of VXLAN
+    /// (`--tunnel vxlan` or `auto`), or the uplink's MTU (`--tunnel
+    /// direct`).
     #[arg(long, env = "OVERLAY_MTU")]
     pub mtu: Option<u32>,
     /// bpffs directory for the pinned maps and links (the binary's global
@@ -186,6 +200,29 @@ pub fn parse_peers(s: &str) -> Result<Vec<String>, String> {
         .filter(|p| !p.is_empty())
         .map(str::to_owned)
         .collect())
+}
+
+/// How pod packets cross the underlay to other nodes (`--tunnel`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// VXLAN to peers that are not on-link, direct to the others.
+    #[default]
+    Auto,
+    /// Always VXLAN.
+    Vxlan,
+    /// Never VXLAN: peers that are not on-link are refused.
+    Direct,
+}
+
+impl TunnelMode {
+    /// `auto`, `vxlan` or `direct`, as the flag spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Vxlan => "vxlan",
+            Self::Direct => "direct",
+        }
+    }
 }
 
 /// Whether to use the Kubernetes API.

@@ -9,7 +9,8 @@
 //! - [`netns`]: run work inside another network namespace on its own thread;
 //! - [`paths`]: every filesystem path the agent uses;
 //! - [`policy`]: NetworkPolicy compiled into the policy maps;
-//! - [`status`]: the human-readable view of a node's datapath.
+//! - [`status`]: the human-readable view of a node's datapath;
+//! - [`tunnel_mode`]: per peer, VXLAN or direct routing (`--tunnel`).
 
 pub mod agent;
 pub mod api;
@@ -31,3 +32,4 @@ pub mod paths;
 pub mod policy;
 pub mod status;
 pub mod topology;
+pub mod tunnel_mode;

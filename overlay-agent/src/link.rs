@@ -86,6 +86,14 @@ pub fn mac(iface: &str) -> Result<[u8; 6], LinkError> {
     Ok(out)
 }
 
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// The interface that holds `ip` (the uplink, when the node's address is
 /// all that is configured). `Ok(None)` when no interface has it.
 pub fn holding(ip: std::net::Ipv4Addr) -> io::Result<Option<String>> {

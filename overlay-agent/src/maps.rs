@@ -5,7 +5,7 @@
 //! loading any program.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -16,8 +16,8 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use overlay_common::{
-    Endpoint, Ipv4Bytes, MAP_CONFIG, MAP_ENDPOINTS, MAP_PEERS, MAP_ROUTES, MAP_STATS, NodeConfig,
-    PEER_F_ACTIVE, Peer, Route, Stat,
+    Endpoint, Ipv4Bytes, MAP_CONFIG, MAP_ENDPOINTS, MAP_PEER_MACS, MAP_PEERS, MAP_ROUTES,
+    MAP_STATS, MacKey, NodeConfig, PEER_F_ACTIVE, Peer, ROUTE_F_DIRECT, Route, Stat, mac_key,
 };
 
 /// A map operation that failed.
@@ -67,6 +67,15 @@ pub struct SyncReport {
     pub peers_removed: usize,
 }
 
+/// What [`Maps::sync_peer_macs`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MacSyncReport {
+    /// MACs inserted or re-pointed.
+    pub set: usize,
+    /// MACs removed.
+    pub removed: usize,
+}
+
 impl SyncReport {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
@@ -104,13 +113,14 @@ impl Counters {
     }
 }
 
-/// The five pinned maps of one node.
+/// The six pinned maps of one node.
 pub struct Maps {
     config: Array<MapData, NodeConfig>,
     routes: LpmTrie<MapData, Ipv4Bytes, Route>,
     endpoints: HashMap<MapData, Ipv4Bytes, Endpoint>,
     peers: HashMap<MapData, Ipv4Bytes, Peer>,
     stats: PerCpuArray<MapData, u64>,
+    peer_macs: HashMap<MapData, MacKey, Ipv4Bytes>,
 }
 
 pub(crate) fn open<T>(dir: &Path, name: &'static str) -> Result<T, MapsError>
@@ -157,6 +167,7 @@ impl Maps {
             endpoints: open(pin_dir, MAP_ENDPOINTS)?,
             peers: open(pin_dir, MAP_PEERS)?,
             stats: open(pin_dir, MAP_STATS)?,
+            peer_macs: open(pin_dir, MAP_PEER_MACS)?,
         })
     }
 
@@ -174,11 +185,21 @@ impl Maps {
             .map_err(access("reading the node configuration", MAP_CONFIG))
     }
 
-    /// Routes `block` to the node at `node_ip`.
+    /// Routes `block` to the node at `node_ip` through VXLAN.
     pub fn upsert_route(&mut self, block: Ipv4Net, node_ip: Ipv4Addr) -> Result<(), MapsError> {
+        self.upsert_route_flags(block, node_ip, 0)
+    }
+
+    /// Routes `block` to the node at `node_ip` with `ROUTE_F_*` `flags`.
+    pub fn upsert_route_flags(
+        &mut self,
+        block: Ipv4Net,
+        node_ip: Ipv4Addr,
+        flags: u32,
+    ) -> Result<(), MapsError> {
         let route = Route {
             node_ip: node_ip.octets(),
-            flags: 0,
+            flags,
         };
         self.routes
             .insert(&route_key(block), route, 0)
@@ -196,14 +217,63 @@ impl Maps {
 
     /// Every route: block → owning node.
     pub fn routes(&self) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, MapsError> {
+        Ok(self
+            .route_entries()?
+            .into_iter()
+            .map(|(net, r)| (net, Ipv4Addr::from(r.node_ip)))
+            .collect())
+    }
+
+    /// Every route with its flags: block → [`Route`].
+    pub fn route_entries(&self) -> Result<BTreeMap<Ipv4Net, Route>, MapsError> {
         let mut out = BTreeMap::new();
         for entry in self.routes.iter() {
             let (key, route) = entry.map_err(access("listing routes", MAP_ROUTES))?;
             let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
                 .expect("the kernel only stores prefix lengths we inserted (<= 32)");
-            out.insert(net, Ipv4Addr::from(route.node_ip));
+            out.insert(net, route);
         }
         Ok(out)
+    }
+
+    /// The peer MAC map: MAC → node.
+    pub fn peer_macs(&self) -> Result<BTreeMap<[u8; 6], Ipv4Addr>, MapsError> {
+        let mut out = BTreeMap::new();
+        for entry in self.peer_macs.iter() {
+            let (key, ip) = entry.map_err(access("listing peer MACs", MAP_PEER_MACS))?;
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&key[..6]);
+            out.insert(mac, Ipv4Addr::from(ip));
+        }
+        Ok(out)
+    }
+
+    /// Makes the peer MAC map hold exactly `want` (node → MAC), changing
+    /// only the entries that differ.
+    pub fn sync_peer_macs(
+        &mut self,
+        want: &BTreeMap<Ipv4Addr, [u8; 6]>,
+    ) -> Result<MacSyncReport, MapsError> {
+        let want: BTreeMap<[u8; 6], Ipv4Addr> = want.iter().map(|(ip, m)| (*m, *ip)).collect();
+        let have = self.peer_macs()?;
+        let mut report = MacSyncReport::default();
+        for (mac, ip) in &want {
+            if have.get(mac) != Some(ip) {
+                self.peer_macs
+                    .insert(mac_key(*mac), ip.octets(), 0)
+                    .map_err(access("inserting a peer MAC", MAP_PEER_MACS))?;
+                report.set += 1;
+            }
+        }
+        for mac in have.keys().filter(|m| !want.contains_key(*m)) {
+            removed(
+                self.peer_macs.remove(&mac_key(*mac)),
+                "removing a peer MAC",
+                MAP_PEER_MACS,
+            )?;
+            report.removed += 1;
+        }
+        Ok(report)
     }
 
     /// Records a pod on this node.
@@ -274,17 +344,27 @@ impl Maps {
     /// Makes the routes and peers maps hold exactly `routes` and `peers`
     /// (node → active) by changing only the entries that differ:
     /// unaffected entries are never removed, so traffic to nodes whose
-    /// blocks did not change never blips.
+    /// blocks did not change never blips. The blocks of the nodes in
+    /// `direct` carry [`ROUTE_F_DIRECT`].
     pub fn reconcile(
         &mut self,
         routes: &BTreeMap<Ipv4Net, Ipv4Addr>,
+        direct: &BTreeSet<Ipv4Addr>,
         peers: &BTreeMap<Ipv4Addr, bool>,
     ) -> Result<SyncReport, MapsError> {
         let mut report = SyncReport::default();
-        let have = self.routes()?;
+        let have = self.route_entries()?;
         for (block, node) in routes {
-            if have.get(block) != Some(node) {
-                self.upsert_route(*block, *node)?;
+            let want = Route {
+                node_ip: node.octets(),
+                flags: if direct.contains(node) {
+                    ROUTE_F_DIRECT
+                } else {
+                    0
+                },
+            };
+            if have.get(block) != Some(&want) {
+                self.upsert_route_flags(*block, *node, want.flags)?;
                 report.routes_set += 1;
             }
         }

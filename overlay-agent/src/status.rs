@@ -41,13 +41,27 @@ pub fn render(pin_dir: &Path) -> Result<String, MapsError> {
     for (prog, iface) in attachments(pin_dir) {
         let _ = writeln!(s, "  {iface:<16} {prog}");
     }
-    let _ = writeln!(s, "\nRoutes (block -> node):");
-    for (block, node) in maps.routes()? {
-        let _ = writeln!(s, "  {:<18} {node}", block.to_string());
+    let _ = writeln!(s, "\nRoutes (block -> node, carriage):");
+    for (block, r) in maps.route_entries()? {
+        let _ = writeln!(
+            s,
+            "  {:<18} {:<16} {}",
+            block.to_string(),
+            Ipv4Addr::from(r.node_ip).to_string(),
+            if r.flags & overlay_common::ROUTE_F_DIRECT != 0 {
+                "direct"
+            } else {
+                "vxlan"
+            }
+        );
     }
     let _ = writeln!(s, "\nPeers allowed to send VXLAN:");
     for peer in maps.peers()? {
         let _ = writeln!(s, "  {peer}");
+    }
+    let _ = writeln!(s, "\nPeer MACs (whose direct packets are accepted):");
+    for (m, node) in maps.peer_macs()? {
+        let _ = writeln!(s, "  {}  {node}", mac(m));
     }
     let _ = writeln!(
         s,

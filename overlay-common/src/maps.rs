@@ -16,16 +16,28 @@ pub const MAP_ENDPOINTS: &str = "ovl_endpoints_v1";
 pub const MAP_PEERS: &str = "ovl_peers_v1";
 /// Name of the counter map (per-CPU array of `u64`, indexed by [`crate::Stat`]).
 /// `_v2`: four counters were added (the array grew from 17 to 21 slots);
-/// `_v3`: three more for NetworkPolicy (24 slots).
-pub const MAP_STATS: &str = "ovl_stats_v3";
+/// `_v3`: three more for NetworkPolicy (24 slots); `_v4`: four more for
+/// direct routing (28 slots).
+pub const MAP_STATS: &str = "ovl_stats_v4";
+/// Name of the peer MAC map (hash: [`MacKey`] → the peer's node IPv4):
+/// which underlay MAC address belongs to which node, for the check on
+/// directly routed pod packets ([`ROUTE_F_DIRECT`]).
+pub const MAP_PEER_MACS: &str = "ovl_peer_macs_v1";
 
 /// Names of maps an earlier release pinned and this one replaced (a layout
 /// change bumps the suffix): the agent unpins them once its programs no
 /// longer use them, and uninstall removes them.
-pub const RETIRED_MAPS: [&str; 2] = ["ovl_stats_v1", "ovl_stats_v2"];
+pub const RETIRED_MAPS: [&str; 3] = ["ovl_stats_v1", "ovl_stats_v2", "ovl_stats_v3"];
 
 /// Every map the programs use, in a fixed order.
-pub const ALL_MAPS: [&str; 5] = [MAP_CONFIG, MAP_ROUTES, MAP_ENDPOINTS, MAP_PEERS, MAP_STATS];
+pub const ALL_MAPS: [&str; 6] = [
+    MAP_CONFIG,
+    MAP_ROUTES,
+    MAP_ENDPOINTS,
+    MAP_PEERS,
+    MAP_STATS,
+    MAP_PEER_MACS,
+];
 
 /// Name of the program attached at TC ingress of each pod's host-side veth.
 pub const PROG_FROM_POD: &str = "from_pod";
@@ -41,6 +53,8 @@ pub const MAX_ROUTES: u32 = 16384;
 pub const MAX_ENDPOINTS: u32 = 4096;
 /// Capacity of [`MAP_PEERS`]: nodes in the cluster.
 pub const MAX_PEERS: u32 = 16384;
+/// Capacity of [`MAP_PEER_MACS`]: one MAC per node of the cluster.
+pub const MAX_PEER_MACS: u32 = MAX_PEERS;
 
 /// An IPv4 address in network byte order.
 pub type Ipv4Bytes = [u8; 4];
@@ -82,10 +96,25 @@ const _: () = assert!(size_of::<NodeConfig>() == 24);
 pub struct Route {
     /// Underlay IPv4 address of the owning node (network byte order).
     pub node_ip: Ipv4Bytes,
-    /// Reserved for route flags; always zero for now.
+    /// `ROUTE_F_*` bits (host byte order).
     pub flags: u32,
 }
 const _: () = assert!(size_of::<Route>() == 8);
+
+/// Bit in [`Route::flags`]: the owning node shares a link with this one
+/// and the tunnel mode allows direct routing, so pod packets to the block
+/// leave unencapsulated, with the pods' own addresses, to the node's MAC
+/// (`bpf_redirect_neigh` with the node IP as next hop, out of the uplink).
+pub const ROUTE_F_DIRECT: u32 = 1 << 0;
+
+/// Key of [`MAP_PEER_MACS`]: a MAC address (the six bytes as on the wire)
+/// followed by two zero bytes, so that the key is 8 bytes long and aligned.
+pub type MacKey = [u8; 8];
+
+/// The [`MacKey`] of `mac`.
+pub const fn mac_key(mac: [u8; 6]) -> MacKey {
+    [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]
+}
 
 /// Value of [`MAP_ENDPOINTS`]: how to deliver to a pod on this node.
 #[repr(C)]

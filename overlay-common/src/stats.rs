@@ -61,10 +61,22 @@ pub enum Stat {
     /// `to_pod`: the host stack delivered to a pod (node, host-network pods,
     /// the outside world) and policy allowed it.
     ToPodPassed = 23,
+    /// `from_pod`: sent unencapsulated to an on-link node
+    /// ([`crate::ROUTE_F_DIRECT`]).
+    FromPodDirect = 24,
+    /// `from_uplink`: a directly routed packet from a peer, delivered to a
+    /// pod.
+    FromUplinkDirect = 25,
+    /// Dropped: an unencapsulated packet from a cluster block to a pod here
+    /// whose Ethernet source is not the MAC of a live peer.
+    DropDirectUnknownPeer = 26,
+    /// Dropped: an unencapsulated packet to a pod here from a peer's MAC
+    /// whose IPv4 source is not in one of that peer's blocks.
+    DropDirectSpoofedSource = 27,
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STATS_LEN: u32 = 24;
+pub const STATS_LEN: u32 = 28;
 
 impl Stat {
     /// Every counter, in index order.
@@ -93,6 +105,10 @@ impl Stat {
         Stat::DropPolicyEgress,
         Stat::DropPolicyIngress,
         Stat::ToPodPassed,
+        Stat::FromPodDirect,
+        Stat::FromUplinkDirect,
+        Stat::DropDirectUnknownPeer,
+        Stat::DropDirectSpoofedSource,
     ];
 
     /// Stable snake-case name, used in `status` output and metric labels.
@@ -122,6 +138,10 @@ impl Stat {
             Stat::DropPolicyEgress => "drop_policy_egress",
             Stat::DropPolicyIngress => "drop_policy_ingress",
             Stat::ToPodPassed => "to_pod_passed",
+            Stat::FromPodDirect => "from_pod_direct",
+            Stat::FromUplinkDirect => "from_uplink_direct",
+            Stat::DropDirectUnknownPeer => "drop_direct_unknown_peer",
+            Stat::DropDirectSpoofedSource => "drop_direct_spoofed_source",
         }
     }
 
@@ -145,6 +165,8 @@ impl Stat {
                 | Stat::DropProbeUnknownPeer
                 | Stat::DropPolicyEgress
                 | Stat::DropPolicyIngress
+                | Stat::DropDirectUnknownPeer
+                | Stat::DropDirectSpoofedSource
         )
     }
 }

@@ -4,7 +4,9 @@
 //! - destination is a pod on this node → rewrite MACs, `bpf_redirect_peer`
 //!   straight into that pod's netns;
 //! - destination is in another node's block → VXLAN-encapsulate and send out
-//!   of the underlay device towards that node;
+//!   of the underlay device towards that node, or, when the route says the
+//!   node is on-link and direct routing is on (`ROUTE_F_DIRECT`), send the
+//!   frame unencapsulated to that node's MAC ([`crate::direct`]);
 //! - anything else (ARP, IPv6, the node itself, the outside world) →
 //!   `OK`, untouched, for the host stack (masquerade, etc.).
 //!
@@ -35,9 +37,12 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use overlay_common::{ETH_HLEN, Endpoint, IPPROTO_UDP, NodeConfig, Stat, VXLAN_OVERHEAD};
+use overlay_common::{
+    ETH_HLEN, Endpoint, IPPROTO_UDP, NodeConfig, ROUTE_F_DIRECT, Stat, VXLAN_OVERHEAD,
+};
 
 use crate::{
+    direct,
     maps::{ENDPOINTS, config, route},
     packet::{self, L3},
     policy::{self, Check},
@@ -124,6 +129,9 @@ fn try_from_pod(ctx: &TcContext) -> Verdict {
     if peer == cfg.node_ip {
         // Our own block but no such pod: let the host stack answer.
         return to_host(ctx, cfg, &ip);
+    }
+    if r.flags & ROUTE_F_DIRECT != 0 {
+        return direct::send(cfg, peer);
     }
     encapsulate(ctx, cfg, peer, ip.tos).map(|a| (a, Stat::FromPodEncapsulated))
 }

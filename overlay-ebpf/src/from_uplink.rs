@@ -9,6 +9,11 @@
 //!
 //! A peer's liveness probe (UDP to our node IP and probe port) is answered
 //! here by reflecting it ([`crate::probe`]).
+//!
+//! IPv4 from a cluster block to a cluster block, not addressed to the node,
+//! is a directly routed pod packet: delivered when it comes from a live
+//! peer's MAC with a source in that peer's blocks and is for a pod here,
+//! dropped otherwise ([`crate::direct::accept`]).
 
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
@@ -21,6 +26,7 @@ use overlay_common::{
 };
 
 use crate::{
+    direct,
     from_pod::deliver_local,
     maps::{ENDPOINTS, PEERS, config, route},
     packet::{self, L3},
@@ -50,7 +56,10 @@ fn try_from_uplink(ctx: &TcContext) -> Verdict {
     let Ok(outer) = packet::ipv4(ctx, L3) else {
         return PASS; // not a parseable IPv4 header: the stack's business
     };
-    if outer.proto != IPPROTO_UDP || outer.dst != cfg.node_ip || outer.is_later_fragment() {
+    if outer.dst != cfg.node_ip {
+        return direct::accept(ctx, &outer).unwrap_or(PASS);
+    }
+    if outer.proto != IPPROTO_UDP || outer.is_later_fragment() {
         return PASS;
     }
     let Ok(udp) = ctx.load::<[u8; UDP_HLEN]>(L3 + outer.ihl) else {

@@ -3,7 +3,8 @@
 //! One module per attach point, each a thin `#[classifier]` entry around a
 //! `try_*` body that returns a [`Verdict`] or the drop reason ([`Stat`]); the
 //! entry bumps exactly one counter per packet; `probe` answers datapath
-//! liveness probes for `from_uplink`; `to_pod` (TC egress of a pod's
+//! liveness probes for `from_uplink`; `direct` sends to and accepts from
+//! on-link nodes without encapsulation; `to_pod` (TC egress of a pod's
 //! veth) and `policy` + `conntrack` + `flow` enforce NetworkPolicy. Shared helpers: `maps` (the
 //! map definitions), `packet` (header parsing), `vxlan` (building and
 //! checking the outer headers).
@@ -12,6 +13,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod direct;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]

@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use overlay_common::{
     CidrKey, CtEntry, CtKey, DropKey, Endpoint, Identity, Ipv4Bytes, MAX_CONNTRACK, MAX_ENDPOINTS,
-    MAX_IDENTITY_ENTRIES, MAX_PEERS, MAX_POLICY_CIDRS, MAX_POLICY_ENDPOINTS, MAX_POLICY_RULES,
-    MAX_ROUTES, NodeConfig, POLICY_EVENTS_BYTES, Peer, PolicyEndpoint, PolicyEvent, PolicyKey,
-    PolicyRule, Route, STATS_LEN, Stat,
+    MAX_IDENTITY_ENTRIES, MAX_PEER_MACS, MAX_PEERS, MAX_POLICY_CIDRS, MAX_POLICY_ENDPOINTS,
+    MAX_POLICY_RULES, MAX_ROUTES, MacKey, NodeConfig, POLICY_EVENTS_BYTES, Peer, PolicyEndpoint,
+    PolicyEvent, PolicyKey, PolicyRule, Route, STATS_LEN, Stat,
 };
 
 #[btf_map(name = "ovl_config_v1")]
@@ -26,8 +26,11 @@ pub static ENDPOINTS: HashMap<Ipv4Bytes, Endpoint, { MAX_ENDPOINTS as usize }> =
 #[btf_map(name = "ovl_peers_v1")]
 pub static PEERS: HashMap<Ipv4Bytes, Peer, { MAX_PEERS as usize }> = HashMap::new();
 
-#[btf_map(name = "ovl_stats_v3")]
+#[btf_map(name = "ovl_stats_v4")]
 pub static STATS: PerCpuArray<u64, { STATS_LEN as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "ovl_peer_macs_v1")]
+pub static PEER_MACS: HashMap<MacKey, Ipv4Bytes, { MAX_PEER_MACS as usize }> = HashMap::new();
 
 #[btf_map(name = "ovl_identities_v1")]
 pub static IDENTITIES: HashMap<Ipv4Bytes, Identity, { MAX_IDENTITY_ENTRIES as usize }> =

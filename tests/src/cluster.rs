@@ -202,6 +202,13 @@ pub struct Cluster {
     pub dir: PathBuf,
     /// Where the agents get the topology from.
     pub source: Source,
+    /// `--tunnel` of every agent started from now on. `vxlan` unless a
+    /// test sets it: the lab's nodes share one link, so `auto` (the
+    /// agent's default) would route every peer directly, and the tests
+    /// written before direct routing existed check the VXLAN path (its
+    /// counters, its anti-spoofing, interop); the tests of direct routing
+    /// set `auto` or `direct` themselves.
+    pub tunnel: &'static str,
     pods_made: usize,
 }
 
@@ -266,6 +273,33 @@ impl Cluster {
             if !blocks(i).is_empty() {
                 c.wait_ready(i, Duration::from_secs(20));
             }
+        }
+        c
+    }
+
+    /// Like [`Cluster::new`] (static topology, node i owns
+    /// `10.32.(i+1).0/24`), with every agent run with `--tunnel tunnel`, on
+    /// `underlay`, and node `behind_router` (if any) on a subnet of its
+    /// own behind a router ([`LabOptions::behind_router`]).
+    pub fn tunnel(
+        nodes: usize,
+        underlay: Underlay,
+        behind_router: Option<usize>,
+        tunnel: &'static str,
+    ) -> Self {
+        let mut c = Self::unstarted_with(nodes, underlay, behind_router, |lab, dir| {
+            let topology: String = (0..nodes)
+                .map(|i| format!("{} {}\n", lab.nodes[i].ip, crate::lab::node_block(i)))
+                .collect();
+            std::fs::write(dir.join("topology"), topology).expect("topology file");
+            Source::Static
+        });
+        c.tunnel = tunnel;
+        for i in 0..nodes {
+            c.spawn_agent(i);
+        }
+        for i in 0..nodes {
+            c.wait_ready(i, Duration::from_secs(20));
         }
         c
     }
@@ -346,12 +380,22 @@ impl Cluster {
         underlay: Underlay,
         source: impl FnOnce(&Lab, &Path) -> Source,
     ) -> Self {
+        Self::unstarted_with(nodes, underlay, None, source)
+    }
+
+    fn unstarted_with(
+        nodes: usize,
+        underlay: Underlay,
+        behind_router: Option<usize>,
+        source: impl FnOnce(&Lab, &Path) -> Source,
+    ) -> Self {
         let lab = Lab::new(&LabOptions {
             modes: vec![Mode::Overlay; nodes],
             pods_per_node: 0,
             skip_datapath: true,
             pod_mtu: None,
             underlay,
+            behind_router,
         });
         let dir = std::env::temp_dir().join(format!("ovl-{}", lab.tag));
         std::fs::create_dir_all(&dir).expect("cluster dir");
@@ -371,6 +415,7 @@ impl Cluster {
             agents,
             dir,
             source,
+            tunnel: "vxlan",
             pods_made: 0,
         }
     }
@@ -493,6 +538,7 @@ impl Cluster {
         cmd.arg(format!("--net={}", node.ns.path().display()))
             .arg(bin_path("overlay-agent"))
             .args(["run", "--uplink", UPLINK, "--ipalloc-range", RANGE])
+            .args(["--tunnel", self.tunnel])
             .arg("--node-ip")
             .arg(node.ip.to_string());
         match &self.source {

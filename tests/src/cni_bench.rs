@@ -260,6 +260,7 @@ impl Bed {
             skip_datapath: true,
             pod_mtu: None,
             underlay: crate::lab::Underlay::Veth,
+            behind_router: None,
         });
         let data_dir = std::env::temp_dir().join(format!("ovl-{}-ref-ipam", lab.tag));
         std::fs::create_dir_all(&data_dir)

@@ -79,6 +79,11 @@ pub struct LabOptions {
     pub pod_mtu: Option<u32>,
     /// How the underlay carries frames.
     pub underlay: Underlay,
+    /// This node sits on a subnet of its own ([`ROUTED_SUBNET`]) behind a
+    /// router namespace on the underlay switch: the others reach it
+    /// through a gateway, so it is not on-link for them (nor they for it).
+    /// Needs the switch, so at least three nodes.
+    pub behind_router: Option<usize>,
 }
 
 impl LabOptions {
@@ -90,6 +95,7 @@ impl LabOptions {
             skip_datapath: false,
             pod_mtu: None,
             underlay: Underlay::Veth,
+            behind_router: None,
         }
     }
 
@@ -148,6 +154,8 @@ pub struct Lab {
     pub nodes: Vec<Node>,
     /// The underlay switch when there are more than two nodes.
     pub switch: Option<Netns>,
+    /// The router in front of [`LabOptions::behind_router`]'s node.
+    pub router: Option<Netns>,
     /// Unique tag of this lab's names.
     pub tag: String,
     /// How the underlay carries frames.
@@ -157,6 +165,23 @@ pub struct Lab {
 /// Address of node `i` (0-based) on the underlay.
 pub fn node_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 31, 0, 1 + i as u8)
+}
+
+/// The subnet of a node behind the router ([`LabOptions::behind_router`]);
+/// the node is `.1 + i`, the router `.254`.
+pub const ROUTED_SUBNET: [u8; 3] = [172, 31, 1];
+/// The router's address on the nodes' subnet (their gateway to
+/// [`ROUTED_SUBNET`]).
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 254);
+
+/// Address of node `i` when it sits behind the router.
+pub fn routed_node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        ROUTED_SUBNET[0],
+        ROUTED_SUBNET[1],
+        ROUTED_SUBNET[2],
+        1 + i as u8,
+    )
 }
 
 /// Pod block of node `i`.
@@ -193,6 +218,7 @@ impl Lab {
         let mut lab = Lab {
             nodes: Vec::new(),
             switch: None,
+            router: None,
             tag: tag.clone(),
             underlay: opts.underlay,
         };
@@ -201,14 +227,18 @@ impl Lab {
             ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
             lab.nodes.push(Node {
                 ns,
-                ip: node_ip(i),
+                ip: if opts.behind_router == Some(i) {
+                    routed_node_ip(i)
+                } else {
+                    node_ip(i)
+                },
                 block: node_block(i),
                 mode: *mode,
                 pin_dir: PathBuf::from(format!("/sys/fs/bpf/ovl-{tag}-n{}", i + 1)),
                 pods: Vec::new(),
             });
         }
-        lab.wire_underlay();
+        lab.wire_underlay(opts.behind_router);
         for i in 0..lab.nodes.len() {
             for j in 0..opts.pods_per_node {
                 lab.add_pod(i, j, opts.pod_mtu);
@@ -225,8 +255,12 @@ impl Lab {
         lab
     }
 
-    fn wire_underlay(&mut self) {
+    fn wire_underlay(&mut self, behind_router: Option<usize>) {
         let n = self.nodes.len();
+        assert!(
+            behind_router.is_none() || n > 2,
+            "a node behind a router needs the switch: three nodes or more"
+        );
         if n == 2 {
             Netns::veth_pair(&self.nodes[0].ns, UPLINK, &self.nodes[1].ns, UPLINK);
         } else {
@@ -234,6 +268,9 @@ impl Lab {
             sw.ip(&["link", "add", "br0", "type", "bridge"]);
             sw.ip(&["link", "set", "br0", "up"]);
             for (i, node) in self.nodes.iter().enumerate() {
+                if behind_router == Some(i) {
+                    continue;
+                }
                 let port = format!("p{}", i + 1);
                 Netns::veth_pair(&node.ns, UPLINK, &sw, &port);
                 sw.ip(&["link", "set", &port, "master", "br0"]);
@@ -241,10 +278,43 @@ impl Lab {
             }
             self.switch = Some(sw);
         }
+        if let Some(r) = behind_router {
+            self.wire_router(r);
+        }
         for node in &self.nodes {
             node.ns
                 .ip(&["addr", "add", &format!("{}/24", node.ip), "dev", UPLINK]);
             node.ns.ip(&["link", "set", UPLINK, "up"]);
+        }
+        if let Some(r) = behind_router {
+            let subnet = format!(
+                "{}.{}.{}.0/24",
+                ROUTED_SUBNET[0], ROUTED_SUBNET[1], ROUTED_SUBNET[2]
+            );
+            let router_there = routed_node_ip(253).to_string();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if i == r {
+                    node.ns.ip(&[
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        &router_there,
+                        "dev",
+                        UPLINK,
+                    ]);
+                } else {
+                    node.ns.ip(&[
+                        "route",
+                        "add",
+                        &subnet,
+                        "via",
+                        &ROUTER_IP.to_string(),
+                        "dev",
+                        UPLINK,
+                    ]);
+                }
+            }
         }
         if self.underlay == Underlay::Wire {
             for node in &self.nodes {
@@ -252,10 +322,40 @@ impl Lab {
             }
             if let Some(sw) = &self.switch {
                 for i in 0..n {
-                    make_wire(sw, &format!("p{}", i + 1));
+                    if behind_router != Some(i) {
+                        make_wire(sw, &format!("p{}", i + 1));
+                    }
                 }
             }
+            if let (Some(sw), Some(rt)) = (&self.switch, &self.router) {
+                make_wire(sw, "prt");
+                make_wire(rt, "sw0");
+                make_wire(rt, "dn0");
+            }
         }
+    }
+
+    /// A router namespace with one leg on the switch ([`ROUTER_IP`]) and
+    /// one to node `r`'s uplink (`.254` of [`ROUTED_SUBNET`]).
+    fn wire_router(&mut self, r: usize) {
+        let sw = self.switch.as_ref().expect("the switch");
+        let rt = Netns::new(&self.tag, "rt");
+        rt.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        Netns::veth_pair(&rt, "sw0", sw, "prt");
+        sw.ip(&["link", "set", "prt", "master", "br0"]);
+        sw.ip(&["link", "set", "prt", "up"]);
+        Netns::veth_pair(&rt, "dn0", &self.nodes[r].ns, UPLINK);
+        rt.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "sw0"]);
+        rt.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", routed_node_ip(253)),
+            "dev",
+            "dn0",
+        ]);
+        rt.ip(&["link", "set", "sw0", "up"]);
+        rt.ip(&["link", "set", "dn0", "up"]);
+        self.router = Some(rt);
     }
 
     /// Pod MTU for a node's mode.
@@ -379,6 +479,43 @@ impl Lab {
                 flags: 0,
             };
             maps.upsert_endpoint(pod.ip, &ep).expect("endpoint");
+        }
+    }
+
+    /// Switches every overlay node to direct routing towards every other
+    /// (what an agent with `--tunnel direct` writes when all peers are
+    /// on-link): each other node's block gets `ROUTE_F_DIRECT`, and each
+    /// other node's uplink MAC goes into the peer MAC map. The pods keep the
+    /// MTU they were made with (give them [`UNDERLAY_MTU`] through
+    /// [`LabOptions::pod_mtu`]).
+    pub fn route_directly(&self) {
+        let macs: Vec<[u8; 6]> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let text =
+                    n.ns.exec(&["cat", &format!("/sys/class/net/{UPLINK}/address")]);
+                let mut mac = [0u8; 6];
+                for (b, h) in mac.iter_mut().zip(text.trim().split(':')) {
+                    *b = u8::from_str_radix(h, 16).expect("a MAC address");
+                }
+                mac
+            })
+            .collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.mode != Mode::Overlay {
+                continue;
+            }
+            let mut maps = self.maps(i);
+            let mut peers = std::collections::BTreeMap::new();
+            for (k, other) in self.nodes.iter().enumerate() {
+                if k != i {
+                    maps.upsert_route_flags(other.block, other.ip, overlay_common::ROUTE_F_DIRECT)
+                        .expect("direct route");
+                    peers.insert(other.ip, macs[k]);
+                }
+            }
+            maps.sync_peer_macs(&peers).expect("peer MACs");
         }
     }
 

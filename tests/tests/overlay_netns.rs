@@ -273,6 +273,7 @@ fn a_linux_vxlan_device_interoperates_in_both_directions(underlay: Underlay) {
         skip_datapath: false,
         pod_mtu: None,
         underlay,
+        behind_router: None,
     });
     let (a, b) = (lab.pod(0, 0), lab.pod(1, 0));
     assert!(
@@ -307,6 +308,7 @@ fn vxlan_from_a_node_that_is_not_a_peer_never_reaches_the_pod(underlay: Underlay
         skip_datapath: false,
         pod_mtu: None,
         underlay,
+        behind_router: None,
     });
     let mut maps = lab.maps(0);
     maps.remove_peer(node_ip(2)).expect("remove peer");

@@ -22,7 +22,9 @@ use overlay_agent::{
     datapath::Datapath,
     maps::{Counters, Maps},
 };
-use overlay_common::{CONFIG_F_READY, Endpoint, NodeConfig, PROG_FROM_POD, PROG_FROM_UPLINK, Stat};
+use overlay_common::{
+    CONFIG_F_READY, Endpoint, NodeConfig, PROG_FROM_POD, PROG_FROM_UPLINK, ROUTE_F_DIRECT, Stat,
+};
 use overlay_tests::{Netns, netns::unique_tag, require_privileges};
 
 // ---------------------------------------------------------------------------
@@ -2140,4 +2142,184 @@ fn sctp_rules_match_sctp_ports_only() {
         p.fx.run_from_pod(&frame)
             .expect_dropped(what, &frame, Stat::DropPolicyIngress);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Direct routing (`ROUTE_F_DIRECT`, `ovl_peer_macs_v1`).
+// ---------------------------------------------------------------------------
+
+/// A MAC that is no peer's.
+const STRANGER_MAC: [u8; 6] = [0x02, 0xcc, 0x00, 0x00, 0x00, 0x09];
+
+/// The fixture with the peer's MAC known and the peer's block direct.
+fn direct_fixture() -> Fixture {
+    let mut fx = Fixture::new();
+    fx.maps
+        .upsert_route_flags("10.32.2.0/24".parse().expect("block"), PEER, ROUTE_F_DIRECT)
+        .expect("direct route");
+    fx.maps
+        .sync_peer_macs(&[(PEER, PEER_MAC)].into_iter().collect())
+        .expect("peer MAC");
+    fx
+}
+
+/// A directly routed frame on the wire: `smac` to our uplink, the pod
+/// packet `ip` as it left the sending pod.
+fn direct_frame(smac: [u8; 6], ip: &[u8]) -> Vec<u8> {
+    ethernet(UL0_MAC, smac, ETH_P_IP, ip)
+}
+
+#[test]
+fn from_pod_sends_to_a_direct_block_unencapsulated() {
+    if !require_privileges("from_pod_sends_to_a_direct_block_unencapsulated") {
+        return;
+    }
+    let mut fx = direct_fixture();
+    let ip = pod_udp(LOCAL_POD, REMOTE_POD, 40000, 53, b"direct");
+    let input = from_pod_frame(&ip);
+    let r = fx.run_from_pod(&input);
+    r.expect(
+        "10.32.1.10 -> 10.32.2.10 (direct block)",
+        TC_ACT_REDIRECT,
+        Stat::FromPodDirect,
+    );
+    // `bpf_redirect_neigh` fills in the MACs when the packet leaves; the
+    // program itself changes no byte: no outer headers, the pod's own
+    // addresses.
+    assert_bytes("direct frame", &r.out, &input);
+}
+
+#[test]
+fn from_uplink_delivers_a_direct_packet_from_a_peer_mac_with_that_peers_source() {
+    if !require_privileges(
+        "from_uplink_delivers_a_direct_packet_from_a_peer_mac_with_that_peers_source",
+    ) {
+        return;
+    }
+    let mut fx = direct_fixture();
+    let ip = remote_to_local();
+    let r = fx.run_from_uplink(&direct_frame(PEER_MAC, &ip));
+    r.expect(
+        "10.32.2.10 -> 10.32.1.10 from the peer's MAC",
+        TC_ACT_REDIRECT,
+        Stat::FromUplinkDirect,
+    );
+    assert_bytes(
+        "delivered frame",
+        &r.out,
+        &ethernet(POD_MAC, HOST_MAC, ETH_P_IP, &ip),
+    );
+}
+
+#[test]
+fn from_uplink_drops_direct_packets_from_strangers_dead_peers_and_wrong_sources() {
+    if !require_privileges(
+        "from_uplink_drops_direct_packets_from_strangers_dead_peers_and_wrong_sources",
+    ) {
+        return;
+    }
+    let mut fx = direct_fixture();
+    // A third node's block, to be claimed by the wrong sender.
+    fx.route("10.32.3.0/24", STRANGER);
+    let from_peer = remote_to_local();
+    let from_third = pod_udp(Ipv4Addr::new(10, 32, 3, 5), LOCAL_POD, 1, 2, b"x");
+    let from_here = pod_udp(LOCAL_NO_POD, LOCAL_POD, 1, 2, b"x");
+    for (what, smac, ip, stat) in [
+        (
+            "a stranger's MAC",
+            STRANGER_MAC,
+            &from_peer,
+            Stat::DropDirectUnknownPeer,
+        ),
+        (
+            "the peer's MAC, another node's source",
+            PEER_MAC,
+            &from_third,
+            Stat::DropDirectSpoofedSource,
+        ),
+        (
+            "the peer's MAC, a source of this node's block",
+            PEER_MAC,
+            &from_here,
+            Stat::DropDirectSpoofedSource,
+        ),
+    ] {
+        let input = direct_frame(smac, ip);
+        fx.run_from_uplink(&input)
+            .expect_dropped(what, &input, stat);
+    }
+    // From the peer, as itself, but for an address here that is no pod:
+    // not handed to the stack, which would route it on.
+    let no_pod = direct_frame(PEER_MAC, &pod_udp(REMOTE_POD, LOCAL_NO_POD, 1, 2, b"x"));
+    fx.run_from_uplink(&no_pod).expect_dropped(
+        "the peer's pod to an address here that is no pod",
+        &no_pod,
+        Stat::DropNoEndpoint,
+    );
+    // A peer that is known but withdrawn (not active) sends nothing direct.
+    fx.maps.set_peer(PEER, false).expect("withdraw the peer");
+    let input = direct_frame(PEER_MAC, &from_peer);
+    fx.run_from_uplink(&input).expect_dropped(
+        "a withdrawn peer's MAC",
+        &input,
+        Stat::DropDirectUnknownPeer,
+    );
+}
+
+#[test]
+fn from_uplink_passes_unencapsulated_traffic_that_is_not_pod_to_pod() {
+    if !require_privileges("from_uplink_passes_unencapsulated_traffic_that_is_not_pod_to_pod") {
+        return;
+    }
+    let mut fx = direct_fixture();
+    for (what, ip) in [
+        (
+            "outside source to a local pod",
+            pod_udp(Ipv4Addr::new(192, 0, 2, 7), LOCAL_POD, 1, 2, b"x"),
+        ),
+        (
+            "a peer's pod to an address outside the cluster",
+            pod_udp(REMOTE_POD, Ipv4Addr::new(192, 0, 2, 8), 1, 2, b"x"),
+        ),
+    ] {
+        let input = direct_frame(STRANGER_MAC, &ip);
+        fx.run_from_uplink(&input)
+            .expect_passed(what, &input, Stat::FromUplinkPassed);
+    }
+}
+
+#[test]
+fn policy_ingress_applies_to_directly_routed_packets_as_to_decapsulated_ones() {
+    overlay_tests::privileged!(
+        "policy_ingress_applies_to_directly_routed_packets_as_to_decapsulated_ones"
+    );
+    let mut p = PolicyFixture::new();
+    p.fx.maps
+        .sync_peer_macs(&[(PEER, PEER_MAC)].into_iter().collect())
+        .expect("peer MAC");
+    // Clients of every namespace may open TCP 80 (`http`) of x/server.
+    p.set(&[(
+        "server",
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"from": [{"namespaceSelector": {},
+                                   "podSelector": {"matchLabels": {"app": "client"}}}],
+                         "ports": [{"port": "http"}]}],
+        }),
+    )]);
+    let allowed = direct_frame(PEER_MAC, &tcp_packet(REMOTE_POD, LOCAL_POD, 40100, 80, SYN));
+    let r = p.fx.run_from_uplink(&allowed);
+    r.expect(
+        "y/client -> x/server TCP 80, direct",
+        TC_ACT_REDIRECT,
+        Stat::FromUplinkDirect,
+    );
+    let refused = direct_frame(PEER_MAC, &tcp_packet(REMOTE_POD, LOCAL_POD, 40101, 81, SYN));
+    p.fx.run_from_uplink(&refused).expect_dropped(
+        "y/client -> x/server TCP 81, direct",
+        &refused,
+        Stat::DropPolicyIngress,
+    );
+    let d = p.drops(LOCAL_POD);
+    assert_eq!((d.ingress, d.egress), (1, 0), "drops of x/server: {d:?}");
 }

@@ -254,6 +254,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         skip_datapath: true,
         pod_mtu: None,
         underlay: overlay_tests::lab::Underlay::Veth,
+        behind_router: None,
     });
     let node = &lab.nodes[0];
     let d = NodeDirs::new(&lab);

@@ -300,6 +300,8 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
     );
 
     let mut source_open = true;
+    let mut tunnels = tokio::time::interval(crate::tunnel_mode::REFRESH_INTERVAL);
+    tunnels.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let warmup_over = async {
             match first_apply {
@@ -334,6 +336,15 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
                 }
                 let t = topology.borrow().clone();
                 apply(&agent, t, current(&mut datapaths)).await?;
+            }
+            _ = tunnels.tick(), if first_apply.is_none() => {
+                let a = agent.clone();
+                let refreshed = tokio::task::spawn_blocking(move || a.refresh_tunnels())
+                    .await
+                    .map_err(DaemonError::Join)?;
+                if let Err(e) = refreshed {
+                    error!(error = %crate::cni::error::chain(&e), "refreshing the tunnel decisions");
+                }
             }
             _ = sigterm.recv() => { info!("SIGTERM: stopping, datapath stays in place"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping, datapath stays in place"); break; }
@@ -509,6 +520,7 @@ fn log_startup(config: &AgentConfig) {
         authenticated = config.password.is_some() || config.password_file.is_some(),
         masquerade = !config.no_masquerade,
         probe_port = config.probe_port,
+        tunnel = config.tunnel.name(),
         probe_interval = ?config.probe_interval,
         probe_timeout = ?config.probe_timeout,
         pin_dir = %config.pin_dir.display(),

@@ -20,12 +20,12 @@ use std::{
 pub use daemon::{DaemonError, run};
 use overlay_common::{CONFIG_F_READY, MAX_VNI, NodeConfig, VXLAN_OVERHEAD};
 pub use pods::{HOST_IF_PREFIX, is_host_ifname};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     api::{Handler, Reply, Request},
     cni::{CniError, code},
-    config::AgentConfig,
+    config::{AgentConfig, TunnelMode},
     datapath::{Datapath, DatapathError},
     ipam::{Ipam, IpamError},
     link::{self, LinkError},
@@ -33,6 +33,7 @@ use crate::{
     maps::{Maps, MapsError, SyncReport},
     masquerade::{self, MasqueradeError},
     topology::Topology,
+    tunnel_mode::{self, Carriage, PeerCarriage},
 };
 
 /// Why the agent could not start or apply a topology.
@@ -71,12 +72,23 @@ struct State {
     topology_applied: bool,
     /// Peers routed by the last applied topology.
     routed: BTreeSet<Ipv4Addr>,
+    /// How each peer's traffic is carried (`--tunnel`), as last decided.
+    carriage: BTreeMap<Ipv4Addr, PeerCarriage>,
+    /// The peer MACs last written to the peer MAC map.
+    macs: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// The last topology and datapath states applied, re-applied by
+    /// [`Agent::refresh_tunnels`].
+    last: Option<(Topology, BTreeMap<Ipv4Addr, DatapathState>)>,
+    /// Bumped by every [`Agent::apply_topology`]: a refresh that finds it
+    /// moved while it asked the kernel gives way to the newer topology.
+    generation: u64,
 }
 
 /// The node agent.
 pub struct Agent {
     config: AgentConfig,
     pod_mtu: u32,
+    uplink_ifindex: u32,
     state: Mutex<State>,
 }
 
@@ -112,6 +124,12 @@ impl Agent {
         let uplink_ifindex = link::ifindex(&uplink).map_err(AgentError::Uplink)?;
         let pod_mtu = match config.mtu {
             Some(m) => m,
+            // Never encapsulated: the pods get the whole uplink MTU.
+            None if config.tunnel == TunnelMode::Direct => {
+                link::mtu(&uplink).map_err(AgentError::Uplink)?
+            }
+            // `auto` too: one pod MTU for every peer, and the encapsulated
+            // ones need the 50 bytes.
             None => {
                 let m = link::mtu(&uplink).map_err(AgentError::Uplink)?;
                 m.checked_sub(VXLAN_OVERHEAD).ok_or_else(|| {
@@ -178,6 +196,7 @@ impl Agent {
             node_ip = %config.node_ip,
             uplink = %uplink,
             pod_mtu,
+            tunnel = config.tunnel.name(),
             vxlan_port = config.vxlan_port,
             vni = config.vni,
             pin_dir = %config.pin_dir.display(),
@@ -185,15 +204,27 @@ impl Agent {
             pods_reattached = reattached,
             "datapath ready"
         );
+        // The peer MACs an earlier agent wrote: kept for peers whose
+        // neighbour entry the kernel has aged out since (see
+        // `tunnel_mode::peer_macs`), so a restart never drops a direct flow.
+        let macs = maps
+            .peer_macs()
+            .map(|m| m.into_iter().map(|(mac, ip)| (ip, mac)).collect())
+            .unwrap_or_default();
         Ok(Self {
             config,
             pod_mtu,
+            uplink_ifindex,
             state: Mutex::new(State {
                 datapath,
                 maps,
                 ipam,
                 topology_applied: false,
                 routed: BTreeSet::new(),
+                carriage: BTreeMap::new(),
+                macs,
+                last: None,
+                generation: 0,
             }),
         })
     }
@@ -208,26 +239,148 @@ impl Agent {
         topology: &Topology,
         datapaths: &BTreeMap<Ipv4Addr, DatapathState>,
     ) -> Result<SyncReport, AgentError> {
-        let me = self.config.node_ip;
-        let routed = |n: &crate::topology::Node| {
-            n.ip == me || liveness::routed(n, datapaths.get(&n.ip).copied().unwrap_or_default())
+        self.apply(topology, datapaths, None)
+    }
+
+    /// Re-decides, per peer, VXLAN or direct (`--tunnel`) from what the
+    /// kernel says now of the route to it, refreshes the peer MAC map from
+    /// the uplink's neighbour table, and re-applies the last topology if
+    /// that changed anything. The daemon calls it every few seconds: a
+    /// route that changes under the agent changes the carriage.
+    pub fn refresh_tunnels(&self) -> Result<(), AgentError> {
+        let (last, generation) = {
+            let state = self.lock();
+            (state.last.clone(), state.generation)
         };
+        if let Some((topology, datapaths)) = last {
+            self.apply(&topology, &datapaths, Some(generation))?;
+        }
+        Ok(())
+    }
+
+    /// Applies `topology`; `refresh` is the generation a refresh read it
+    /// at (`None`: a new topology).
+    fn apply(
+        &self,
+        topology: &Topology,
+        datapaths: &BTreeMap<Ipv4Addr, DatapathState>,
+        refresh: Option<u64>,
+    ) -> Result<SyncReport, AgentError> {
+        let me = self.config.node_ip;
+        let others: Vec<Ipv4Addr> = topology
+            .nodes
+            .iter()
+            .map(|n| n.ip)
+            .filter(|ip| *ip != me)
+            .collect();
+        // Ask the kernel before taking the lock: routes to every peer, and
+        // ARP started for the peers that may be routed directly.
+        let solicit: Vec<Ipv4Addr> = if self.config.tunnel == TunnelMode::Vxlan {
+            Vec::new()
+        } else {
+            others.clone()
+        };
+        let survey = crate::netlink::survey(self.uplink_ifindex, &others, &solicit);
         let mut state = self.lock();
+        match refresh {
+            Some(g) if g != state.generation => return Ok(SyncReport::default()),
+            Some(_) => {}
+            None => state.generation += 1,
+        }
+        let refresh = refresh.is_some();
+        let carriage: BTreeMap<Ipv4Addr, PeerCarriage> = match &survey {
+            Ok(sv) => others
+                .iter()
+                .map(|p| {
+                    let route = sv
+                        .routes
+                        .get(p)
+                        .cloned()
+                        .unwrap_or_else(|| Err("not looked up".to_owned()));
+                    (
+                        *p,
+                        tunnel_mode::decide(self.config.tunnel, &route, self.uplink_ifindex),
+                    )
+                })
+                .collect(),
+            Err(e) => {
+                warn!(error = %crate::cni::error::chain(e),
+                    "asking the kernel for the routes to the peers: keeping the last decisions");
+                others
+                    .iter()
+                    .map(|p| {
+                        let d = state.carriage.get(p).cloned().unwrap_or_else(|| {
+                            tunnel_mode::decide(
+                                self.config.tunnel,
+                                &Err("the kernel could not be asked".to_owned()),
+                                self.uplink_ifindex,
+                            )
+                        });
+                        (*p, d)
+                    })
+                    .collect()
+            }
+        };
+        let refused = |ip: Ipv4Addr| {
+            carriage
+                .get(&ip)
+                .is_some_and(|c| c.carriage == Carriage::Refused)
+        };
+        let routed = |n: &crate::topology::Node| {
+            n.ip == me
+                || (!refused(n.ip)
+                    && liveness::routed(n, datapaths.get(&n.ip).copied().unwrap_or_default()))
+        };
+        let direct: BTreeSet<Ipv4Addr> = carriage
+            .iter()
+            .filter(|(_, c)| c.carriage == Carriage::Direct)
+            .map(|(ip, _)| *ip)
+            .collect();
         let blocks = topology.blocks_of(me);
-        if blocks.is_empty() {
+        if blocks.is_empty() && !refresh {
             warn!(node_ip = %me, "the topology gives this node no address block: ADD will fail");
         }
-        for b in &blocks {
-            if !self.config.ipalloc_range.contains(b) {
-                warn!(block = %b, range = %self.config.ipalloc_range,
-                    "block lies outside the cluster range: its pods' traffic will be masqueraded");
+        if !refresh {
+            for b in &blocks {
+                if !self.config.ipalloc_range.contains(b) {
+                    warn!(block = %b, range = %self.config.ipalloc_range,
+                        "block lies outside the cluster range: its pods' traffic will be masqueraded");
+                }
             }
         }
         state.ipam.set_blocks(blocks);
         let report = state
             .maps
-            .reconcile(&topology.routes(routed), &topology.peers(me, routed))
+            .reconcile(
+                &topology.routes(routed),
+                &direct,
+                &topology.peers(me, routed),
+            )
             .map_err(AgentError::Maps)?;
+        for (ip, c) in &carriage {
+            if state.carriage.get(ip) == Some(c) {
+                continue;
+            }
+            match c.carriage {
+                Carriage::Refused => error!(peer = %ip, reason = %c.why,
+                    "--tunnel direct: refusing to route peer {ip}, {}: its pods are unreachable \
+                     from here (--tunnel auto would encapsulate towards it)", c.why),
+                Carriage::Direct => info!(peer = %ip, "peer is on-link: routed directly"),
+                Carriage::Vxlan => info!(peer = %ip, reason = %c.why, "peer routed through VXLAN"),
+            }
+        }
+        state.carriage = carriage.clone();
+        if let Ok(sv) = &survey {
+            let macs = tunnel_mode::peer_macs(&others, &sv.neighbours, &state.macs);
+            match state.maps.sync_peer_macs(&macs) {
+                Ok(r) if r.set + r.removed > 0 => {
+                    debug!(set = r.set, removed = r.removed, "peer MAC map updated");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %crate::cni::error::chain(&e), "updating the peer MAC map"),
+            }
+            state.macs = macs;
+        }
         state.topology_applied = true;
         let now: BTreeSet<Ipv4Addr> = topology
             .nodes
@@ -242,20 +395,24 @@ impl Agent {
                     "peer withdrawn: no routes to its blocks, its VXLAN refused"),
                 (false, true) if state.topology_applied => info!(peer = %n.ip,
                     agent_alive = n.alive, datapath = ?dp, "peer routed"),
-                (true, true) if !n.alive => debug!(peer = %n.ip,
+                (true, true) if !n.alive && !refresh => debug!(peer = %n.ip,
                     "peer's agent is down, its datapath answers: routes kept"),
                 _ => {}
             }
         }
         state.routed = now;
-        info!(
-            nodes = topology.nodes.len(),
-            routes_set = report.routes_set,
-            routes_removed = report.routes_removed,
-            peers_added = report.peers_added,
-            peers_removed = report.peers_removed,
-            "topology applied"
-        );
+        state.last = Some((topology.clone(), datapaths.clone()));
+        if !refresh || !report.is_empty() {
+            info!(
+                nodes = topology.nodes.len(),
+                routes_set = report.routes_set,
+                routes_removed = report.routes_removed,
+                peers_added = report.peers_added,
+                peers_removed = report.peers_removed,
+                direct = direct.len(),
+                "topology applied"
+            );
+        }
         Ok(report)
     }
 
@@ -292,6 +449,17 @@ impl Agent {
         if let Ok(c) = state.maps.counters() {
             datapath.counters = c.0.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
         }
+        datapath.tunnel = self.config.tunnel.name().to_owned();
+        datapath.carriage = state
+            .carriage
+            .iter()
+            .map(|(ip, c)| report::PeerCarriageReport {
+                ip: *ip,
+                carriage: c.carriage,
+                why: c.why.clone(),
+                mac: state.macs.get(ip).map(|m| crate::link::format_mac(*m)),
+            })
+            .collect();
         report::NodeReport {
             ready,
             source: if self.config.topology.is_some() {

@@ -8,7 +8,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     gossip::status::GossipStatus, ipam::Usage, liveness::prober::ProbeReport, policy::PolicyReport,
+    tunnel_mode::Carriage,
 };
+
+/// How pod traffic to one peer is carried (`--tunnel`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCarriageReport {
+    /// The peer's node IP.
+    pub ip: Ipv4Addr,
+    /// Direct, VXLAN, or refused.
+    pub carriage: Carriage,
+    /// Why (`on-link`, `not on-link: its route goes via gateway ...`).
+    pub why: String,
+    /// Its MAC in the peer MAC map (whose direct packets are accepted),
+    /// if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
 
 /// The datapath part of the report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +39,12 @@ pub struct DatapathReport {
     pub endpoints: usize,
     /// Every counter by name (packets), drops included.
     pub counters: BTreeMap<String, u64>,
+    /// `--tunnel`: `auto`, `vxlan` or `direct`.
+    #[serde(default)]
+    pub tunnel: String,
+    /// Per peer, how its pods' traffic is carried.
+    #[serde(default)]
+    pub carriage: Vec<PeerCarriageReport>,
 }
 
 /// A node's whole status.
@@ -107,6 +129,26 @@ impl NodeReport {
         );
         for (prog, iface) in &d.attachments {
             let _ = writeln!(s, "  {prog:<12} on {iface}");
+        }
+        if !d.tunnel.is_empty() {
+            let _ = writeln!(s, "  tunnel mode {}:", d.tunnel);
+            for c in &d.carriage {
+                let _ = writeln!(
+                    s,
+                    "    {:<16} {:<8} {}{}",
+                    c.ip.to_string(),
+                    if c.carriage == Carriage::Refused {
+                        "REFUSED"
+                    } else {
+                        c.carriage.name()
+                    },
+                    c.why,
+                    c.mac
+                        .as_ref()
+                        .map(|m| format!(", MAC {m}"))
+                        .unwrap_or_default()
+                );
+            }
         }
         let _ = writeln!(s, "  counters:");
         for (name, v) in &d.counters {

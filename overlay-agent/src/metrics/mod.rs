@@ -4,7 +4,7 @@
 //! - measured as they happen: CNI operations by command and result, with
 //!   latency histograms ([`Metrics::observe_cni`]);
 //! - read when scraped from the node's report: datapath counters from
-//!   `ovl_stats_v3` (drops with a `reason` label), peers by state, IPAM
+//!   `ovl_stats_v4` (drops with a `reason` label), peers by state, IPAM
 //!   blocks and addresses, gossip bytes and datagrams, authentication
 //!   failures ([`Metrics::render`]). Nothing is cached between scrapes, so
 //!   a scrape shows the kernel's counters as they are.
@@ -178,7 +178,7 @@ impl Collector for ReportCollector {
             i64::from(r.ready),
         )?;
 
-        // Datapath: ovl_stats_v3, summed over CPUs.
+        // Datapath: ovl_stats_v4, summed over CPUs.
         let mut packets = Vec::new();
         let mut drops = Vec::new();
         for (name, v) in &r.datapath.counters {
@@ -190,13 +190,13 @@ impl Collector for ReportCollector {
         counter(
             &mut enc,
             "datapath_packets",
-            "Packets the eBPF programs handled, by event (ovl_stats_v3)",
+            "Packets the eBPF programs handled, by event (ovl_stats_v4)",
             &packets,
         )?;
         counter(
             &mut enc,
             "datapath_drops",
-            "Packets the eBPF programs dropped, by reason (ovl_stats_v3)",
+            "Packets the eBPF programs dropped, by reason (ovl_stats_v4)",
             &drops,
         )?;
         plain_gauge(
@@ -210,6 +210,27 @@ impl Collector for ReportCollector {
             "datapath_endpoints",
             "Local pod endpoints in the endpoints map",
             sat(r.datapath.endpoints as u64),
+        )?;
+        let carriage: Vec<_> = r
+            .datapath
+            .carriage
+            .iter()
+            .map(|c| {
+                (
+                    vec![
+                        ("peer", c.ip.to_string()),
+                        ("carriage", c.carriage.name().to_owned()),
+                    ],
+                    1,
+                )
+            })
+            .collect();
+        gauge(
+            &mut enc,
+            "peer_carriage",
+            "1 per peer, labelled with how its pods' traffic is carried (--tunnel): direct, \
+             vxlan, or refused (--tunnel direct and the peer is not on-link)",
+            &carriage,
         )?;
         plain_gauge(
             &mut enc,

@@ -2,7 +2,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::*;
 use crate::{
-    agent::report::DatapathReport,
+    agent::report::{DatapathReport, PeerCarriageReport},
     api::{Handler, Reply, Request},
     cni::{CniError, PodRef, code},
     gossip::{
@@ -11,6 +11,7 @@ use crate::{
     },
     ipam::Usage,
     liveness::prober::ProbeReport,
+    tunnel_mode::Carriage,
 };
 
 fn peer(name: &str, state: PeerState) -> PeerStatus {
@@ -82,6 +83,21 @@ fn report() -> NodeReport {
             peers: Vec::new(),
             endpoints: 12,
             counters,
+            tunnel: "auto".into(),
+            carriage: vec![
+                PeerCarriageReport {
+                    ip: "192.0.2.2".parse().unwrap(),
+                    carriage: Carriage::Direct,
+                    why: "on-link".into(),
+                    mac: Some("02:00:00:00:00:02".into()),
+                },
+                PeerCarriageReport {
+                    ip: "192.0.2.3".parse().unwrap(),
+                    carriage: Carriage::Refused,
+                    why: "not on-link: its route goes via gateway 192.0.2.1".into(),
+                    mac: None,
+                },
+            ],
         },
     }
 }
@@ -125,6 +141,14 @@ fn the_report_becomes_labelled_series() {
             1.0,
         ),
         ("overlay_gossip_auth_failures_total", 7.0),
+        (
+            r#"overlay_peer_carriage{peer="192.0.2.2",carriage="direct"}"#,
+            1.0,
+        ),
+        (
+            r#"overlay_peer_carriage{peer="192.0.2.3",carriage="refused"}"#,
+            1.0,
+        ),
     ];
     for (series, v) in want {
         assert_eq!(sample(&text, series), Some(v), "{series} in\n{text}");

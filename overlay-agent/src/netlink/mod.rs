@@ -21,7 +21,9 @@
 //! `pod.rs` and `host.rs` (each end's configuration; `host.rs` also deletes
 //! and lists), `check.rs` (read everything back), `routes.rs` and
 //! `links.rs` (shared helpers), `session.rs` (thread, runtime, sockets),
-//! `tunnel.rs` (the node's GRO tunnel device, not a pod's), `error.rs`.
+//! `tunnel.rs` (the node's GRO tunnel device, not a pod's), `underlay.rs`
+//! (routes and neighbours towards the peers, for direct routing),
+//! `error.rs`.
 
 mod check;
 mod create;
@@ -32,6 +34,7 @@ mod pod;
 mod routes;
 mod session;
 mod tunnel;
+mod underlay;
 mod veth;
 
 use std::{net::Ipv4Addr, path::Path};
@@ -42,6 +45,7 @@ pub use self::{
     error::NetlinkError,
     host::{delete_pod_link, host_links_with_prefix},
     tunnel::{GRO_DEVICE, GroDevice, delete_gro_device, ensure_gro_device},
+    underlay::{PeerRoute, Survey, survey},
 };
 
 /// What to wire for one pod interface.

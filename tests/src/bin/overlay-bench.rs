@@ -45,7 +45,7 @@ use overlay_common::Stat;
 use overlay_tests::{
     Lab, LabOptions, Mode, Netns, Process, Underlay, cni_bench,
     gossip_sim::{self, Membership, PartitionOptions, Partitions},
-    lab::{KERNEL_VXLAN_DEV, UPLINK},
+    lab::{KERNEL_VXLAN_DEV, UNDERLAY_MTU, UPLINK},
     swim_sim,
 };
 use serde_json::Value;
@@ -103,6 +103,8 @@ Scenarios (a fresh topology each, torn down afterwards):
   (b') plain-1450   the same with pod MTU 1450: the MTU's share of the cost
   (c) kernel-vxlan  pod -> pod through a Linux vxlan device, pod MTU 1450
   (d) overlay       pod -> pod through our eBPF datapath, pod MTU 1450
+  (e) direct        pod -> pod through our eBPF datapath with direct routing
+                    (--tunnel direct: no encapsulation), pod MTU 1500
 
 Measured per scenario: iperf3 TCP (cubic) 1 stream and 4 streams, sockperf TCP
 ping-pong with 64 B messages (full round trip, avg and p99), CPU 0's busy time
@@ -141,7 +143,7 @@ one process runs every node): 1000 nodes take about 20 s of CPU and 340 MB,
 Needs root, iperf3, sockperf, taskset, ss, ping and ethtool; for the CNI part
 containernetworking-plugins, iptables, nft and the overlay-agent and
 overlay-cni binaries built next to this one. Takes about
-reps x 5 x underlays x (duration x 2 + lat-duration + 12) seconds (up to
+reps x 6 x underlays x (duration x 2 + lat-duration + 12) seconds (up to
 max-reps instead of reps for scenarios that do not settle), plus about
 cni-rounds x 0.25 seconds for the CNI part, plus about 20 minutes for the
 gossip part at its default sizes (one core; the 1000-node run dominates, needs
@@ -180,6 +182,8 @@ enum Scenario {
     Plain1450,
     KernelVxlan,
     Overlay,
+    /// Our datapath with direct routing (no encapsulation, pod MTU 1500).
+    Direct,
 }
 
 impl Scenario {
@@ -189,6 +193,7 @@ impl Scenario {
         Scenario::Plain1450,
         Scenario::KernelVxlan,
         Scenario::Overlay,
+        Scenario::Direct,
     ];
 
     fn name(self) -> &'static str {
@@ -198,6 +203,7 @@ impl Scenario {
             Scenario::Plain1450 => "plain-1450",
             Scenario::KernelVxlan => "kernel-vxlan",
             Scenario::Overlay => "overlay",
+            Scenario::Direct => "direct",
         }
     }
 
@@ -208,6 +214,7 @@ impl Scenario {
             Scenario::Plain1450 => "(b') plain, MTU 1450",
             Scenario::KernelVxlan => "(c) kernel-vxlan",
             Scenario::Overlay => "(d) overlay",
+            Scenario::Direct => "(e) direct",
         }
     }
 
@@ -215,7 +222,7 @@ impl Scenario {
         match self {
             Scenario::Underlay | Scenario::Plain | Scenario::Plain1450 => Mode::PlainRouting,
             Scenario::KernelVxlan => Mode::KernelVxlan,
-            Scenario::Overlay => Mode::Overlay,
+            Scenario::Overlay | Scenario::Direct => Mode::Overlay,
         }
     }
 
@@ -226,11 +233,17 @@ impl Scenario {
     /// Pod MTU when it differs from the mode's default: (b') separates the
     /// cost of the smaller MTU from the cost of encapsulation.
     fn pod_mtu(self) -> Option<u32> {
-        (self == Scenario::Plain1450).then_some(1450)
+        match self {
+            Scenario::Plain1450 => Some(1450),
+            // Never encapsulated: the whole uplink MTU, as the agent gives
+            // pods with --tunnel direct.
+            Scenario::Direct => Some(UNDERLAY_MTU),
+            _ => None,
+        }
     }
 }
 
-const N_SCENARIOS: usize = 5;
+const N_SCENARIOS: usize = 6;
 
 /// Which parts run, in this order: `--cni-only` and `--gossip-only` run
 /// one part, `--skip-cni` and `--skip-gossip` leave one out.
@@ -696,7 +709,8 @@ struct Sample {
     /// Node 1's `ul0` counters over the single-stream run.
     ul_tx_packets: u64,
     ul_tx_bytes: u64,
-    /// Overlay only: `from_pod_encapsulated` on node 1 over the single-stream run.
+    /// Our datapath only: `from_pod_encapsulated` (direct: `from_pod_direct`)
+    /// on node 1 over the single-stream run.
     encapsulated: Option<u64>,
     /// Overlay only: sum of both nodes' drop counters over the single-stream run.
     drops: Option<u64>,
@@ -784,6 +798,9 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts) -> Result<Sample>
     let mut lab_opts = LabOptions::uniform(sc.mode(), 2, 1).on(underlay);
     lab_opts.pod_mtu = sc.pod_mtu();
     let lab = Lab::new(&lab_opts);
+    if sc == Scenario::Direct {
+        lab.route_directly();
+    }
     check_stop()?;
     let (src, dst, dst_ip, dst_if) = match sc {
         Scenario::Underlay => (&lab.nodes[0].ns, &lab.nodes[1].ns, lab.nodes[1].ip, UPLINK),
@@ -810,7 +827,7 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts) -> Result<Sample>
     let mut s = Sample::default();
 
     // Single stream, with the underlay counters and (overlay) datapath counters.
-    let datapath_before = if sc == Scenario::Overlay {
+    let datapath_before = if matches!(sc, Scenario::Overlay | Scenario::Direct) {
         Some((lab.maps(0).counters()?, lab.maps(1).counters()?))
     } else {
         None
@@ -859,15 +876,22 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts) -> Result<Sample>
     if let Some((b0, b1)) = datapath_before {
         let d0 = lab.maps(0).counters()?.since(&b0);
         let d1 = lab.maps(1).counters()?.since(&b1);
-        let enc = d0.get(Stat::FromPodEncapsulated);
-        let dec = d1.get(Stat::FromUplinkDecapsulated);
+        let (sent, took) = match sc {
+            Scenario::Direct => (Stat::FromPodDirect, Stat::FromUplinkDirect),
+            _ => (Stat::FromPodEncapsulated, Stat::FromUplinkDecapsulated),
+        };
+        let enc = d0.get(sent);
+        let dec = d1.get(took);
         s.encapsulated = Some(enc);
         s.drops = Some(d0.drops() + d1.drops());
         ensure!(
             enc >= MIN_DATAPATH_PACKETS && dec >= MIN_DATAPATH_PACKETS,
-            "overlay: the traffic did NOT take our datapath: during the single-stream run node 1 \
-             counted {enc} from_pod_encapsulated and node 2 {dec} from_uplink_decapsulated \
-             (expected >= {MIN_DATAPATH_PACKETS} each); node 1 counters: {:?}; node 2: {:?}",
+            "{}: the traffic did NOT take our datapath: during the single-stream run node 1 \
+             counted {enc} {} and node 2 {dec} {} (expected >= {MIN_DATAPATH_PACKETS} each); \
+             node 1 counters: {:?}; node 2: {:?}",
+            sc.name(),
+            sent.name(),
+            took.name(),
             d0.0,
             d1.0
         );
@@ -884,7 +908,14 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts) -> Result<Sample>
         s.ul_avg_packet(),
         s.rx_avg_packet(),
         match (s.encapsulated, s.drops) {
-            (Some(e), Some(d)) => format!(", {e} encapsulated, {d} dropped"),
+            (Some(e), Some(d)) => format!(
+                ", {e} {}, {d} dropped",
+                if sc == Scenario::Direct {
+                    "sent direct"
+                } else {
+                    "encapsulated"
+                }
+            ),
             _ => String::new(),
         }
     ));
@@ -1300,10 +1331,40 @@ fn verdicts(o: &mut String, sums: &[(Underlay, Vec<Summary>)]) {
             ),
             None => writeln!(o, "GRO check (wire): overlay not measured"),
         };
-        o.push_str(
-            "(The `direct` tunnel-mode targets belong to part 3 of the issue and are not \
-             measured here.)\n\n",
+        let (a, e) = (&w[Scenario::Underlay.index()], &w[Scenario::Direct.index()]);
+        target(
+            o,
+            "wire: direct 1-stream throughput >= 0.9 x underlay (a)",
+            [e.one, a.one],
+            |r| r >= 0.9,
+            format!(
+                "{} vs {} Gbit/s; 4 streams: {}",
+                g(e),
+                g(a),
+                fmt_num(ratio(med(e.four), med(a.four)), 3)
+            ),
         );
+        target(
+            o,
+            "wire: direct avg latency <= 1.2 x underlay (a)",
+            [e.avg, a.avg],
+            |r| r <= 1.2,
+            format!(
+                "{} vs {} µs avg; p99 ratio {}",
+                fmt_num(med(e.avg), 1),
+                fmt_num(med(a.avg), 1),
+                fmt_num(ratio(med(e.p99), med(a.p99)), 3)
+            ),
+        );
+        let _ = writeln!(
+            o,
+            "INFO wire: CPU 0 per GB moved (1 stream): direct {} s, underlay {} s -> direct / \
+             underlay {}",
+            fmt_num(med(e.cpu), 3),
+            fmt_num(med(a.cpu), 3),
+            fmt_num(ratio(med(e.cpu), med(a.cpu)), 3),
+        );
+        o.push('\n');
     } else {
         o.push_str("No verdicts: they come from the wire underlay (--underlay wire or both).\n\n");
     }
@@ -1388,7 +1449,7 @@ fn raw_table(o: &mut String, results: &Results, opts: &Opts) {
     o.push_str(
         "| underlay | rep | scenario | Gbit/s 1 | retr 1 | Gbit/s 4 | retr 4 | RR avg µs | \
          RR p99 µs | CPU0 s/GB | MSS | iperf3 CPU % snd/rcv 1 | ul0 tx pkts | ul0 avg pkt B | \
-         rx avg pkt B | encapsulated | drops | CPU0 / CPU1 busy % |\n",
+         rx avg pkt B | encapsulated (direct: sent direct) | drops | CPU0 / CPU1 busy % |\n",
     );
     o.push_str(
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",

@@ -386,7 +386,11 @@ pub fn main_if_asked(args: &[String]) -> Option<std::process::ExitCode> {
     if plan.datapath_reps > 0 {
         print!(
             "{}",
-            datapath::run(plan.datapath_reps, plan.datapath_secs, plan.datapath_underlay)
+            datapath::run(
+                plan.datapath_reps,
+                plan.datapath_secs,
+                plan.datapath_underlay
+            )
         );
     }
     Some(code)

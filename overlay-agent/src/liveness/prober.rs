@@ -480,17 +480,28 @@ mod tests {
         };
         peer.send_to(&made_up.encode(), prober_addr).await.unwrap();
         peer.send_to(b"garbage", prober_addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Bounded wait for the prober to have read all three (a loaded
+        // machine can delay it well past any fixed sleep).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while prober.report().rejected < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(state(&states), Some(DatapathState::Unknown));
         assert_eq!(prober.report().rejected, 3);
         assert_eq!(prober.report().answered, 0);
 
-        // Echo for a while: up.
-        let echo = tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            loop {
-                let (n, from) = peer.recv_from(&mut buf).await.unwrap();
-                peer.send_to(&buf[..n], from).await.unwrap();
+        // Echo for a while: up. The echo notes when it sent its last
+        // answer: "down" may only come a timeout after that one.
+        let last_echo = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
+        let echo = tokio::spawn({
+            let last_echo = last_echo.clone();
+            async move {
+                let mut buf = [0u8; 64];
+                loop {
+                    let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+                    *last_echo.lock().unwrap() = Instant::now();
+                    peer.send_to(&buf[..n], from).await.unwrap();
+                }
             }
         });
         wait_for(DatapathState::Up).await;
@@ -499,14 +510,15 @@ mod tests {
         assert_eq!(p.state, DatapathState::Up);
         assert!(p.rtt_us.is_some());
 
-        // Stop echoing: down after the timeout.
+        // Stop echoing: down, but only once the timeout (150 ms) has
+        // passed since the last answer left the peer.
         echo.abort();
-        let t0 = Instant::now();
+        let _ = echo.await;
         wait_for(DatapathState::Down).await;
+        let since = last_echo.lock().unwrap().elapsed();
         assert!(
-            t0.elapsed() >= Duration::from_millis(100),
-            "{:?}",
-            t0.elapsed()
+            since >= Duration::from_millis(140),
+            "down {since:?} after the last answer"
         );
         states.borrow_and_update();
         prober.shutdown().await;

@@ -346,6 +346,16 @@ impl Cluster {
     /// (to put a server on it) and the bearer token the agents send, and
     /// returns the API server's URL. Node `i`'s agent is named `n{i+1}`.
     pub fn kube(nodes: usize, api: impl FnOnce(&Lab, &str) -> String) -> Self {
+        Self::kube_tunnel(nodes, "vxlan", api)
+    }
+
+    /// [`Cluster::kube`] with every agent run with `--tunnel tunnel` (the
+    /// lab's nodes share one link, so `auto` routes them all directly).
+    pub fn kube_tunnel(
+        nodes: usize,
+        tunnel: &'static str,
+        api: impl FnOnce(&Lab, &str) -> String,
+    ) -> Self {
         let mut c = Self::unstarted(nodes, |lab, dir| {
             let password_file = dir.join("password");
             std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
@@ -359,6 +369,7 @@ impl Cluster {
                 password_file,
             }
         });
+        c.tunnel = tunnel;
         for i in 0..nodes {
             c.spawn_agent(i);
         }

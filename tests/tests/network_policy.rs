@@ -1,8 +1,9 @@
 //! NetworkPolicy end to end: three real agents against the fake API
 //! server, three namespaces (x, y, z; label `ns`) with three pods each (a,
 //! b, c; label `pod`; the a pods on node 1, the b pods on node 2, the c
-//! pods on node 3, so pairs are both local and across the tunnel), each
-//! serving TCP and UDP on ports 80 and 81.
+//! pods on node 3, so pairs are both local and across nodes), each
+//! serving TCP and UDP on ports 80 and 81; once with VXLAN between the
+//! nodes, once routed directly (`--tunnel auto` on one link).
 //! For every case the policies reach the agents as API objects, and after
 //! [`APPLY_WITHIN`] every ordered pair is probed on every protocol and port
 //! and the whole matrix compared with the expected one. SCTP (no sockets
@@ -47,9 +48,12 @@ struct Table {
 }
 
 impl Table {
-    fn new() -> Self {
+    /// The cluster with its agents run with `--tunnel tunnel`, once every
+    /// agent carries its peers as `tunnel` says (`auto`: `direct`, the lab's
+    /// nodes share one link).
+    fn new(tunnel: &'static str) -> Self {
         let mut api = None;
-        let c = Cluster::kube(3, |lab, token| {
+        let c = Cluster::kube_tunnel(3, tunnel, |lab, token| {
             let host = lab.underlay_host("kapi", API_IP);
             let server = FakeKube::start_in(
                 &host.path(),
@@ -65,6 +69,30 @@ impl Table {
         });
         let (host, api) = api.expect("the fake API server");
         c.wait_converged(3, Duration::from_secs(30));
+        let carriage = if tunnel == "vxlan" { "vxlan" } else { "direct" };
+        for i in 0..3 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let want: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    format!(
+                        "overlay_peer_carriage{{peer=\"{}\",carriage=\"{carriage}\"}} 1",
+                        c.lab.nodes[j].ip
+                    )
+                })
+                .collect();
+            loop {
+                let m = c.metrics(i);
+                if want.iter().all(|w| m.lines().any(|l| l == w)) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {i} does not carry its peers {carriage} (--tunnel {tunnel}):\n{m}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         let mut t = Table {
             servers: Vec::new(),
             pods: Vec::new(),
@@ -193,8 +221,21 @@ fn ns_of(pod: &str) -> &str {
 #[test]
 fn network_policy_truth_tables() {
     privileged!("network_policy_truth_tables");
+    truth_tables("vxlan");
+}
+
+/// The same tables with the agents in `--tunnel auto`: the lab's nodes
+/// share one link, so every pair across nodes is routed directly (no
+/// encapsulation) and ingress is decided on the direct receive path.
+#[test]
+fn network_policy_truth_tables_routed_directly() {
+    privileged!("network_policy_truth_tables_routed_directly");
+    truth_tables("auto");
+}
+
+fn truth_tables(tunnel: &'static str) {
     let started = Instant::now();
-    let t = Table::new();
+    let t = Table::new(tunnel);
     println!("cluster and 9 pods ready in {:?}", started.elapsed());
 
     t.check("no policy", |_, _, _, _| true);
@@ -401,7 +442,7 @@ fn network_policy_truth_tables() {
 #[test]
 fn network_policy_sctp_with_crafted_packets() {
     privileged!("network_policy_sctp_with_crafted_packets");
-    let t = Table::new();
+    let t = Table::new("vxlan");
     t.policy(
         "x",
         "sctp-9000",

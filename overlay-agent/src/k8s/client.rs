@@ -289,31 +289,13 @@ impl KubeClient {
     /// All Nodes, read in pages of [`LIST_PAGE_SIZE`]. The result's
     /// `metadata.resourceVersion` is where a watch should start.
     pub fn list_nodes(&self) -> Result<NodeList, KubeError> {
-        let op = "list Nodes";
-        let mut all = NodeList::default();
-        let mut token = String::new();
-        for _ in 0..MAX_PAGES {
-            let mut req = self
-                .agent
-                .get(format!("{}/api/v1/nodes", self.base))
-                .query("limit", LIST_PAGE_SIZE.to_string());
-            if !token.is_empty() {
-                req = req.query("continue", &token);
-            }
-            let resp = self.prepare(req, self.timeout)?.call();
-            let body = answer(op, resp)?;
-            let page: NodeList = serde_json::from_reader(BufReader::new(body.into_reader()))
-                .map_err(|source| decode(op, "NodeList", source))?;
-            all.items.extend(page.items);
-            all.metadata.resource_version = page.metadata.resource_version;
-            if page.metadata.continue_token.is_empty() {
-                return Ok(all);
-            }
-            token = page.metadata.continue_token;
-        }
-        Err(KubeError::Paging {
-            op: op.into(),
-            pages: MAX_PAGES,
+        let list = self.list_pages("/api/v1/nodes", "Nodes", "NodeList")?;
+        Ok(NodeList {
+            metadata: ListMeta {
+                resource_version: list.resource_version,
+                continue_token: String::new(),
+            },
+            items: list.items,
         })
     }
 
@@ -395,6 +377,18 @@ impl KubeClient {
         path: &str,
         what: &'static str,
     ) -> Result<ObjectList<T>, KubeError> {
+        self.list_pages(path, what, what)
+    }
+
+    /// The pages of the collection at `path`, joined; `what` names the
+    /// objects in the operation (`list Nodes`), `body` the body a decode
+    /// error names (`NodeList`).
+    fn list_pages<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &'static str,
+        body: &'static str,
+    ) -> Result<ObjectList<T>, KubeError> {
         let op = format!("list {what}");
         let mut all = ObjectList {
             resource_version: String::new(),
@@ -410,9 +404,9 @@ impl KubeClient {
                 req = req.query("continue", &token);
             }
             let resp = self.prepare(req, self.timeout)?.call();
-            let body = answer(&op, resp)?;
-            let page: RawList<T> = serde_json::from_reader(BufReader::new(body.into_reader()))
-                .map_err(|source| decode(&op, what, source))?;
+            let resp = answer(&op, resp)?;
+            let page: RawList<T> = serde_json::from_reader(BufReader::new(resp.into_reader()))
+                .map_err(|source| decode(&op, body, source))?;
             all.items.extend(page.items.into_iter().flatten());
             all.resource_version = page.metadata.resource_version;
             if page.metadata.continue_token.is_empty() {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 
 /// Decodes `null` as the default, as the API writes e.g.
 /// `"creationTimestamp": null` and `"conditions": null`.
-fn nullable<'de, D, T>(de: D) -> Result<T, D::Error>
+pub(crate) fn nullable<'de, D, T>(de: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,

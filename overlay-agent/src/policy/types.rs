@@ -9,15 +9,9 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-fn nullable<'de, D, T>(de: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
-}
+use crate::k8s::types::nullable;
 
 /// `metadata` of a namespaced or cluster object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]

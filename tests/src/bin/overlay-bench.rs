@@ -1,13 +1,18 @@
 //! `overlay-bench`: the side-by-side benchmark behind `cargo xtask bench`.
 //!
-//! Four scenarios, interleaved inside every repetition so slow drift spreads
+//! Six scenarios, interleaved inside every repetition so slow drift spreads
 //! evenly over them, each on a freshly built [`Lab`] that is torn down again
 //! before the next one:
 //!
 //! - (a) `underlay`: node to node over `ul0`, the limit of this machine;
 //! - (b) `plain`: pod to pod, plain routes, no encapsulation (pod MTU 1500);
+//! - (b') `plain-1450`: the same at our VXLAN pod MTU;
 //! - (c) `kernel-vxlan`: pod to pod through a Linux vxlan device (Flannel);
-//! - (d) `overlay`: pod to pod through our eBPF datapath.
+//! - (d) `overlay`: pod to pod through our eBPF datapath;
+//! - (e) `direct`: the same with direct routing (no encapsulation).
+//!
+//! `--perf DIR` profiles CPU 0 with `perf record` during the 1-stream and
+//! round-trip runs and prints the top symbols per scenario.
 //!
 //! Every scenario runs on both underlays ([`Underlay::Wire`]: MTU-sized
 //! frames and GRO on receive, as a physical NIC; [`Underlay::Veth`]: whole
@@ -33,7 +38,7 @@ use std::{
     fmt::Write as _,
     io::Read,
     panic::AssertUnwindSafe,
-    path::Path,
+    path::{Path, PathBuf},
     process::{ExitCode, ExitStatus, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -67,6 +72,11 @@ Options:
   --duration S        seconds of each iperf3 TCP run (1 and 4 streams) [default: 10]
   --lat-duration S    seconds of the sockperf TCP request/response run [default: 5]
   --raw               also print every repetition's numbers
+  --perf DIR          profile CPU 0 with `perf record -e cpu-clock -g` during
+                      every 1-stream and RR run (DIR/<underlay>-<scenario>-
+                      rep<N>-{tput,rr}.data) and print the first repetition's
+                      top symbols per scenario (DIR/*.txt): where each path
+                      spends its time. Sampling costs every scenario alike.
   --cni-rounds N      rounds of CNI ADD+DEL per plugin, interleaved [default: 200]
   --cni-only          only the CNI part
   --skip-cni          leave the CNI part out
@@ -140,7 +150,8 @@ one process runs every node): 1000 nodes take about 20 s of CPU and 340 MB,
 5000 nodes did not finish a cold start within 12 minutes of CPU here (about
 4.7 GB), hence the default of 2000 (about 90 s of CPU and 1 GB).
 
-Needs root, iperf3, sockperf, taskset, ss, ping and ethtool; for the CNI part
+Needs root, iperf3, sockperf, taskset, ss, ping and ethtool (and perf for
+--perf); for the CNI part
 containernetworking-plugins, iptables, nft and the overlay-agent and
 overlay-cni binaries built next to this one. Takes about
 reps x 6 x underlays x (duration x 2 + lat-duration + 12) seconds (up to
@@ -274,6 +285,8 @@ struct Opts {
     duration: u32,
     lat_duration: u32,
     raw: bool,
+    /// Where `--perf` writes its profiles; `None`: no profiling.
+    perf: Option<PathBuf>,
     parts: Parts,
     cni_rounds: u32,
     gossip_nodes: u32,
@@ -294,6 +307,7 @@ impl Default for Opts {
             duration: 10,
             lat_duration: 5,
             raw: false,
+            perf: None,
             parts: Parts::ALL,
             cni_rounds: 200,
             gossip_nodes: 1000,
@@ -352,6 +366,13 @@ fn parse_args(args: &[String]) -> Result<Cli, String> {
             "--lat-duration" => opts.lat_duration = number(flag, value(), 1, 3600)?,
             "--raw" if inline.is_none() => opts.raw = true,
             "--raw" => return Err("--raw takes no value".into()),
+            "--perf" => {
+                let dir = value().ok_or_else(|| format!("{flag} needs a directory"))?;
+                if dir.is_empty() {
+                    return Err(format!("{flag} needs a directory"));
+                }
+                opts.perf = Some(PathBuf::from(dir));
+            }
             "--cni-rounds" => opts.cni_rounds = number(flag, value(), 10, 10_000)?,
             "--gossip-nodes" => {
                 opts.gossip_nodes = number(flag, value(), 0, 5000)?;
@@ -793,7 +814,140 @@ fn ul0_counters(node: &Netns) -> (u64, u64) {
     )
 }
 
-fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts) -> Result<Sample> {
+/// A `perf record` of CPU 0 (where client, server and their softirq work
+/// run) for the length of one measurement.
+struct Profile {
+    perf: Process,
+    path: PathBuf,
+}
+
+impl Profile {
+    /// Samples CPU 0's clock with call graphs into `path` until
+    /// [`Profile::finish`].
+    fn start(path: PathBuf) -> Result<Self> {
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-C", "0", "-g", "-o"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting perf record")?;
+        let perf = Process::from_child(child);
+        // perf opens its events and mmaps its buffers before it samples.
+        thread::sleep(Duration::from_millis(300));
+        Ok(Self { perf, path })
+    }
+
+    /// Stops the recording (SIGINT, as Ctrl-C: perf then writes the file
+    /// and exits with status 130, so success is the file being there).
+    fn finish(mut self) -> Result<PathBuf> {
+        self.perf.signal(libc::SIGINT);
+        match self.perf.wait_timeout(Duration::from_secs(30)) {
+            Some(_) if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > 0) => Ok(self.path),
+            Some(_) => bail!(
+                "perf record wrote nothing into {} (see its messages above)",
+                self.path.display()
+            ),
+            None => bail!(
+                "perf record into {} did not stop within 30 s",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// The profile file of one measurement of one repetition.
+fn profile_path(dir: &Path, underlay: Underlay, sc: Scenario, rep: u32, what: &str) -> PathBuf {
+    dir.join(format!(
+        "{}-{}-rep{rep}-{what}.data",
+        underlay.name(),
+        sc.name()
+    ))
+}
+
+/// Starts a profile of `what` when `--perf` asked for one.
+fn profile(
+    opts: &Opts,
+    underlay: Underlay,
+    sc: Scenario,
+    rep: u32,
+    what: &str,
+) -> Result<Option<Profile>> {
+    opts.perf
+        .as_deref()
+        .map(|dir| Profile::start(profile_path(dir, underlay, sc, rep, what)))
+        .transpose()
+}
+
+/// The top symbols (self time, no children) of one profile, as
+/// `perf report` prints them, saved next to it as `.txt`.
+fn profile_summary(data: &Path) -> Result<String> {
+    let out = std::process::Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "sym",
+            "-g",
+            "none",
+        ])
+        .args(["--percent-limit", "1", "-i"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()
+        .context("running perf report")?;
+    ensure!(
+        out.status.success(),
+        "perf report -i {} failed ({})",
+        data.display(),
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let top: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(25)
+        .collect();
+    let summary = top.join("\n");
+    std::fs::write(data.with_extension("txt"), text.as_bytes())
+        .with_context(|| format!("writing {}", data.with_extension("txt").display()))?;
+    Ok(summary)
+}
+
+/// The first repetition's profiles, scenario by scenario: where CPU 0's
+/// time went in each path.
+fn profile_report(dir: &Path, opts: &Opts) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\n## Profiles (perf record -e cpu-clock -C 0 -g; self time per symbol, >= 1 %, \
+         first repetition; all files in {})",
+        dir.display()
+    );
+    for underlay in &opts.underlays {
+        for sc in Scenario::ALL {
+            for (what, label) in [("tput", "1-stream iperf3"), ("rr", "sockperf RR 64 B")] {
+                let data = profile_path(dir, *underlay, sc, 1, what);
+                if !data.exists() {
+                    continue;
+                }
+                let _ = writeln!(o, "\n### {}, {} ({label})\n", underlay.name(), sc.label());
+                match profile_summary(&data) {
+                    Ok(top) => {
+                        let _ = writeln!(o, "```text\n{top}\n```");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(o, "(no summary: {e:#})");
+                    }
+                }
+            }
+        }
+    }
+    o
+}
+
+fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Result<Sample> {
     let step = |what: &str| eprintln!("    {:<13} {what}", sc.name());
     let mut lab_opts = LabOptions::uniform(sc.mode(), 2, 1).on(underlay);
     lab_opts.pod_mtu = sc.pod_mtu();
@@ -839,9 +993,13 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts) -> Result<Sample>
         dst.link_stat(dst_if, "rx_packets"),
         dst.link_stat(dst_if, "rx_bytes"),
     );
+    let prof = profile(opts, underlay, sc, rep, "tput")?;
     let cpu_before = cpu_snapshot();
     s.one = iperf(src, &dst_ip, opts.duration, 1, true)?;
     let cpu_after = cpu_snapshot();
+    if let Some(p) = prof {
+        p.finish()?;
+    }
     s.cpu_busy = cpu_busy(&cpu_before, &cpu_after);
     s.rx_packets = dst
         .link_stat(dst_if, "rx_packets")
@@ -929,6 +1087,7 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts) -> Result<Sample>
     check_stop()?;
 
     let secs = opts.lat_duration.to_string();
+    let prof = profile(opts, underlay, sc, rep, "rr")?;
     let rr = run_in(
         src,
         &[
@@ -950,6 +1109,9 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts) -> Result<Sample>
         ],
         Duration::from_secs(opts.lat_duration.into()) + CLIENT_SLACK,
     )?;
+    if let Some(p) = prof {
+        p.finish()?;
+    }
     let parsed = parse_sockperf(&rr.both());
     ensure!(
         rr.status.success() && parsed.is_ok(),
@@ -1656,6 +1818,22 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    if let Some(dir) = opts.perf.as_deref().filter(|_| opts.parts.datapath) {
+        if !on_path("perf") {
+            eprintln!(
+                "overlay-bench: error: --perf needs perf on PATH (Debian: apt-get install \
+                 linux-perf)"
+            );
+            return ExitCode::FAILURE;
+        }
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!(
+                "overlay-bench: error: --perf: cannot create {}: {e}",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     if let Err(e) = install_signal_handlers() {
         eprintln!("overlay-bench: error: {e:#}");
         return ExitCode::FAILURE;
@@ -1728,7 +1906,7 @@ fn main() -> ExitCode {
                 ran = true;
                 eprintln!("[rep {rep}, {}] {}", underlay.name(), sc.label());
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    run_scenario(sc, *underlay, &opts)
+                    run_scenario(sc, *underlay, &opts, rep)
                 }))
                 .unwrap_or_else(|p| Err(anyhow::anyhow!("panicked: {}", panic_message(&*p))));
                 // By now the scenario's servers are killed and its lab torn down.
@@ -1778,6 +1956,9 @@ fn main() -> ExitCode {
     let interrupted = STOP.load(Ordering::SeqCst);
     if results.iter().flatten().any(|r| !r.is_empty()) {
         print!("{}", report(&results, &opts, complete));
+        if let Some(dir) = &opts.perf {
+            print!("{}", profile_report(dir, &opts));
+        }
     }
     if let Some(r) = &cni {
         print!("{}", cni_bench::report(r));
@@ -1840,6 +2021,15 @@ mod tests {
         assert!(parse_args(&args(&["--reps", "x"])).is_err());
         assert!(parse_args(&args(&["--raw=1"])).is_err());
         assert!(parse_args(&args(&["--bogus"])).is_err());
+        assert_eq!(
+            parse_args(&args(&["--perf", "/tmp/prof"])),
+            Ok(Cli::Run(Opts {
+                perf: Some(PathBuf::from("/tmp/prof")),
+                ..Opts::default()
+            }))
+        );
+        assert!(parse_args(&args(&["--perf"])).is_err());
+        assert!(parse_args(&args(&["--perf="])).is_err());
     }
 
     #[test]

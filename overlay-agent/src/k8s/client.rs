@@ -312,50 +312,15 @@ impl KubeClient {
         mut on_event: impl FnMut(WatchEvent),
     ) -> Result<String, KubeError> {
         let op = "watch Nodes";
-        let req = self
-            .agent
-            .get(format!("{}/api/v1/nodes", self.base))
-            .query("watch", "1")
-            .query("resourceVersion", resource_version)
-            .query("timeoutSeconds", timeout_secs.to_string())
-            .query("allowWatchBookmarks", "true");
-        // The server closes the stream after timeout_secs; allow for that
-        // plus one ordinary request's worth of slack.
-        let limit = Duration::from_secs(timeout_secs.into()) + self.timeout;
-        let body = answer(op, self.prepare(req, limit)?.call())?;
-        let mut reader = BufReader::new(body.into_reader());
         let mut last = resource_version.to_owned();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = (&mut reader)
-                .take(MAX_EVENT_BYTES)
-                .read_line(&mut line)
-                .map_err(|source| read(op, source))?;
-            if n == 0 {
-                return Ok(last);
-            }
-            if !line.ends_with('\n') && n as u64 == MAX_EVENT_BYTES {
-                return Err(read(
-                    op,
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("a watch event is longer than {MAX_EVENT_BYTES} bytes"),
-                    ),
-                ));
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-            let raw: RawWatchEvent =
-                serde_json::from_str(&line).map_err(|source| decode(op, "watch event", source))?;
+        self.watch_stream("/api/v1/nodes", op, resource_version, timeout_secs, |raw| {
             let kind = raw.kind.clone();
             let Some(event) = raw
                 .into_event()
                 .map_err(|source| decode(op, "watch event object", source))?
             else {
                 tracing::debug!(kind, "skipping a watch event of unknown type");
-                continue;
+                return Ok(());
             };
             if let WatchEvent::Error(status) = event {
                 return Err(status_error(op, status.code, status.message));
@@ -366,7 +331,9 @@ impl KubeClient {
                 last.clone_from(&node.metadata.resource_version);
             }
             on_event(event);
-        }
+            Ok(())
+        })?;
+        Ok(last)
     }
 
     /// Every object of the collection at `path` (e.g. `/api/v1/pods`),
@@ -433,41 +400,8 @@ impl KubeClient {
         mut on_event: impl FnMut(ObjectEvent<T>),
     ) -> Result<String, KubeError> {
         let op = format!("watch {what}");
-        let req = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .query("watch", "1")
-            .query("resourceVersion", resource_version)
-            .query("timeoutSeconds", timeout_secs.to_string())
-            .query("allowWatchBookmarks", "true");
-        let limit = Duration::from_secs(timeout_secs.into()) + self.timeout;
-        let body = answer(&op, self.prepare(req, limit)?.call())?;
-        let mut reader = BufReader::new(body.into_reader());
         let mut last = resource_version.to_owned();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = (&mut reader)
-                .take(MAX_EVENT_BYTES)
-                .read_line(&mut line)
-                .map_err(|source| read(&op, source))?;
-            if n == 0 {
-                return Ok(last);
-            }
-            if !line.ends_with('\n') && n as u64 == MAX_EVENT_BYTES {
-                return Err(read(
-                    &op,
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("a watch event is longer than {MAX_EVENT_BYTES} bytes"),
-                    ),
-                ));
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-            let raw: RawWatchEvent =
-                serde_json::from_str(&line).map_err(|source| decode(&op, "watch event", source))?;
+        self.watch_stream(path, &op, resource_version, timeout_secs, |raw| {
             let version = raw.object["metadata"]["resourceVersion"]
                 .as_str()
                 .unwrap_or_default()
@@ -485,13 +419,67 @@ impl KubeClient {
                 }
                 kind => {
                     tracing::debug!(kind, "skipping a watch event of unknown type");
-                    continue;
+                    return Ok(());
                 }
             };
             if !version.is_empty() {
                 last = version;
             }
             on_event(event);
+            Ok(())
+        })?;
+        Ok(last)
+    }
+
+    /// Opens a watch of the collection at `path` from `resource_version`
+    /// and hands each event of the stream, as read off the wire, to
+    /// `each`, until the server ends the stream (after `timeout_secs`) or
+    /// `each` fails. An event longer than [`MAX_EVENT_BYTES`] is an error.
+    fn watch_stream(
+        &self,
+        path: &str,
+        op: &str,
+        resource_version: &str,
+        timeout_secs: u32,
+        mut each: impl FnMut(RawWatchEvent) -> Result<(), KubeError>,
+    ) -> Result<(), KubeError> {
+        let req = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .query("watch", "1")
+            .query("resourceVersion", resource_version)
+            .query("timeoutSeconds", timeout_secs.to_string())
+            .query("allowWatchBookmarks", "true");
+        // The server closes the stream after timeout_secs; allow for that
+        // plus one ordinary request's worth of slack.
+        let limit = Duration::from_secs(timeout_secs.into()) + self.timeout;
+        let body = answer(op, self.prepare(req, limit)?.call())?;
+        let mut reader = BufReader::new(body.into_reader());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = (&mut reader)
+                .take(MAX_EVENT_BYTES)
+                .read_line(&mut line)
+                .map_err(|source| read(op, source))?;
+            if n == 0 {
+                return Ok(());
+            }
+            if !line.ends_with('\n') && n as u64 == MAX_EVENT_BYTES {
+                return Err(read(
+                    op,
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a watch event is longer than {MAX_EVENT_BYTES} bytes"),
+                    ),
+                ));
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let raw: RawWatchEvent =
+                serde_json::from_str(&line).map_err(|source| decode(op, "watch event", source))?;
+            each(raw)?;
         }
     }
 

@@ -20,6 +20,8 @@ use overlay_tests::{
 
 /// Every node sees every other one alive, with a block, within this.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an agent may take to have a settled block (as `Cluster::gossip_on`).
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(40);
 
 const USAGE: &str = "\
 usage: cargo xtask lab [-- OPTIONS]
@@ -42,6 +44,11 @@ options:
                  Ctrl-C on a terminal, 0 otherwise)
   --underlay M   veth (default: whole GSO packets cross the underlay) or wire
                  (NIC-like: MTU-sized frames on the underlay, GRO on receive)
+  --tunnel T     the agents' --tunnel: vxlan (default here: the lab's nodes
+                 share one link, so auto, the agent's own default, would
+                 route every peer directly and never show the VXLAN path),
+                 auto or direct (pod traffic routed between nodes without
+                 encapsulation; status shows each peer's carriage)
   -h, --help     this text
 ";
 
@@ -50,6 +57,7 @@ struct Args {
     pods: usize,
     hold: Option<u64>,
     underlay: Underlay,
+    tunnel: &'static str,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -58,6 +66,7 @@ fn parse_args() -> anyhow::Result<Args> {
         pods: 2,
         hold: None,
         underlay: Underlay::Veth,
+        tunnel: "vxlan",
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -75,6 +84,13 @@ fn parse_args() -> anyhow::Result<Args> {
                 let m = it.next().context("--underlay needs a value")?;
                 args.underlay = Underlay::parse(&m)
                     .with_context(|| format!("--underlay: {m:?} is not veth or wire"))?;
+            }
+            "--tunnel" => {
+                let t = it.next().context("--tunnel needs a value")?;
+                args.tunnel = ["vxlan", "auto", "direct"]
+                    .into_iter()
+                    .find(|m| *m == t)
+                    .with_context(|| format!("--tunnel: {t:?} is not vxlan, auto or direct"))?;
             }
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -114,14 +130,22 @@ fn run(args: &Args) -> anyhow::Result<()> {
     .context("installing the Ctrl-C handler")?;
 
     eprintln!(
-        "lab: bringing up {} nodes on a {} underlay whose agents form the cluster by gossip \
-         from seeds, {} pods each through overlay-cni",
+        "lab: bringing up {} nodes on a {} underlay whose agents (--tunnel {}) form the cluster \
+         by gossip from seeds, {} pods each through overlay-cni",
         args.nodes,
         args.underlay.name(),
+        args.tunnel,
         args.pods
     );
     let started = Instant::now();
-    let mut cluster = Cluster::gossip_on(args.nodes, args.underlay);
+    let mut cluster = Cluster::gossip_unstarted_on(args.nodes, args.underlay);
+    cluster.tunnel = args.tunnel;
+    for i in 0..args.nodes {
+        cluster.spawn_agent(i);
+    }
+    for i in 0..args.nodes {
+        cluster.wait_ready(i, AGENT_READY_TIMEOUT);
+    }
     let ready = started.elapsed();
     let converged = cluster.wait_converged(args.nodes, CONVERGE_TIMEOUT);
     eprintln!(
@@ -179,11 +203,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let c = cluster.lab.maps(i).counters().context("reading counters")?;
         let usage = cluster.allocated(i).len();
         println!(
-            "\nnode {}: {usage} addresses allocated; encapsulated {}, decapsulated {}, local {}, \
-             passed {}, dropped {}",
+            "\nnode {}: {usage} addresses allocated; encapsulated {}, decapsulated {}, sent \
+             direct {}, received direct {}, local {}, passed {}, dropped {}",
             node.ip,
             c.get(Stat::FromPodEncapsulated),
             c.get(Stat::FromUplinkDecapsulated),
+            c.get(Stat::FromPodDirect),
+            c.get(Stat::FromUplinkDirect),
             c.get(Stat::FromPodLocal),
             c.get(Stat::FromPodPassed) + c.get(Stat::FromUplinkPassed),
             c.drops()
@@ -194,6 +220,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         !l.starts_with('#')
             && (l.starts_with("overlay_datapath_")
                 || l.starts_with("overlay_peers")
+                || l.starts_with("overlay_peer_carriage")
                 || l.starts_with("overlay_ipam_addresses")
                 || l.starts_with("overlay_cni_operation_duration_seconds_count"))
     }) {

@@ -136,6 +136,10 @@ fn a_stopped_node_leaves_every_topology_before_a_claim_could_settle() {
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "partition rounds of 200 simulated nodes: run in release (cargo xtask test does)"
+)]
 fn partitions_never_give_a_block_two_owners_and_minority_sides_settle_nothing() {
     let o = PartitionOptions {
         progress: true,

@@ -191,9 +191,11 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
                 &mut tally,
             )
         })
-        // The SWIM simulation runs 1,000 nodes: optimised it takes about a
-        // minute, unoptimised far too long, so the debug run above skips it
-        // (ignored, with that reason) and it runs here in release.
+        // The simulations (SWIM at 1,000 nodes, the chitchat partition
+        // rounds at 200) take a minute or two optimised and far too long
+        // unoptimised (the partition rounds took 12 minutes in debug), so
+        // the debug run above skips them (ignored, with that reason) and
+        // they run here in release, with the rest of their files.
         .and_then(|()| {
             exec_tallied(
                 cargo()
@@ -204,6 +206,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
                         "overlay-tests",
                         "--test",
                         "swim_sim",
+                        "--test",
+                        "gossip_sim",
                     ])
                     .args(["--", "--include-ignored", "--test-threads", "1"])
                     .args(extra),

@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -22,6 +22,35 @@ const ANSWER: &[u8] = b"ok";
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(600);
 /// Probes in flight at once.
 const PARALLEL: usize = 48;
+
+/// Source ports of the UDP probes, handed out in turn from
+/// [`UDP_SOURCE_PORTS`], so that no probe of a test process reuses the
+/// 5-tuple of an earlier one. With kernel-chosen ports, a probe now and
+/// then drew the port of an earlier probe of the same cell whose
+/// connection-tracking entry (UDP: 120 s) was still live, and so passed as
+/// part of a connection admitted under the earlier case's policy, which is
+/// what established flows are meant to do, but not what a probe of the
+/// current policy must see.
+static NEXT_UDP_SOURCE: AtomicU32 = AtomicU32::new(0);
+
+/// The range the UDP probes' source ports cycle through: below the kernel's
+/// ephemeral range (32768 and up) and above the servers' ports.
+const UDP_SOURCE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A UDP socket in the current namespace on a source port no earlier probe
+/// of this process used (until the range wraps), skipping ports in use.
+/// Panics rather than report a probe as blocked when it could not be sent.
+fn fresh_udp_socket() -> UdpSocket {
+    let span = u32::from(UDP_SOURCE_PORTS.end - UDP_SOURCE_PORTS.start);
+    for _ in 0..64 {
+        let n = NEXT_UDP_SOURCE.fetch_add(1, Ordering::Relaxed) % span;
+        let port = UDP_SOURCE_PORTS.start + n as u16;
+        if let Ok(s) = UdpSocket::bind(("0.0.0.0", port)) {
+            return s;
+        }
+    }
+    panic!("no free UDP source port for a probe in {UDP_SOURCE_PORTS:?} after 64 tries");
+}
 
 /// A transport protocol probed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,9 +133,7 @@ pub fn probe(netns: &std::path::Path, to: Ipv4Addr, proto: Proto, port: u16) -> 
                 matches!(c.read(&mut buf), Ok(n) if &buf[..n] == ANSWER)
             }
             Proto::Udp => {
-                let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
-                    return false;
-                };
+                let s = fresh_udp_socket();
                 let _ = s.set_read_timeout(Some(PROBE_TIMEOUT));
                 if s.send_to(b"probe", addr).is_err() {
                     return false;

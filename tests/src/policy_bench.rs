@@ -603,11 +603,9 @@ pub mod datapath {
         ]);
         srv.signal(libc::SIGTERM);
         srv.wait_timeout(Duration::from_secs(5));
-        out.split(['=', ' ', '\n'])
-            .skip_while(|w| !w.ends_with("avg-rtt") && !w.ends_with("avg-latency"))
-            .nth(1)
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no avg-rtt in sockperf output:\n{out}"))
+        crate::traffic::parse_sockperf(&out)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0
     }
 
     /// Runs `reps` interleaved repetitions of both configurations on a

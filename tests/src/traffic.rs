@@ -383,3 +383,75 @@ pub fn send_raw_ipv4(ns: &Netns, packet: &[u8]) {
     })
     .expect("entering the namespace");
 }
+
+/// `s` without its ANSI escape sequences (sockperf colours its report).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if it.peek() == Some(&'[') {
+            it.next();
+            for d in it.by_ref() {
+                if ('@'..='~').contains(&d) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Average and 99th percentile round trip in microseconds from sockperf's
+/// `pp --full-rtt` report.
+pub fn parse_sockperf(text: &str) -> Result<(f64, f64), String> {
+    let text = strip_ansi(text);
+    let leading_number = |s: &str| -> Option<f64> {
+        let s = s.trim_start();
+        let end = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        s[..end].parse().ok()
+    };
+    let mut avg = None;
+    let mut p99 = None;
+    for line in text.lines() {
+        if avg.is_none() {
+            avg = ["avg-rtt=", "avg-latency="]
+                .iter()
+                .find_map(|k| line.find(k).map(|i| &line[i + k.len()..]))
+                .and_then(leading_number);
+        }
+        if line.contains("percentile 99.000") {
+            p99 = line.rsplit('=').next().and_then(leading_number);
+        }
+    }
+    match (avg, p99) {
+        (Some(a), Some(p)) => Ok((a, p)),
+        _ => Err(format!(
+            "no avg-rtt/avg-latency or percentile 99.000 in sockperf output:\n{text}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_sockperf;
+
+    #[test]
+    fn parses_sockperf_output() {
+        let out = "sockperf: [Valid Duration] RunTime=1.550 sec; SentMessages=108398\n\
+                   sockperf: \x1b[2;35m====> avg-rtt=14.277 (std-dev=3.525)\x1b[0m\n\
+                   sockperf: ---> percentile 99.900 =   43.434\n\
+                   sockperf: ---> percentile 99.000 =   16.945\n\
+                   sockperf: ---> percentile 90.000 =   14.701\n";
+        assert_eq!(parse_sockperf(out).unwrap(), (14.277, 16.945));
+        let half = "sockperf: ====> avg-latency=7.100 (std-dev=1.0)\n\
+                    sockperf: ---> percentile 99.000 = 9.5\n";
+        assert_eq!(parse_sockperf(half).unwrap(), (7.1, 9.5));
+        assert!(parse_sockperf("nothing here").is_err());
+    }
+}

@@ -52,6 +52,7 @@ use overlay_tests::{
     gossip_sim::{self, Membership, PartitionOptions, Partitions},
     lab::{KERNEL_VXLAN_DEV, UNDERLAY_MTU, UPLINK},
     swim_sim,
+    traffic::parse_sockperf,
 };
 use serde_json::Value;
 
@@ -629,56 +630,6 @@ fn parse_iperf(json: &str) -> Result<Iperf> {
     })
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars().peekable();
-    while let Some(c) = it.next() {
-        if c != '\x1b' {
-            out.push(c);
-            continue;
-        }
-        if it.peek() == Some(&'[') {
-            it.next();
-            for d in it.by_ref() {
-                if ('@'..='~').contains(&d) {
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Average and 99th percentile round trip in microseconds from sockperf's
-/// `pp --full-rtt` report.
-fn parse_sockperf(text: &str) -> Result<(f64, f64)> {
-    let text = strip_ansi(text);
-    let leading_number = |s: &str| -> Option<f64> {
-        let s = s.trim_start();
-        let end = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        s[..end].parse().ok()
-    };
-    let mut avg = None;
-    let mut p99 = None;
-    for line in text.lines() {
-        if avg.is_none() {
-            avg = ["avg-rtt=", "avg-latency="]
-                .iter()
-                .find_map(|k| line.find(k).map(|i| &line[i + k.len()..]))
-                .and_then(leading_number);
-        }
-        if line.contains("percentile 99.000") {
-            p99 = line.rsplit('=').next().and_then(leading_number);
-        }
-    }
-    match (avg, p99) {
-        (Some(a), Some(p)) => Ok((a, p)),
-        _ => bail!("no avg-rtt/avg-latency or percentile 99.000 in sockperf output:\n{text}"),
-    }
-}
-
 /// CPU time of cpu0 and cpu1 from `/proc/stat`: (busy, total) jiffies.
 fn cpu_snapshot() -> Vec<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -1112,7 +1063,7 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
     if let Some(p) = prof {
         p.finish()?;
     }
-    let parsed = parse_sockperf(&rr.both());
+    let parsed = parse_sockperf(&rr.both()).map_err(anyhow::Error::msg);
     ensure!(
         rr.status.success() && parsed.is_ok(),
         "sockperf pp to {dst_ip} failed ({}): {}",
@@ -2218,20 +2169,6 @@ mod tests {
         assert!(parse_args(&args(&["--skip-gossip=1"])).is_err());
         assert!(parse_args(&args(&["--gossip-nodes", "9"])).is_err());
         assert!(parse_args(&args(&["--gossip-nodes", "0"])).is_ok());
-    }
-
-    #[test]
-    fn parses_sockperf_output() {
-        let out = "sockperf: [Valid Duration] RunTime=1.550 sec; SentMessages=108398\n\
-                   sockperf: \x1b[2;35m====> avg-rtt=14.277 (std-dev=3.525)\x1b[0m\n\
-                   sockperf: ---> percentile 99.900 =   43.434\n\
-                   sockperf: ---> percentile 99.000 =   16.945\n\
-                   sockperf: ---> percentile 90.000 =   14.701\n";
-        assert_eq!(parse_sockperf(out).unwrap(), (14.277, 16.945));
-        let half = "sockperf: ====> avg-latency=7.100 (std-dev=1.0)\n\
-                    sockperf: ---> percentile 99.000 = 9.5\n";
-        assert_eq!(parse_sockperf(half).unwrap(), (7.1, 9.5));
-        assert!(parse_sockperf("nothing here").is_err());
     }
 
     #[test]

@@ -395,6 +395,52 @@ fn end_port_ranges_cover_exactly_the_range() {
 }
 
 #[test]
+fn a_port_string_holding_a_number_is_that_number_and_bad_port_forms_are_reported() {
+    let mut w = World::new();
+    w.policy(
+        "x",
+        "string-port",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"port": "80", "endPort": 81, "protocol": "TCP"}]}]}),
+    );
+    for (name, port) in [
+        ("named-range", json!({"port": "http", "endPort": 90})),
+        ("empty-name", json!({"port": ""})),
+        ("end-only", json!({"endPort": 90})),
+        ("backwards", json!({"port": 90, "endPort": 80})),
+        ("zero", json!({"port": "0"})),
+    ] {
+        w.policy(
+            "y",
+            name,
+            json!({"podSelector": {}, "ingress": [{"ports": [port]}]}),
+        );
+    }
+    let c = w.compile();
+    let a = World::ip("x", "a");
+    let b = World::ip("z", "b");
+    for port in [80, 81] {
+        assert!(allows(&c, a, DIR_INGRESS, b, IPPROTO_TCP, port), "{port}");
+    }
+    assert!(!allows(&c, a, DIR_INGRESS, b, IPPROTO_TCP, 82));
+    for (name, says) in [
+        ("named-range", "endPort with the named port"),
+        ("empty-name", "empty port name"),
+        ("end-only", "endPort without port"),
+        ("backwards", "endPort 80 is below port 90"),
+        ("zero", "port 0 is outside"),
+    ] {
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p.policy == format!("y/{name}") && p.message.contains(says)),
+            "{name}: {:?}",
+            c.problems
+        );
+    }
+    assert_eq!(c.problems.len(), 5, "{:?}", c.problems);
+}
+
+#[test]
 fn port_blocks_are_aligned_and_cover_the_range_once() {
     for (lo, hi) in [
         (0, 65535),

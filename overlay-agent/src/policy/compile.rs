@@ -554,11 +554,19 @@ fn check_rule(
                 .filter(|n| *n != 0)
                 .ok_or_else(|| format!("port {v} is outside 1..65535"))
         };
-        specs.push(match (&p.port, p.end_port) {
-            (None, None) => PortSpec::Proto(proto),
-            (None, Some(_)) => return Err("endPort without port".into()),
-            (Some(IntOrString::Int(n)), end) => {
-                let lo = number(*n)?;
+        // A port given as a number, or as a string holding one, is a
+        // number; any other string names a container port.
+        let (numeric, named) = match &p.port {
+            Some(IntOrString::Int(n)) => (Some(*n), None),
+            Some(IntOrString::String(s)) => match s.parse::<i64>() {
+                Ok(n) => (Some(n), None),
+                Err(_) => (None, Some(s.as_str())),
+            },
+            None => (None, None),
+        };
+        specs.push(match (numeric, named, p.end_port) {
+            (Some(n), _, end) => {
+                let lo = number(n)?;
                 let hi = match end {
                     Some(e) => number(e)?,
                     None => lo,
@@ -568,24 +576,11 @@ fn check_rule(
                 }
                 PortSpec::Range(proto, lo, hi)
             }
-            (Some(IntOrString::String(s)), end) => match s.parse::<i64>() {
-                Ok(n) => {
-                    let lo = number(n)?;
-                    let hi = match end {
-                        Some(e) => number(e)?,
-                        None => lo,
-                    };
-                    if hi < lo {
-                        return Err(format!("endPort {hi} is below port {lo}"));
-                    }
-                    PortSpec::Range(proto, lo, hi)
-                }
-                Err(_) if end.is_some() => {
-                    return Err(format!("endPort with the named port {s:?}"));
-                }
-                Err(_) if s.is_empty() => return Err("empty port name".into()),
-                Err(_) => PortSpec::Named(proto, s.clone()),
-            },
+            (None, Some(s), Some(_)) => return Err(format!("endPort with the named port {s:?}")),
+            (None, Some(""), None) => return Err("empty port name".into()),
+            (None, Some(s), None) => PortSpec::Named(proto, s.to_owned()),
+            (None, None, None) => PortSpec::Proto(proto),
+            (None, None, Some(_)) => return Err("endPort without port".into()),
         });
     }
 

@@ -38,6 +38,23 @@ pub struct AgentConfig {
     // peer.
     #[arg(long, env = "OVERLAY_PEERS", default_value = "", value_parser = parse_peers)]
     pub peers: ::std::vec::Vec<String>,
+    /// Membership protocol. `swim` (the default) scales to 5,000 nodes:
+    /// SWIM failure detection (a dead agent is known everywhere in about
+    /// 5 s), node records spread as broadcasts and exchanged push-pull.
+    /// `chitchat` is the previous release's protocol, kept for the rolling
+    /// upgrade from it: the two do not understand each other (each drops
+    /// and counts the other's datagrams), so either upgrade with
+    /// `chitchat` first and switch to `swim` in a second rolling update,
+    /// or accept that upgraded and old nodes do not see each other until
+    /// the update ends (routes already in place stay while peers' datapaths
+    /// answer probes). Every node must agree in the end.
+    #[arg(
+        long,
+        env = "OVERLAY_GOSSIP_PROTOCOL",
+        default_value = "swim",
+        value_enum
+    )]
+    pub gossip_protocol: crate::gossip::Protocol,
     /// UDP port for gossip (every node must agree).
     #[arg(long, env = "OVERLAY_GOSSIP_PORT", default_value_t = crate::gossip::DEFAULT_GOSSIP_PORT)]
     pub gossip_port: u16,
@@ -64,8 +81,9 @@ pub struct AgentConfig {
     /// per block; a node claims another block when one fills up).
     #[arg(long, env = "OVERLAY_BLOCK_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=30))]
     pub block_size: u8,
-    /// Gossip round interval (e.g. `1s`, `200ms`). Failure detection takes
-    /// roughly 10-20 rounds.
+    /// How often the claim rule runs and the topology is refreshed (e.g.
+    /// `1s`, `200ms`); with `--gossip-protocol chitchat`, also chitchat's
+    /// round interval (its failure detection takes roughly 10-20 rounds).
     #[arg(long, env = "OVERLAY_GOSSIP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub gossip_interval: Duration,
     /// How long a block claim is held, with a quorum, before addresses are
@@ -74,8 +92,9 @@ pub struct AgentConfig {
     /// majority notices before its claim settles.
     #[arg(long, env = "OVERLAY_CLAIM_SETTLE", default_value = "30s", value_parser = parse_duration)]
     pub claim_settle: Duration,
-    /// Failure detector threshold (phi): higher declares nodes dead later
-    /// but more surely.
+    /// Failure detector threshold (phi) of `--gossip-protocol chitchat`:
+    /// higher declares nodes dead later but more surely. SWIM's detector
+    /// has fixed timings (probe every 0.5 s, 2.5 s to refute a suspicion).
     #[arg(long, env = "OVERLAY_PHI_THRESHOLD", default_value_t = 8.0)]
     pub phi_threshold: f64,
     /// Status HTTP endpoint (`GET /status`, `GET /healthz`,

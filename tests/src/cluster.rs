@@ -209,6 +209,9 @@ pub struct Cluster {
     /// counters, its anti-spoofing, interop); the tests of direct routing
     /// set `auto` or `direct` themselves.
     pub tunnel: &'static str,
+    /// `--gossip-protocol` of every gossiping agent started from now on
+    /// (`swim`, the agent's default, unless a test sets it).
+    pub gossip_protocol: &'static str,
     pods_made: usize,
 }
 
@@ -427,6 +430,7 @@ impl Cluster {
             dir,
             source,
             tunnel: "vxlan",
+            gossip_protocol: "swim",
             pods_made: 0,
         }
     }
@@ -560,6 +564,7 @@ impl Cluster {
                 let peers: Vec<String> = self.lab.nodes.iter().map(|n| n.ip.to_string()).collect();
                 cmd.arg("--node-name")
                     .arg(format!("n{}", i + 1))
+                    .args(["--gossip-protocol", self.gossip_protocol])
                     .arg("--peers")
                     .arg(peers.join(","))
                     .args(["--gossip-interval", LAB_GOSSIP_INTERVAL])
@@ -577,6 +582,7 @@ impl Cluster {
                 cmd.arg("--node-name")
                     .arg(format!("n{}", i + 1))
                     .args(["--kubernetes", "on", "--kube-api", api])
+                    .args(["--gossip-protocol", self.gossip_protocol])
                     .arg("--kube-token-file")
                     .arg(token_file)
                     .arg("--kube-ca-file")

@@ -531,7 +531,7 @@ impl Sim {
 /// two awaits on the current-thread runtime (nothing holds that lock across
 /// an await), but is treated as "not yet" rather than trusted.
 fn live_among(g: &Gossip, addrs: &HashSet<SocketAddr>) -> Option<usize> {
-    let cc = g.chitchat().chitchat();
+    let cc = g.chitchat()?.chitchat();
     let cc = cc.try_lock().ok()?;
     Some(
         cc.live_nodes()

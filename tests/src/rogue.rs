@@ -210,7 +210,10 @@ async fn run(
         }
     };
     {
-        let cc = gossip.chitchat().chitchat();
+        let cc = gossip
+            .chitchat()
+            .expect("the rogue speaks chitchat")
+            .chitchat();
         let mut cc = cc.lock().await;
         for (k, v) in &config.forged {
             cc.self_node_state().set(k, v);

@@ -331,3 +331,81 @@ fn forged_probes_change_nothing_and_are_counted() {
         }
     }
 }
+
+/// Each node's own settled blocks, by node name.
+fn own_blocks(c: &Cluster) -> Vec<(String, Value)> {
+    (0..NODES)
+        .map(|i| (name(i), c.status(i)["gossip"]["blocks"].clone()))
+        .collect()
+}
+
+#[test]
+fn a_rolling_upgrade_from_chitchat_to_swim_interrupts_no_flow_and_moves_no_block() {
+    privileged!("a_rolling_upgrade_from_chitchat_to_swim_interrupts_no_flow_and_moves_no_block");
+    // The previous release's agents spoke chitchat (the same code and wire
+    // as `--gossip-protocol chitchat`).
+    let mut c = Cluster::gossip_unstarted(NODES);
+    c.gossip_protocol = "chitchat";
+    for i in 0..NODES {
+        c.spawn_agent(i);
+    }
+    for i in 0..NODES {
+        c.wait_ready(i, Duration::from_secs(40));
+    }
+    c.wait_converged(NODES, GOSSIP_TIMEOUT);
+    let before = own_blocks(&c);
+    for i in 0..NODES {
+        assert_eq!(c.status(i)["gossip"]["protocol"], "chitchat");
+    }
+
+    // The DaemonSet's rolling update: one agent after the other stops
+    // (SIGTERM) and comes back speaking SWIM, while the flow runs.
+    flow_survives(&mut c, "rolling upgrade chitchat -> swim", 40, |c| {
+        c.gossip_protocol = "swim";
+        for i in 0..NODES {
+            let t = restart(c, i, true, Duration::from_secs(1));
+            println!("upgrade: {} speaks SWIM, serving, after {t:?}", name(i));
+            if i == 0 {
+                // Alone on its protocol, n1 still knows its peers (it
+                // remembered them), routes to their datapaths, and
+                // claims nothing: it has no quorum.
+                let s = wait_until("n1 routes its old-protocol peers", GOSSIP_TIMEOUT, || {
+                    let s = c.status(0);
+                    s["gossip"]["quorum"] == false
+                        && [1, 2].iter().all(|j| {
+                            peer(&s, &name(*j))
+                                .is_some_and(|p| p["state"] == "agent_down" && p["routed"] == true)
+                        })
+                });
+                println!("upgrade: n1 alone on SWIM routes n2 and n3 after {s:?}");
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    });
+
+    c.wait_converged(NODES, GOSSIP_TIMEOUT);
+    for i in 0..NODES {
+        let s = c.status(i);
+        assert_eq!(s["gossip"]["protocol"], "swim", "node {i}");
+        assert_eq!(
+            s["gossip"]["conflicts"].as_array().map(Vec::len),
+            Some(0),
+            "node {i}: {}",
+            s["gossip"]
+        );
+    }
+    assert_eq!(own_blocks(&c), before, "a block moved during the upgrade");
+    // The two protocols dropped each other's datagrams and said why.
+    let log = c.log(0);
+    assert!(
+        log.contains("of another protocol"),
+        "n1 never logged the previous release's datagrams:\n{log}"
+    );
+    // Pods still come and go on every node.
+    let pods: Vec<CniPod> = (0..NODES).map(|i| c.add_pod(i)).collect();
+    for a in &pods {
+        for b in &pods {
+            assert!(a.ns.ping(&b.ip.to_string(), 2), "{} -> {}", a.ip, b.ip);
+        }
+    }
+}

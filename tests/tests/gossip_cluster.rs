@@ -189,6 +189,8 @@ fn four_agents_form_a_cluster_from_seeds_and_pods_reach_each_other() {
     let statuses: Vec<(usize, Value)> = (0..NODES).map(|i| (i, c.status(i))).collect();
     assert_one_owner_per_block_and_agreement(&statuses);
     for (i, s) in &statuses {
+        // The agents speak SWIM unless told otherwise.
+        assert_eq!(s["gossip"]["protocol"], "swim", "node {i}");
         // One pod uses one address of 254: no node needs a second block.
         let blocks = &s["gossip"]["blocks"];
         assert_eq!(
@@ -200,6 +202,7 @@ fn four_agents_form_a_cluster_from_seeds_and_pods_reach_each_other() {
 
     let text = c.status_text(0);
     println!("{text}");
+    assert!(text.contains("(swim, authenticated)"), "{text}");
     let peer_lines: Vec<&str> = text
         .lines()
         .skip_while(|l| *l != "Peers:")

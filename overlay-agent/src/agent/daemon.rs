@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -28,7 +28,7 @@ use crate::{
     },
     config::{AgentConfig, KubeMode},
     gossip::{
-        ForgetError, Gossip, GossipConfig, GossipError,
+        ForgetError, Gossip, GossipConfig, GossipError, Protocol,
         auth::{Key, SecureUdpTransport, WireCounters},
         claims::ClaimConfig,
         status::PeerState,
@@ -604,12 +604,6 @@ async fn start_gossip(config: &AgentConfig, agent: Arc<Agent>) -> Result<Gossip,
     let must_join = seeds.iter().any(|s| *s != gossip_addr.to_string());
     let usable = (1u64 << (32 - u32::from(config.block_size))).saturating_sub(2);
     let wire = Arc::new(WireCounters::default());
-    let transport = SecureUdpTransport::new(
-        key.clone(),
-        fnv1a(name.as_bytes()),
-        generation,
-        wire.clone(),
-    );
     let gc = GossipConfig {
         node_name: name.clone(),
         generation,
@@ -632,14 +626,19 @@ async fn start_gossip(config: &AgentConfig, agent: Arc<Agent>) -> Result<Gossip,
     };
     info!(
         node = name, %gossip_addr, ?seeds, cluster = config.cluster_name,
+        protocol = %config.gossip_protocol,
         range = %config.ipalloc_range, block_size = config.block_size,
         interval = ?config.gossip_interval, settle = ?config.claim_settle,
         authenticated = key.is_some(),
         "starting gossip"
     );
-    // Detection takes about phi rounds after the last heartbeat, more on
-    // large clusters; the settle period must also cover a claim's spread.
-    let detection = config.gossip_interval.mul_f64(config.phi_threshold);
+    // chitchat's detection takes about phi rounds after the last
+    // heartbeat, more on large clusters; SWIM's a probe period or two and
+    // the suspicion. The settle period must also cover a claim's spread.
+    let detection = match config.gossip_protocol {
+        Protocol::Chitchat => config.gossip_interval.mul_f64(config.phi_threshold),
+        Protocol::Swim => Duration::from_secs(4),
+    };
     if config.claim_settle < detection * 3 {
         warn!(
             settle = ?config.claim_settle, ?detection,
@@ -648,9 +647,54 @@ async fn start_gossip(config: &AgentConfig, agent: Arc<Agent>) -> Result<Gossip,
         );
     }
     let free = Arc::new(move |blocks: &[ipnet::Ipv4Net]| agent.free_addresses(blocks));
-    Gossip::spawn(gc, &transport, free, wire)
-        .await
-        .map_err(DaemonError::Gossip)
+    match config.gossip_protocol {
+        Protocol::Chitchat => {
+            let transport = SecureUdpTransport::new(
+                key.clone(),
+                fnv1a(name.as_bytes()),
+                generation,
+                wire.clone(),
+            );
+            Gossip::spawn(gc, &transport, free, wire).await
+        }
+        Protocol::Swim => {
+            let socket = tokio::net::UdpSocket::bind(gossip_addr)
+                .await
+                .map_err(|e| {
+                    DaemonError::Gossip(GossipError::Spawn {
+                        addr: gossip_addr,
+                        source: e.into(),
+                    })
+                })?;
+            let seeds = resolve_seeds(&seeds).await;
+            Gossip::spawn_swim(gc, socket, seeds, key, free, wire)
+        }
+    }
+    .map_err(DaemonError::Gossip)
+}
+
+/// The seeds' IPv4 socket addresses; a seed that does not resolve (or
+/// only to IPv6) is left out with a warning.
+async fn resolve_seeds(seeds: &[String]) -> Vec<SocketAddrV4> {
+    let mut out = Vec::new();
+    for seed in seeds {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => {
+                let before = out.len();
+                out.extend(addrs.filter_map(|a| match a {
+                    SocketAddr::V4(a) => Some(a),
+                    SocketAddr::V6(_) => None,
+                }));
+                if out.len() == before {
+                    warn!(seed, "gossip seed has no IPv4 address: left out");
+                }
+            }
+            Err(e) => warn!(seed, error = %e, "gossip seed does not resolve: left out"),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn status_handler(

@@ -124,7 +124,35 @@ impl WireCounters {
         }
     }
 
-    fn count_reject(&self, reject: Reject) {
+    /// One datagram of `len` bytes received, before any check.
+    pub fn received(&self, len: usize) {
+        self.datagrams_in.fetch_add(1, Relaxed);
+        self.bytes_in.fetch_add(len as u64, Relaxed);
+    }
+
+    /// One datagram passed every check.
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Relaxed);
+    }
+
+    /// One authenticated datagram whose payload did not decode.
+    pub fn malformed(&self) {
+        self.malformed.fetch_add(1, Relaxed);
+    }
+
+    /// One datagram of `len` bytes sent.
+    pub fn sent(&self, len: usize) {
+        self.datagrams_out.fetch_add(1, Relaxed);
+        self.bytes_out.fetch_add(len as u64, Relaxed);
+    }
+
+    /// One datagram not sent.
+    pub fn send_failed(&self) {
+        self.send_errors.fetch_add(1, Relaxed);
+    }
+
+    /// One datagram refused by [`Opener::open`], in the counter of its class.
+    pub fn count_reject(&self, reject: Reject) {
         let counter = match reject.class() {
             RejectClass::Malformed => &self.malformed,
             RejectClass::AuthFailed => &self.auth_failed,
@@ -145,13 +173,13 @@ pub struct WireStats {
     pub datagrams_out: u64,
     /// Bytes of those datagrams.
     pub bytes_out: u64,
-    /// Datagrams that passed every check and were handed to chitchat.
+    /// Datagrams that passed every check and were handed to the protocol.
     pub accepted: u64,
     /// Tag missing or wrong, including unsealed datagrams while a key is set.
     pub auth_failed: u64,
     /// Valid tag, but an older epoch or a sequence number seen or too old.
     pub replayed: u64,
-    /// Too short, unknown magic, or not a chitchat envelope.
+    /// Too short, unknown magic, or a payload the protocol could not decode.
     pub malformed: u64,
     /// Not sent: the socket failed, or the message was too large even in
     /// fragments.

@@ -1,14 +1,16 @@
-//! One gossiping node: runs chitchat, publishes this node and its claims,
-//! runs the claim rule every gossip interval, and turns the cluster view
-//! into the [`Topology`] the agent applies to its maps.
+//! One gossiping node: runs the membership protocol (SWIM by default,
+//! chitchat for clusters still on the previous release), publishes this
+//! node and its claims, runs the claim rule every gossip interval, and
+//! turns the cluster view into the [`Topology`] the agent applies to its
+//! maps.
 //!
 //! The same code runs in the agent (over authenticated UDP) and in the
-//! simulations (over chitchat's in-memory transport, many nodes in one
-//! process, on tokio's paused clock).
+//! chitchat simulations (over chitchat's in-memory transport, many nodes in
+//! one process, on tokio's paused clock). The claim rule, the view and
+//! everything below them do not know which protocol carried the records.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    io::Write as _,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
@@ -28,9 +30,11 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::{
-    auth::{WireCounters, WireStats},
+    auth::{Key, WireCounters, WireStats},
     claims::{ClaimConfig, Claimer, Event},
+    remembered::{self, MEMBERS_FILE, Memory, Remembered},
     status::{BlockState, BlockStatus, ConflictStatus, GossipStatus, PeerState, PeerStatus},
+    swim::{NodeRecord, Swim, SwimConfig, udp::SwimUdp},
     view::{
         Claim, KEY_IP, KEY_STOPPING, KEY_VERSION, KEY_VXLAN_PORT, PREFIX_FORGET, Record, Seen,
         View, block_key,
@@ -40,6 +44,34 @@ use crate::topology::{Node, Topology};
 
 /// Default gossip port (as Weave's).
 pub const DEFAULT_GOSSIP_PORT: u16 = 6783;
+
+/// Cluster size SWIM sizes its retransmissions for (the most Kubernetes
+/// supports): a record reaches every node of a smaller cluster sooner.
+pub const SWIM_CLUSTER_SIZE: u32 = 5_000;
+
+/// Which membership protocol a node speaks (`--gossip-protocol`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// SWIM with suspicion (foca), record broadcasts and push-pull
+    /// anti-entropy: constant-size messages, for clusters up to 5,000
+    /// nodes.
+    #[default]
+    Swim,
+    /// chitchat, as the previous release: every message carries a digest
+    /// of every node, so it stops working between about 800 and 1,450
+    /// nodes. Only for a cluster whose other agents still run it.
+    Chitchat,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Swim => "swim",
+            Self::Chitchat => "chitchat",
+        })
+    }
+}
 
 /// How a node gossips.
 #[derive(Clone, Debug)]
@@ -110,7 +142,7 @@ pub enum GossipError {
         #[source]
         source: serde_json::Error,
     },
-    /// chitchat could not start (typically: the port is taken).
+    /// The protocol could not start (typically: the port is taken).
     #[error("starting gossip on {addr}")]
     Spawn {
         /// Address.
@@ -158,9 +190,15 @@ struct Shared {
     rebuild: AtomicBool,
 }
 
+/// What carries a node's gossip.
+enum Carrier {
+    Chitchat(ChitchatHandle),
+    Swim(Arc<SwimUdp>),
+}
+
 /// A running gossip node.
 pub struct Gossip {
-    chitchat: ChitchatHandle,
+    carrier: Carrier,
     shared: Arc<Shared>,
     wire: Arc<WireCounters>,
     topology: watch::Receiver<Topology>,
@@ -170,37 +208,15 @@ pub struct Gossip {
 }
 
 impl Gossip {
-    /// Starts gossip: loads the persisted blocks, joins through the seeds
-    /// and runs the claim rule every interval.
+    /// Starts gossip over chitchat: loads the persisted blocks, joins
+    /// through the seeds and runs the claim rule every interval.
     pub async fn spawn(
         config: GossipConfig,
         transport: &dyn Transport,
         free: FreeAddresses,
         wire: Arc<WireCounters>,
     ) -> Result<Self, GossipError> {
-        let c = &config.claims;
-        if c.block_prefix <= c.range.prefix_len() || c.block_prefix > 30 {
-            return Err(GossipError::BlockSize {
-                range: c.range,
-                block_prefix: c.block_prefix,
-            });
-        }
-        if !valid_name(&config.node_name) {
-            return Err(GossipError::NodeName(config.node_name.clone()));
-        }
-        let settled = match &config.state_file {
-            Some(p) => load_blocks(p, &config.node_name)?,
-            None => BTreeMap::new(),
-        };
-        if !settled.is_empty() {
-            info!(blocks = ?settled.keys().collect::<Vec<_>>(), "re-publishing the blocks this node owned");
-        }
-        let claimer = Claimer::new(
-            &config.node_name,
-            config.generation,
-            config.claims.clone(),
-            settled,
-        );
+        let claimer = claimer(&config)?;
         let mut initial = vec![
             (KEY_IP.to_owned(), config.node_ip.to_string()),
             (KEY_VXLAN_PORT.to_owned(), config.vxlan_port.to_string()),
@@ -247,6 +263,82 @@ impl Gossip {
                     addr: config.gossip_addr,
                     source: e.into(),
                 })?;
+        let membership = Membership::Chitchat {
+            cc: chitchat.chitchat(),
+            live_rx: None,
+            cache: HashMap::new(),
+        };
+        Ok(Self::run(
+            Carrier::Chitchat(chitchat),
+            membership,
+            claimer,
+            config,
+            free,
+            wire,
+        ))
+    }
+
+    /// Starts gossip over SWIM on `socket` (bound to the gossip address),
+    /// with datagrams sealed with `key`: loads the persisted blocks, joins
+    /// through the seeds (IPv4 addresses) and runs the claim rule every
+    /// interval.
+    pub fn spawn_swim(
+        config: GossipConfig,
+        socket: tokio::net::UdpSocket,
+        seeds: Vec<std::net::SocketAddrV4>,
+        key: Option<Key>,
+        free: FreeAddresses,
+        wire: Arc<WireCounters>,
+    ) -> Result<Self, GossipError> {
+        let claimer = claimer(&config)?;
+        let spawn_error = |e: super::swim::SwimError| GossipError::Spawn {
+            addr: config.gossip_addr,
+            source: e.into(),
+        };
+        let SocketAddr::V4(gossip_addr) = config.gossip_addr else {
+            return Err(GossipError::Spawn {
+                addr: config.gossip_addr,
+                source: "SWIM gossips over IPv4 only".into(),
+            });
+        };
+        let record = NodeRecord {
+            name: config.node_name.clone(),
+            generation: config.generation,
+            seq: 0,
+            gossip_addr,
+            ip: config.node_ip,
+            vxlan_port: config.vxlan_port,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            stopping: false,
+            claims: claimer.published().into_iter().collect(),
+            forgets: Vec::new(),
+        };
+        let mut sc = SwimConfig::new(record, seeds, SWIM_CLUSTER_SIZE);
+        sc.key = key;
+        let swim = Swim::new(sc).map_err(spawn_error)?;
+        let swim = Arc::new(SwimUdp::spawn(swim, socket, wire.clone()).map_err(spawn_error)?);
+        let membership = Membership::Swim {
+            swim: swim.clone(),
+            seen: None,
+        };
+        Ok(Self::run(
+            Carrier::Swim(swim),
+            membership,
+            claimer,
+            config,
+            free,
+            wire,
+        ))
+    }
+
+    fn run(
+        carrier: Carrier,
+        membership: Membership,
+        claimer: Claimer,
+        config: GossipConfig,
+        free: FreeAddresses,
+        wire: Arc<WireCounters>,
+    ) -> Self {
         let (topo_tx, topo_rx) = watch::channel(Topology::default());
         let shared = Arc::new(Shared {
             status: Mutex::new(GossipStatus::default()),
@@ -254,31 +346,43 @@ impl Gossip {
         });
         let name = config.node_name.clone();
         let interval = config.interval;
+        let memory = Memory::new(
+            members_file(&config)
+                .map(|p| remembered::load(&p, &name))
+                .unwrap_or_default(),
+        );
+        if !memory.is_empty() {
+            info!(
+                members = memory.len(),
+                "remembering the members known before this start until gossip brings them"
+            );
+        }
         let runner = Runner {
-            chitchat: chitchat.chitchat(),
+            membership,
             claimer,
             config,
             free,
             shared: shared.clone(),
             topology: topo_tx,
-            cache: HashMap::new(),
             view: View::default(),
             published: BTreeMap::new(),
             ticks: 0,
             persisted: None,
+            memory,
+            remembered: None,
             liveness: HashMap::new(),
         };
         let span = info_span!("gossip", node = %name);
         let task = tokio::spawn(runner.run().instrument(span));
-        Ok(Self {
-            chitchat,
+        Self {
+            carrier,
             shared,
             wire,
             topology: topo_rx,
             task,
             name,
             interval,
-        })
+        }
     }
 
     /// The topology this node derives (live nodes and their settled
@@ -300,9 +404,21 @@ impl Gossip {
         &self.name
     }
 
-    /// The chitchat handle (simulations use it to inspect and to partition).
-    pub fn chitchat(&self) -> &ChitchatHandle {
-        &self.chitchat
+    /// The chitchat handle when the node speaks chitchat (simulations use
+    /// it to inspect and to partition).
+    pub fn chitchat(&self) -> Option<&ChitchatHandle> {
+        match &self.carrier {
+            Carrier::Chitchat(c) => Some(c),
+            Carrier::Swim(_) => None,
+        }
+    }
+
+    /// The protocol this node speaks.
+    pub fn protocol(&self) -> Protocol {
+        match &self.carrier {
+            Carrier::Chitchat(_) => Protocol::Chitchat,
+            Carrier::Swim(_) => Protocol::Swim,
+        }
     }
 
     /// Forgets a node gone for good: its blocks return to the pool on every
@@ -312,28 +428,27 @@ impl Gossip {
         if name == self.name {
             return Err(ForgetError::SelfNode(name.to_owned()));
         }
-        let cc = self.chitchat.chitchat();
-        let mut cc = cc.lock().await;
-        let live: HashSet<ChitchatId> = cc.live_nodes().cloned().collect();
-        let mut generation = None;
-        let mut blocks = Vec::new();
-        for (id, state) in cc.node_states() {
-            if &*id.node_id != name {
-                continue;
+        let (generation, blocks) = match &self.carrier {
+            Carrier::Chitchat(handle) => forget_chitchat(handle, name).await?,
+            Carrier::Swim(swim) => {
+                let mut s = swim.lock();
+                let r = s
+                    .record_of(name)
+                    .ok_or_else(|| ForgetError::Unknown(name.to_owned()))?;
+                if s.is_live(name) {
+                    return Err(ForgetError::Alive(name.to_owned()));
+                }
+                let mut blocks: Vec<Ipv4Net> = r.claims.iter().map(|(b, _)| *b).collect();
+                blocks.sort();
+                blocks.dedup();
+                let generation = r.generation;
+                let set = s.update(|me| merge_forget(&mut me.forgets, name, generation));
+                if let Err(e) = set {
+                    error!(error = %crate::cni::error::chain(&e), "publishing a forget record");
+                }
+                (generation, blocks)
             }
-            if live.contains(id) {
-                return Err(ForgetError::Alive(name.to_owned()));
-            }
-            generation = generation.max(Some(id.generation_id));
-            let r = Record::parse(state.key_values());
-            blocks.extend(r.claims.into_keys());
-        }
-        let generation = generation.ok_or_else(|| ForgetError::Unknown(name.to_owned()))?;
-        blocks.sort();
-        blocks.dedup();
-        cc.self_node_state()
-            .set(format!("{PREFIX_FORGET}{name}"), generation);
-        drop(cc);
+        };
         self.shared.rebuild.store(true, Ordering::Relaxed);
         warn!(node = name, generation, blocks = ?blocks, "forgot node: its blocks return to the pool");
         Ok(Forgotten {
@@ -348,10 +463,18 @@ impl Gossip {
     /// keep routing to its datapath. Waits a few gossip rounds (at most
     /// 1.5 s) for the word to spread.
     pub async fn leave(&self) {
-        {
-            let cc = self.chitchat.chitchat();
-            let mut cc = cc.lock().await;
-            cc.self_node_state().set(KEY_STOPPING, "true");
+        match &self.carrier {
+            Carrier::Chitchat(handle) => {
+                let cc = handle.chitchat();
+                let mut cc = cc.lock().await;
+                cc.self_node_state().set(KEY_STOPPING, "true");
+            }
+            Carrier::Swim(swim) => {
+                if let Err(e) = swim.lock().leave() {
+                    error!(error = %crate::cni::error::chain(&e), "announcing the clean stop");
+                }
+                swim.flush();
+            }
         }
         let wait = (self.interval * 3).min(Duration::from_millis(1500));
         tokio::time::sleep(wait).await;
@@ -361,8 +484,89 @@ impl Gossip {
     pub async fn shutdown(self) {
         self.task.abort();
         let _ = self.task.await;
-        let _ = self.chitchat.shutdown().await;
+        match self.carrier {
+            Carrier::Chitchat(c) => {
+                let _ = c.shutdown().await;
+            }
+            Carrier::Swim(s) => {
+                if let Ok(s) = Arc::try_unwrap(s) {
+                    s.shutdown().await;
+                }
+            }
+        }
     }
+}
+
+/// Sets `name`'s forget record to at least `generation`.
+fn merge_forget(forgets: &mut Vec<(String, u64)>, name: &str, generation: u64) {
+    match forgets.iter_mut().find(|(n, _)| n == name) {
+        Some((_, g)) => *g = (*g).max(generation),
+        None => forgets.push((name.to_owned(), generation)),
+    }
+    forgets.sort();
+}
+
+/// The members file, beside the blocks file.
+fn members_file(config: &GossipConfig) -> Option<PathBuf> {
+    let blocks = config.state_file.as_ref()?;
+    Some(blocks.with_file_name(MEMBERS_FILE))
+}
+
+/// Checks the persisted blocks and the config, and builds the claim rule.
+fn claimer(config: &GossipConfig) -> Result<Claimer, GossipError> {
+    let c = &config.claims;
+    if c.block_prefix <= c.range.prefix_len() || c.block_prefix > 30 {
+        return Err(GossipError::BlockSize {
+            range: c.range,
+            block_prefix: c.block_prefix,
+        });
+    }
+    if !valid_name(&config.node_name) {
+        return Err(GossipError::NodeName(config.node_name.clone()));
+    }
+    let settled = match &config.state_file {
+        Some(p) => load_blocks(p, &config.node_name)?,
+        None => BTreeMap::new(),
+    };
+    if !settled.is_empty() {
+        info!(blocks = ?settled.keys().collect::<Vec<_>>(), "re-publishing the blocks this node owned");
+    }
+    Ok(Claimer::new(
+        &config.node_name,
+        config.generation,
+        config.claims.clone(),
+        settled,
+    ))
+}
+
+/// chitchat's side of [`Gossip::forget`]: the highest generation of `name`
+/// and its blocks; publishes the forget record.
+async fn forget_chitchat(
+    handle: &ChitchatHandle,
+    name: &str,
+) -> Result<(u64, Vec<Ipv4Net>), ForgetError> {
+    let cc = handle.chitchat();
+    let mut cc = cc.lock().await;
+    let live: HashSet<ChitchatId> = cc.live_nodes().cloned().collect();
+    let mut generation = None;
+    let mut blocks = Vec::new();
+    for (id, state) in cc.node_states() {
+        if &*id.node_id != name {
+            continue;
+        }
+        if live.contains(id) {
+            return Err(ForgetError::Alive(name.to_owned()));
+        }
+        generation = generation.max(Some(id.generation_id));
+        let r = Record::parse(state.key_values());
+        blocks.extend(r.claims.into_keys());
+    }
+    let generation = generation.ok_or_else(|| ForgetError::Unknown(name.to_owned()))?;
+    blocks.sort();
+    blocks.dedup();
+    cc.self_node_state()
+        .set(format!("{PREFIX_FORGET}{name}"), generation);
+    Ok((generation, blocks))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -376,21 +580,149 @@ fn valid_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// Where the runner reads the cluster and publishes this node.
+enum Membership {
+    Chitchat {
+        cc: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+        live_rx: Option<watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>>,
+        /// Parsed records by node instance, with the version they were
+        /// parsed at.
+        cache: HashMap<ChitchatId, (u64, Record)>,
+    },
+    Swim {
+        swim: Arc<SwimUdp>,
+        /// [`Swim::changes`] at the last rebuild.
+        seen: Option<u64>,
+    },
+}
+
+impl Membership {
+    /// Whether who is alive (or, for SWIM, any record) changed since the
+    /// last call.
+    async fn changed(&mut self) -> bool {
+        match self {
+            Self::Chitchat { cc, live_rx, .. } => {
+                let rx = match live_rx {
+                    Some(rx) => rx,
+                    None => live_rx.insert(cc.lock().await.live_nodes_watcher()),
+                };
+                let changed = rx.has_changed().unwrap_or(true);
+                if changed {
+                    rx.mark_unchanged();
+                }
+                changed
+            }
+            Self::Swim { swim, seen } => {
+                let now = swim.lock().changes();
+                seen.replace(now) != Some(now)
+            }
+        }
+    }
+
+    /// The view of every node as of now, with the remembered members
+    /// gossip has no record of.
+    async fn view(&mut self, memory: &Memory) -> View {
+        match self {
+            Self::Chitchat { cc, cache, .. } => {
+                let cc = cc.lock().await;
+                let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
+                let states = cc.node_states();
+                cache.retain(|id, _| states.contains_key(id));
+                for (id, state) in states {
+                    let v = state.max_version();
+                    let fresh = cache.get(id).is_some_and(|(at, _)| *at == v);
+                    if !fresh {
+                        cache.insert(id.clone(), (v, Record::parse(state.key_values())));
+                    }
+                }
+                let known: HashSet<&str> = cache.keys().map(|id| &*id.node_id).collect();
+                let gossip = cache.iter().map(|(id, (_, r))| Seen {
+                    name: &id.node_id,
+                    generation: id.generation_id,
+                    gossip_addr: id.gossip_advertise_addr,
+                    live: live.contains(id),
+                    record: r,
+                });
+                View::build(gossip.chain(memory.seen(|n| known.contains(n))))
+            }
+            Self::Swim { swim, .. } => {
+                // `view_with` leaves out the names SWIM has records of.
+                swim.lock().view_with(memory.seen(|_| false))
+            }
+        }
+    }
+
+    /// Publishes this node's claims (`want`, `before` as last published)
+    /// and carries every forget record it knows, so that a forget outlives
+    /// the node that issued it. Returns whether a forget record was added.
+    async fn publish(
+        &mut self,
+        before: &BTreeMap<Ipv4Net, Claim>,
+        want: &BTreeMap<Ipv4Net, Claim>,
+        forgotten: &BTreeMap<String, u64>,
+    ) -> bool {
+        let mut republished = false;
+        match self {
+            Self::Chitchat { cc, .. } => {
+                let mut cc = cc.lock().await;
+                let me = cc.self_node_state();
+                for (b, c) in want {
+                    if before.get(b) != Some(c) {
+                        me.set(block_key(*b), c.to_value());
+                    }
+                }
+                for b in before.keys() {
+                    if !want.contains_key(b) {
+                        me.delete(&block_key(*b));
+                    }
+                }
+                for (name, g) in forgotten {
+                    let key = format!("{PREFIX_FORGET}{name}");
+                    if me.get(&key).and_then(|v| v.parse::<u64>().ok()) < Some(*g) {
+                        me.set(key, g);
+                        republished = true;
+                    }
+                }
+            }
+            Self::Swim { swim, .. } => {
+                let set = swim.lock().update(|me| {
+                    me.claims = want.iter().map(|(b, c)| (*b, *c)).collect();
+                    for (name, g) in forgotten {
+                        let known = me.forgets.iter().find(|(n, _)| n == name).map(|(_, g)| *g);
+                        if known < Some(*g) {
+                            merge_forget(&mut me.forgets, name, *g);
+                            republished = true;
+                        }
+                    }
+                });
+                if let Err(e) = set {
+                    // Retried next tick: `update` compares with the record.
+                    error!(error = %crate::cni::error::chain(&e), "publishing this node's record");
+                }
+            }
+        }
+        republished
+    }
+}
+
 /// The loop behind a [`Gossip`].
 struct Runner {
-    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    membership: Membership,
     claimer: Claimer,
     config: GossipConfig,
     free: FreeAddresses,
     shared: Arc<Shared>,
     topology: watch::Sender<Topology>,
-    /// Parsed records by node instance, with the version they were parsed at.
-    cache: HashMap<ChitchatId, (u64, Record)>,
     view: View,
     /// Claims as currently set in our own gossip state.
     published: BTreeMap<Ipv4Net, Claim>,
     ticks: u64,
     persisted: Option<BTreeMap<Ipv4Net, u64>>,
+    /// Members known before this start, added to the view (not alive)
+    /// until gossip brings them.
+    memory: Memory,
+    /// What was last written to the members file.
+    remembered: Option<Vec<Remembered>>,
     /// Each peer's liveness at the last rebuild, to log joins and leaves.
     liveness: HashMap<String, Liveness>,
 }
@@ -410,28 +742,24 @@ const FORCED_REBUILD_TICKS: u64 = 10;
 
 impl Runner {
     async fn run(mut self) {
-        let mut live_rx = self.chitchat.lock().await.live_nodes_watcher();
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let changed = live_rx.has_changed().unwrap_or(true);
-            if changed {
-                live_rx.mark_unchanged();
-            }
-            self.step(changed).await;
+            self.step().await;
         }
     }
 
-    async fn step(&mut self, membership_changed: bool) {
+    async fn step(&mut self) {
         self.ticks += 1;
         let now = Instant::now();
-        let cc = self.chitchat.clone();
-        let mut cc = cc.lock().await;
+        let membership_changed = self.membership.changed().await;
         let forced = self.shared.rebuild.swap(false, Ordering::Relaxed);
         let rebuilt = membership_changed || forced || self.ticks % FORCED_REBUILD_TICKS == 1;
         if rebuilt {
-            self.rebuild(&cc);
+            self.view = self.membership.view(&self.memory).await;
+            self.log_membership();
+            self.remember();
         }
         let free = (self.free)(&self.claimer.usable());
         let events = self.claimer.tick(now, &self.view, free);
@@ -441,26 +769,10 @@ impl Runner {
         // Publish our claims by diff, and carry every forget record we know
         // so that it outlives the node that issued it.
         let want = self.claimer.published();
-        let me = cc.self_node_state();
-        for (b, c) in &want {
-            if self.published.get(b) != Some(c) {
-                me.set(block_key(*b), c.to_value());
-            }
-        }
-        for b in self.published.keys() {
-            if !want.contains_key(b) {
-                me.delete(&block_key(*b));
-            }
-        }
-        let mut republished = false;
-        for (name, g) in &self.view.forgotten {
-            let key = format!("{PREFIX_FORGET}{name}");
-            if me.get(&key).and_then(|v| v.parse::<u64>().ok()) < Some(*g) {
-                me.set(key, g);
-                republished = true;
-            }
-        }
-        drop(cc);
+        let republished = self
+            .membership
+            .publish(&self.published, &want, &self.view.forgotten)
+            .await;
         if republished {
             self.shared.rebuild.store(true, Ordering::Relaxed);
         }
@@ -472,28 +784,6 @@ impl Runner {
             self.publish_topology();
             self.publish_status();
         }
-    }
-
-    fn rebuild(&mut self, cc: &chitchat::Chitchat) {
-        let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
-        let states = cc.node_states();
-        self.cache.retain(|id, _| states.contains_key(id));
-        for (id, state) in states {
-            let v = state.max_version();
-            let fresh = self.cache.get(id).is_some_and(|(at, _)| *at == v);
-            if !fresh {
-                self.cache
-                    .insert(id.clone(), (v, Record::parse(state.key_values())));
-            }
-        }
-        self.view = View::build(self.cache.iter().map(|(id, (_, r))| Seen {
-            name: &id.node_id,
-            generation: id.generation_id,
-            gossip_addr: id.gossip_advertise_addr,
-            live: live.contains(id),
-            record: r,
-        }));
-        self.log_membership();
     }
 
     /// One line per peer that joined, came back, died or was forgotten
@@ -539,6 +829,32 @@ impl Runner {
             info!(peer = %name, "peer left the membership (forgotten)");
         }
         self.liveness = next;
+    }
+
+    /// Writes the view's members to the members file when they changed
+    /// (liveness aside), at most every [`FORCED_REBUILD_TICKS`] ticks.
+    fn remember(&mut self) {
+        if self.remembered.is_some() && self.ticks % FORCED_REBUILD_TICKS != 1 {
+            return;
+        }
+        let Some(path) = members_file(&self.config) else {
+            return;
+        };
+        let me = &self.config.node_name;
+        let now: Vec<Remembered> = self
+            .view
+            .members
+            .values()
+            .filter(|m| &m.name != me)
+            .map(Remembered::of)
+            .collect();
+        if self.remembered.as_ref() == Some(&now) {
+            return;
+        }
+        match remembered::save(&path, me, &now) {
+            Ok(()) => self.remembered = Some(now),
+            Err(e) => warn!(path = %path.display(), error = %e, "saving the members known"),
+        }
     }
 
     fn persist(&mut self) {
@@ -663,6 +979,10 @@ impl Runner {
             node_ip: Some(c.node_ip),
             gossip_addr: c.gossip_addr.to_string(),
             encrypted: c.authenticated,
+            protocol: match self.membership {
+                Membership::Chitchat { .. } => Protocol::Chitchat,
+                Membership::Swim { .. } => Protocol::Swim,
+            },
             quorum: self.claimer.quorum(),
             known: v.members.len(),
             live: v.live_count(),
@@ -744,27 +1064,16 @@ fn save_blocks(
     node: &str,
     blocks: &BTreeMap<Ipv4Net, u64>,
 ) -> Result<(), GossipError> {
-    let io = |source| GossipError::StateFile {
-        action: "writing",
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec_pretty(&BlocksFile {
         node: node.to_owned(),
         blocks: blocks.clone(),
     })
     .expect("plain data serialises");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&body).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
-    Ok(())
+    remembered::write_atomically(path, &body).map_err(|source| GossipError::StateFile {
+        action: "writing",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

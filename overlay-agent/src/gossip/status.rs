@@ -109,6 +109,9 @@ pub struct GossipStatus {
     pub gossip_addr: String,
     /// Whether datagrams are authenticated.
     pub encrypted: bool,
+    /// The membership protocol this node speaks.
+    #[serde(default)]
+    pub protocol: super::node::Protocol,
     /// Whether this node sees a majority of the members it knows alive (it
     /// may claim new blocks only then).
     pub quorum: bool,
@@ -145,9 +148,10 @@ impl GossipStatus {
         let ip = self.node_ip.map(|i| i.to_string()).unwrap_or_default();
         let _ = writeln!(
             s,
-            "Node {} ({ip}), gossip on {} ({}), generation {}",
+            "Node {} ({ip}), gossip on {} ({}, {}), generation {}",
             self.name,
             self.gossip_addr,
+            self.protocol,
             if self.encrypted {
                 "authenticated"
             } else {

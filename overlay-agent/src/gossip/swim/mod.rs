@@ -46,6 +46,7 @@
 //!   digests.
 
 pub mod record;
+pub mod udp;
 
 use std::{
     borrow::Borrow,
@@ -63,7 +64,7 @@ use tracing::warn;
 
 pub use self::record::{NodeRecord, RecordKey};
 use super::{
-    auth::{Key, Opener, Sealer},
+    auth::{Key, Opener, Reject, Sealer},
     view::{Seen, View},
 };
 
@@ -254,6 +255,19 @@ pub struct SwimStats {
     pub members_down: u64,
 }
 
+/// What became of one datagram handed to [`Swim::handle_datagram`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Authenticated and handled.
+    Accepted,
+    /// Refused before parsing: bad tag, replay, not sealed as expected.
+    Rejected(Reject),
+    /// Authenticated, but of another protocol (the previous release's).
+    Foreign,
+    /// Authenticated, ours, but it did not decode.
+    Undecodable,
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SwimError {
@@ -276,6 +290,8 @@ struct Store {
     live: HashMap<SocketAddrV4, Id>,
     /// Members seen going down.
     downs: u64,
+    /// Bumped on every change of a record or of who is alive.
+    changes: u64,
 }
 
 fn bucket_of(name: &str) -> usize {
@@ -301,6 +317,7 @@ impl Store {
             None => Arc::new(r),
         };
         self.records.replace(ByName(r));
+        self.changes += 1;
         true
     }
 
@@ -420,15 +437,18 @@ impl Runtime<Id> for Io<'_> {
         match n {
             Notification::MemberUp(id) => {
                 s.live.insert(id.addr, *id);
+                s.changes += 1;
             }
             Notification::MemberDown(id) => {
                 s.downs += 1;
                 if s.live.get(&id.addr) == Some(id) {
                     s.live.remove(&id.addr);
                 }
+                s.changes += 1;
             }
             Notification::Rename(old, new) if s.live.get(&old.addr) == Some(old) => {
                 s.live.insert(new.addr, *new);
+                s.changes += 1;
             }
             _ => {}
         }
@@ -506,6 +526,7 @@ impl Swim {
             buckets: vec![0; BUCKETS],
             live: HashMap::new(),
             downs: 0,
+            changes: 0,
         }));
         lock(&store).apply(me.clone(), true);
         let mut foca = Foca::with_custom_broadcast(
@@ -541,6 +562,25 @@ impl Swim {
     /// Joins: announces itself to the seeds, starts a push-pull with one of
     /// them, and arms the periodic timers.
     pub fn start(&mut self) -> Result<(), SwimError> {
+        let seeds = self.announce_to_seeds();
+        // Our record spreads as a broadcast from the first gossip round on.
+        self.foca
+            .add_broadcast(&self.me.encode())
+            .map_err(SwimError::Broadcast)?;
+        if !seeds.is_empty() {
+            let s = seeds[(self.rng.next() % seeds.len() as u64) as usize];
+            self.send_digest(s, false);
+        }
+        self.out
+            .timers
+            .push((self.config.gossip_interval, SwimTimer::Gossip));
+        let first = jitter(&mut self.rng, self.config.sync_burst_interval);
+        self.out.timers.push((first, SwimTimer::Sync));
+        Ok(())
+    }
+
+    /// Announces this node to every seed but itself; returns those seeds.
+    fn announce_to_seeds(&mut self) -> Vec<SocketAddrV4> {
         let seeds: Vec<SocketAddrV4> = self
             .config
             .seeds
@@ -557,24 +597,10 @@ impl Swim {
                 bump: 0,
             };
             let mut io = io!(self);
-            self.foca
-                .announce(placeholder, &mut io)
-                .map_err(SwimError::Config)?;
+            // Refused only for this node's own address, filtered above.
+            let _ = self.foca.announce(placeholder, &mut io);
         }
-        // Our record spreads as a broadcast from the first gossip round on.
-        self.foca
-            .add_broadcast(&self.me.encode())
-            .map_err(SwimError::Broadcast)?;
-        if !seeds.is_empty() {
-            let s = seeds[(self.rng.next() % seeds.len() as u64) as usize];
-            self.send_digest(s, false);
-        }
-        self.out
-            .timers
-            .push((self.config.gossip_interval, SwimTimer::Gossip));
-        let first = jitter(&mut self.rng, self.config.sync_burst_interval);
-        self.out.timers.push((first, SwimTimer::Sync));
-        Ok(())
+        seeds
     }
 
     /// Changes this node's record and broadcasts the new version.
@@ -607,12 +633,12 @@ impl Swim {
 
     /// Handles one datagram from `from`: authenticated before anything is
     /// parsed; anything else is counted and dropped.
-    pub fn handle_datagram(&mut self, from: SocketAddrV4, datagram: &[u8]) {
+    pub fn handle_datagram(&mut self, from: SocketAddrV4, datagram: &[u8]) -> Received {
         let payload = match self.opener.open(datagram) {
             Ok(p) => p,
-            Err(_) => {
+            Err(reject) => {
                 self.stats.rejected += 1;
-                return;
+                return Received::Rejected(reject);
             }
         };
         let Some(rest) = payload.strip_prefix(&MAGIC) else {
@@ -624,7 +650,7 @@ impl Swim {
                      release?): dropped; the two releases do not exchange membership, finish the upgrade"
                 );
             }
-            return;
+            return Received::Foreign;
         };
         let ok = match rest.split_first() {
             Some((&KIND_FOCA, body)) => {
@@ -638,8 +664,11 @@ impl Swim {
             },
             _ => false,
         };
-        if !ok {
+        if ok {
+            Received::Accepted
+        } else {
             self.stats.undecodable += 1;
+            Received::Undecodable
         }
     }
 
@@ -662,7 +691,11 @@ impl Swim {
             }
             SwimTimer::Sync => {
                 let peers: Vec<SocketAddrV4> = lock(&self.store).live.keys().copied().collect();
-                if !peers.is_empty() {
+                if peers.is_empty() {
+                    // Alone: the seeds were not up when this node started
+                    // (or every member went down). Knock again.
+                    self.announce_to_seeds();
+                } else {
                     let p = peers[(self.rng.next() % peers.len() as u64) as usize];
                     self.send_digest(p, false);
                 }
@@ -780,6 +813,12 @@ impl Swim {
         }
     }
 
+    /// Grows on every change of a record or of who is alive: a reader
+    /// that saw the same value has nothing to rebuild.
+    pub fn changes(&self) -> u64 {
+        lock(&self.store).changes
+    }
+
     /// Number of records known (this node's included).
     pub fn known(&self) -> usize {
         lock(&self.store).records.len()
@@ -811,19 +850,34 @@ impl Swim {
 
     /// The library-agnostic view the claim rule and the topology read.
     pub fn view(&self) -> View {
+        self.view_with(std::iter::empty())
+    }
+
+    /// [`Swim::view`] with the `extra` members this node has no record of
+    /// (a name it has a record of is left to that record).
+    pub fn view_with<'a>(&self, extra: impl IntoIterator<Item = Seen<'a>>) -> View {
         let s = lock(&self.store);
         let parsed: Vec<(&NodeRecord, bool, crate::gossip::view::Record)> = s
             .records
             .iter()
             .map(|r| (&*r.0, s.is_live(&r.0), r.0.to_view()))
             .collect();
-        View::build(parsed.iter().map(|(r, live, v)| Seen {
-            name: &r.name,
-            generation: r.generation,
-            gossip_addr: SocketAddr::V4(r.gossip_addr),
-            live: *live,
-            record: v,
-        }))
+        let mut seen: Vec<Seen<'_>> = parsed
+            .iter()
+            .map(|(r, live, v)| Seen {
+                name: &r.name,
+                generation: r.generation,
+                gossip_addr: SocketAddr::V4(r.gossip_addr),
+                live: *live,
+                record: v,
+            })
+            .collect();
+        for e in extra {
+            if !s.records.contains(e.name) {
+                seen.push(e);
+            }
+        }
+        View::build(seen)
     }
 }
 

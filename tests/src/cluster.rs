@@ -241,13 +241,14 @@ pub enum Source {
     },
 }
 
-/// Gossip interval of lab agents: short, so that failure detection takes
-/// about two seconds.
+/// Gossip interval of lab agents: short, so that the claim rule and the
+/// topology follow gossip five times a second (and, with chitchat, failure
+/// detection takes about two seconds).
 pub const LAB_GOSSIP_INTERVAL: &str = "200ms";
-/// Claim settle period of lab agents: three failure-detection times at
-/// [`LAB_GOSSIP_INTERVAL`] (phi 8 × 200 ms × 3 = 4.8 s), the least the agent
-/// accepts without a warning.
-pub const LAB_CLAIM_SETTLE: &str = "5s";
+/// Claim settle period of lab agents: the least the agent accepts without
+/// a warning, SWIM's failure detection with its margin (5 s × 2; chitchat's
+/// at [`LAB_GOSSIP_INTERVAL`] is phi 8 × 200 ms × 3 = 4.8 s).
+pub const LAB_CLAIM_SETTLE: &str = "10s";
 
 /// Cluster range of the lab.
 pub const RANGE: &str = "10.32.0.0/12";

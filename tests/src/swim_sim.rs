@@ -927,10 +927,10 @@ pub struct ClaimPartition {
     pub formed: bool,
 }
 
-/// Forms `nodes` with the claim rule (one block each), cuts off a random
-/// 30 % with a tenth of each side starved for addresses for 60 s, heals,
-/// and checks one owner per block.
-pub fn claim_partition(nodes: usize, seed: u64) -> ClaimPartition {
+/// Forms `nodes` with the claim rule (one block each), cuts off `cut`
+/// random nodes with a tenth of each side (at least one node) starved for
+/// addresses for 60 s, heals, and checks one owner per block.
+pub fn claim_partition(nodes: usize, cut: usize, seed: u64) -> ClaimPartition {
     let mut sim = SwimSim::new(nodes, Net::default(), seed);
     let mut claims = Claims::new(nodes);
     for i in 0..nodes {
@@ -944,8 +944,8 @@ pub fn claim_partition(nodes: usize, seed: u64) -> ClaimPartition {
 
     let mut order: Vec<usize> = (0..nodes).collect();
     sim.rng.shuffle(&mut order);
-    let minority: Vec<usize> = order[..nodes * 3 / 10].to_vec();
-    let majority: Vec<usize> = order[nodes * 3 / 10..].to_vec();
+    let minority: Vec<usize> = order[..cut].to_vec();
+    let majority: Vec<usize> = order[cut..].to_vec();
     for side in [&minority, &majority] {
         for i in side.iter().take(side.len().div_ceil(10)) {
             claims.starved[*i] = true;

@@ -53,8 +53,17 @@ fn a_thousand_nodes_form_spread_records_and_detect_deaths_within_the_targets() {
     ignore = "200 simulated nodes with the claim rule: run in release (cargo xtask test does)"
 )]
 fn the_claim_rule_over_swim_keeps_one_owner_per_block_through_a_partition_and_heal() {
-    let r = swim_sim::claim_partition(200, 7);
-    println!("{r}");
+    // 30 % cut off; then one node alone, which learns of the others'
+    // silence only by probing them one by one (100 probe periods to see a
+    // majority down): its unanswered probes must stop it claiming first.
+    for cut in [60, 1] {
+        let r = swim_sim::claim_partition(200, cut, 7);
+        println!("{r}");
+        check_claim_partition(&r);
+    }
+}
+
+fn check_claim_partition(r: &swim_sim::ClaimPartition) {
     assert!(
         r.formed,
         "formation did not give one settled block per node:\n{r}"

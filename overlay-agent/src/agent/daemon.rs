@@ -633,17 +633,21 @@ async fn start_gossip(config: &AgentConfig, agent: Arc<Agent>) -> Result<Gossip,
         "starting gossip"
     );
     // chitchat's detection takes about phi rounds after the last
-    // heartbeat, more on large clusters; SWIM's a probe period or two and
-    // the suspicion. The settle period must also cover a claim's spread.
-    let detection = match config.gossip_protocol {
-        Protocol::Chitchat => config.gossip_interval.mul_f64(config.phi_threshold),
-        Protocol::Swim => Duration::from_secs(4),
+    // heartbeat, more on large clusters (three times that, for margin).
+    // SWIM's timings are fixed: a death is known everywhere in under 5 s
+    // (probe, indirect probes, 2.5 s of suspicion, spread), and a node cut
+    // off sees most of its probes fail within about 5 s (twice that). The
+    // settle period must also cover a claim's spread.
+    let (detection, times) = match config.gossip_protocol {
+        Protocol::Chitchat => (config.gossip_interval.mul_f64(config.phi_threshold), 3),
+        Protocol::Swim => (Duration::from_secs(5), 2),
     };
-    if config.claim_settle < detection * 3 {
+    if config.claim_settle < detection * times {
         warn!(
-            settle = ?config.claim_settle, ?detection,
-            "--claim-settle is less than three failure-detection times: a node cut off from \
-             the majority might settle a claim the other side also settles (duplicate addresses)"
+            settle = ?config.claim_settle, ?detection, times,
+            "--claim-settle is shorter than the failure-detection time with its margin: a node \
+             cut off from the majority might settle a claim the other side also settles \
+             (duplicate addresses)"
         );
     }
     let free = Arc::new(move |blocks: &[ipnet::Ipv4Net]| agent.free_addresses(blocks));

@@ -132,8 +132,12 @@ impl Claimer {
         }
     }
 
-    /// Whether this node sees a quorum in `view`.
+    /// Whether this node sees a quorum in `view`: a strict majority of the
+    /// members it knows alive, and its own probes mostly answered.
     pub fn has_quorum(&self, view: &View) -> bool {
+        if view.cut_off {
+            return false;
+        }
         let known = view.members.len().max(1);
         let live = view.live_count().max(1);
         if self.config.must_join && known < 2 {

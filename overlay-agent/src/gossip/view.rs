@@ -176,6 +176,11 @@ pub struct View {
     pub forgotten: BTreeMap<String, u64>,
     /// Values ignored because they did not parse.
     pub ignored_values: usize,
+    /// This node's own probes mostly go unanswered: it is cut off from
+    /// most of the cluster, whatever the members' states say yet (a node
+    /// alone learns of a member's death only by probing that member, one
+    /// member per probe period). No quorum then.
+    pub cut_off: bool,
 }
 
 /// One generation of one node, as input to [`View::build`].
@@ -243,6 +248,7 @@ impl View {
             claims,
             forgotten,
             ignored_values,
+            cut_off: false,
         }
     }
 

@@ -50,7 +50,7 @@ pub mod udp;
 
 use std::{
     borrow::Borrow,
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     hash::{Hash, Hasher},
     net::{SocketAddr, SocketAddrV4},
     num::{NonZeroU8, NonZeroU32, NonZeroUsize},
@@ -58,7 +58,10 @@ use std::{
     time::Duration,
 };
 
-use foca::{BroadcastHandler, Foca, Identity, Notification, PostcardCodec, Runtime, Timer};
+use foca::{
+    BroadcastHandler, Codec, Foca, Header, Identity, Message, Notification, PostcardCodec,
+    ProbeNumber, Runtime, Timer,
+};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -84,6 +87,11 @@ pub const SYNC_BURST_RECORDS: u64 = 1;
 pub const SYNC_BURST_ROUNDS: u32 = 10;
 /// Largest foca packet (fits a 1,500-byte MTU once sealed).
 pub const MAX_PACKET: usize = 1400;
+/// Completed probes whose answers tell whether this node is cut off.
+pub const REACH_WINDOW: usize = 16;
+/// Newest probes left out of that count: their answers may be on the way
+/// (a direct and an indirect round take about one probe period).
+const REACH_PENDING: usize = 2;
 
 /// A member's identity in foca: where it gossips and which instance it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -292,6 +300,8 @@ struct Store {
     downs: u64,
     /// Bumped on every change of a record or of who is alive.
     changes: u64,
+    /// This node's last probes: number, target, answered.
+    probes: VecDeque<(ProbeNumber, SocketAddrV4, bool)>,
 }
 
 fn bucket_of(name: &str) -> usize {
@@ -319,6 +329,41 @@ impl Store {
         self.records.replace(ByName(r));
         self.changes += 1;
         true
+    }
+
+    /// A direct probe sent.
+    fn probed(&mut self, number: ProbeNumber, target: SocketAddrV4) {
+        self.probes.push_back((number, target, false));
+        while self.probes.len() > REACH_WINDOW + REACH_PENDING {
+            self.probes.pop_front();
+        }
+    }
+
+    /// An answer (direct or forwarded) to the probe `number` of `target`.
+    fn answered(&mut self, number: ProbeNumber, target: SocketAddrV4) {
+        if let Some(p) = self
+            .probes
+            .iter_mut()
+            .rev()
+            .find(|(n, t, _)| *n == number && *t == target)
+        {
+            p.2 = true;
+        }
+    }
+
+    /// Whether most completed probes in the window went unanswered.
+    fn cut_off(&self) -> bool {
+        let completed = self.probes.len().saturating_sub(REACH_PENDING);
+        if completed < REACH_WINDOW / 2 {
+            return false;
+        }
+        let answered = self
+            .probes
+            .iter()
+            .take(completed)
+            .filter(|(_, _, a)| *a)
+            .count();
+        answered * 2 < completed
     }
 
     fn is_live(&self, r: &NodeRecord) -> bool {
@@ -455,6 +500,13 @@ impl Runtime<Id> for Io<'_> {
     }
 
     fn send_to(&mut self, to: Id, data: &[u8]) {
+        if let Ok(Header {
+            message: Message::Ping(n),
+            ..
+        }) = Codec::<Id>::decode_header(&mut PostcardCodec, data)
+        {
+            lock(self.store).probed(n, to.addr);
+        }
         self.send(to.addr, KIND_FOCA, data);
     }
 
@@ -527,6 +579,7 @@ impl Swim {
             live: HashMap::new(),
             downs: 0,
             changes: 0,
+            probes: VecDeque::new(),
         }));
         lock(&store).apply(me.clone(), true);
         let mut foca = Foca::with_custom_broadcast(
@@ -654,6 +707,22 @@ impl Swim {
         };
         let ok = match rest.split_first() {
             Some((&KIND_FOCA, body)) => {
+                match Codec::<Id>::decode_header(&mut PostcardCodec, body) {
+                    Ok(Header {
+                        src,
+                        message: Message::Ack(n),
+                        ..
+                    }) => lock(&self.store).answered(n, src.addr),
+                    Ok(Header {
+                        message:
+                            Message::ForwardedAck {
+                                origin,
+                                probe_number,
+                            },
+                        ..
+                    }) => lock(&self.store).answered(probe_number, origin.addr),
+                    _ => {}
+                }
                 let mut io = io!(self);
                 self.foca.handle_data(body, &mut io).is_ok()
             }
@@ -824,6 +893,12 @@ impl Swim {
         lock(&self.store).records.len()
     }
 
+    /// Whether most of this node's recent probes went unanswered (see
+    /// [`View::cut_off`]).
+    pub fn cut_off(&self) -> bool {
+        lock(&self.store).cut_off()
+    }
+
     /// Number of live members (this node excluded).
     pub fn live_members(&self) -> usize {
         lock(&self.store).live.len()
@@ -877,7 +952,9 @@ impl Swim {
                 seen.push(e);
             }
         }
-        View::build(seen)
+        let mut view = View::build(seen);
+        view.cut_off = s.cut_off();
+        view
     }
 }
 
@@ -990,6 +1067,62 @@ mod tests {
         assert!(!nodes[1].is_live("n1"), "a node that left is still live");
         let v = nodes[1].view();
         assert!(v.members["n1"].record.stopping && !v.members["n1"].live);
+    }
+
+    #[test]
+    fn a_node_whose_probes_mostly_go_unanswered_is_cut_off_and_has_no_quorum() {
+        let mut s = Store {
+            me: "n1".into(),
+            records: HashSet::new(),
+            shared: None,
+            buckets: vec![0; BUCKETS],
+            live: HashMap::new(),
+            downs: 0,
+            changes: 0,
+            probes: VecDeque::new(),
+        };
+        let peer = |i: u8| SocketAddrV4::new([10, 0, 0, i].into(), 6783);
+        // Answered probes, directly or forwarded.
+        for n in 0..REACH_WINDOW as u8 {
+            s.probed(n, peer(n % 5 + 2));
+            s.answered(n, peer(n % 5 + 2));
+        }
+        assert!(!s.cut_off());
+        // An answer for another target or probe number counts for nothing.
+        for n in 100..100 + REACH_WINDOW as u8 / 2 + REACH_PENDING as u8 {
+            s.probed(n, peer(2));
+            s.answered(n, peer(3));
+            s.answered(n + 1, peer(2));
+        }
+        assert!(!s.cut_off(), "half the window failed: not yet");
+        s.probed(200, peer(2));
+        assert!(s.cut_off(), "most of the window failed");
+        // Probes still in flight are not counted as failures.
+        for n in 0..REACH_WINDOW as u8 {
+            s.probed(n, peer(4));
+            s.answered(n, peer(4));
+        }
+        for n in 50..50 + REACH_PENDING as u8 {
+            s.probed(n, peer(4));
+        }
+        assert!(!s.cut_off());
+        let mut view = View::default();
+        view.cut_off = true;
+        let claimer = crate::gossip::claims::Claimer::new(
+            "n1",
+            1,
+            crate::gossip::claims::ClaimConfig {
+                range: "10.32.0.0/12".parse().unwrap(),
+                block_prefix: 24,
+                settle: Duration::from_secs(30),
+                low_water: 1,
+                must_join: false,
+            },
+            Default::default(),
+        );
+        assert!(!claimer.has_quorum(&view), "a cut-off node has a quorum");
+        view.cut_off = false;
+        assert!(claimer.has_quorum(&view), "a node alone in its own cluster");
     }
 
     #[test]

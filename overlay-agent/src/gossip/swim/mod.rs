@@ -1106,8 +1106,10 @@ mod tests {
             s.probed(n, peer(4));
         }
         assert!(!s.cut_off());
-        let mut view = View::default();
-        view.cut_off = true;
+        let mut view = View {
+            cut_off: true,
+            ..View::default()
+        };
         let claimer = crate::gossip::claims::Claimer::new(
             "n1",
             1,

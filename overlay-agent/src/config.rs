@@ -38,16 +38,15 @@ pub struct AgentConfig {
     // peer.
     #[arg(long, env = "OVERLAY_PEERS", default_value = "", value_parser = parse_peers)]
     pub peers: ::std::vec::Vec<String>,
-    /// Membership protocol. `swim` (the default) scales to 5,000 nodes:
-    /// SWIM failure detection (a dead agent is known everywhere in about
-    /// 5 s), node records spread as broadcasts and exchanged push-pull.
-    /// `chitchat` is the previous release's protocol, kept for the rolling
-    /// upgrade from it: the two do not understand each other (each drops
-    /// and counts the other's datagrams), so either upgrade with
-    /// `chitchat` first and switch to `swim` in a second rolling update,
-    /// or accept that upgraded and old nodes do not see each other until
-    /// the update ends (routes already in place stay while peers' datapaths
-    /// answer probes). Every node must agree in the end.
+    /// Membership protocol. `swim` (the default) is built for thousands of
+    /// nodes (simulated at 2,000): SWIM failure detection (a dead agent is
+    /// known everywhere in about 5 s), node records spread as broadcasts
+    /// and exchanged push-pull. `chitchat` is the previous release's
+    /// protocol. The two drop each other's datagrams (counted as
+    /// malformed), yet a rolling update from `chitchat` to `swim` keeps
+    /// every route and block: an agent remembers its peers across its
+    /// restart, and the cluster is whole again once the last node runs
+    /// `swim`. Every node must agree in the end.
     #[arg(
         long,
         env = "OVERLAY_GOSSIP_PROTOCOL",

@@ -54,7 +54,7 @@ pub const SWIM_CLUSTER_SIZE: u32 = 5_000;
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// SWIM with suspicion (foca), record broadcasts and push-pull
-    /// anti-entropy: constant-size messages, for clusters up to 5,000
+    /// anti-entropy: constant-size messages, for clusters of thousands of
     /// nodes.
     #[default]
     Swim,

@@ -428,27 +428,52 @@ impl Gossip {
         if name == self.name {
             return Err(ForgetError::SelfNode(name.to_owned()));
         }
-        let (generation, blocks) = match &self.carrier {
-            Carrier::Chitchat(handle) => forget_chitchat(handle, name).await?,
+        let found = match &self.carrier {
+            Carrier::Chitchat(handle) => forget_chitchat(handle, name).await,
             Carrier::Swim(swim) => {
-                let mut s = swim.lock();
-                let r = s
-                    .record_of(name)
-                    .ok_or_else(|| ForgetError::Unknown(name.to_owned()))?;
-                if s.is_live(name) {
-                    return Err(ForgetError::Alive(name.to_owned()));
+                let s = swim.lock();
+                match s.record_of(name) {
+                    None => Err(ForgetError::Unknown(name.to_owned())),
+                    Some(_) if s.is_live(name) => Err(ForgetError::Alive(name.to_owned())),
+                    Some(r) => Ok((r.generation, r.claims.iter().map(|(b, _)| *b).collect())),
                 }
-                let mut blocks: Vec<Ipv4Net> = r.claims.iter().map(|(b, _)| *b).collect();
-                blocks.sort();
-                blocks.dedup();
-                let generation = r.generation;
-                let set = s.update(|me| merge_forget(&mut me.forgets, name, generation));
+            }
+        };
+        // A member this node only remembers (gossip has no record of it)
+        // is in the status, never alive.
+        let (generation, mut blocks) = match found {
+            Err(ForgetError::Unknown(_)) => lock(&self.shared.status)
+                .peers
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| (p.generation, p.blocks.iter().map(|b| b.block).collect()))
+                .ok_or_else(|| ForgetError::Unknown(name.to_owned()))?,
+            other => other?,
+        };
+        blocks.sort();
+        blocks.dedup();
+        match &self.carrier {
+            Carrier::Chitchat(handle) => {
+                let cc = handle.chitchat();
+                let mut cc = cc.lock().await;
+                let key = format!("{PREFIX_FORGET}{name}");
+                let known = cc
+                    .self_node_state()
+                    .get(&key)
+                    .and_then(|v| v.parse::<u64>().ok());
+                if known < Some(generation) {
+                    cc.self_node_state().set(key, generation);
+                }
+            }
+            Carrier::Swim(swim) => {
+                let set = swim
+                    .lock()
+                    .update(|me| merge_forget(&mut me.forgets, name, generation));
                 if let Err(e) = set {
                     error!(error = %crate::cni::error::chain(&e), "publishing a forget record");
                 }
-                (generation, blocks)
             }
-        };
+        }
         self.shared.rebuild.store(true, Ordering::Relaxed);
         warn!(node = name, generation, blocks = ?blocks, "forgot node: its blocks return to the pool");
         Ok(Forgotten {
@@ -488,11 +513,7 @@ impl Gossip {
             Carrier::Chitchat(c) => {
                 let _ = c.shutdown().await;
             }
-            Carrier::Swim(s) => {
-                if let Ok(s) = Arc::try_unwrap(s) {
-                    s.shutdown().await;
-                }
-            }
+            Carrier::Swim(s) => s.shutdown(),
         }
     }
 }
@@ -540,14 +561,14 @@ fn claimer(config: &GossipConfig) -> Result<Claimer, GossipError> {
 }
 
 /// chitchat's side of [`Gossip::forget`]: the highest generation of `name`
-/// and its blocks; publishes the forget record.
+/// and its blocks.
 async fn forget_chitchat(
     handle: &ChitchatHandle,
     name: &str,
 ) -> Result<(u64, Vec<Ipv4Net>), ForgetError> {
     let cc = handle.chitchat();
-    let mut cc = cc.lock().await;
-    let live: HashSet<ChitchatId> = cc.live_nodes().cloned().collect();
+    let cc = cc.lock().await;
+    let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
     let mut generation = None;
     let mut blocks = Vec::new();
     for (id, state) in cc.node_states() {
@@ -558,14 +579,9 @@ async fn forget_chitchat(
             return Err(ForgetError::Alive(name.to_owned()));
         }
         generation = generation.max(Some(id.generation_id));
-        let r = Record::parse(state.key_values());
-        blocks.extend(r.claims.into_keys());
+        blocks.extend(Record::parse(state.key_values()).claims.into_keys());
     }
     let generation = generation.ok_or_else(|| ForgetError::Unknown(name.to_owned()))?;
-    blocks.sort();
-    blocks.dedup();
-    cc.self_node_state()
-        .set(format!("{PREFIX_FORGET}{name}"), generation);
     Ok((generation, blocks))
 }
 

@@ -67,10 +67,15 @@ impl SwimUdp {
         self.wake.notify_one();
     }
 
-    /// Stops the socket task.
-    pub async fn shutdown(self) {
+    /// Stops the socket task (also done when dropped).
+    pub fn shutdown(&self) {
         self.task.abort();
-        let _ = self.task.await;
+    }
+}
+
+impl Drop for SwimUdp {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -291,6 +291,14 @@ impl Collector for ReportCollector {
                 "1 when this node sees a majority of the known nodes (it may claim blocks)",
                 i64::from(g.quorum),
             )?;
+            let protocol = g.protocol.to_string();
+            gauge(
+                &mut enc,
+                "gossip_protocol",
+                "1 for the membership protocol this node speaks (a rolling upgrade is \
+                 over when every node shows swim)",
+                &[(vec![("protocol", protocol.as_str())], 1)],
+            )?;
             plain_gauge(
                 &mut enc,
                 "ipam_cluster_blocks_claimed",

@@ -134,6 +134,7 @@ fn the_report_becomes_labelled_series() {
         (r#"overlay_ipam_addresses{state="in_use"}"#, 12.0),
         (r#"overlay_ipam_addresses{state="free"}"#, 242.0),
         ("overlay_ipam_cluster_blocks_claimed", 3.0),
+        (r#"overlay_gossip_protocol{protocol="swim"}"#, 1.0),
         (r#"overlay_gossip_bytes_total{direction="in"}"#, 1000.0),
         (r#"overlay_gossip_bytes_total{direction="out"}"#, 2000.0),
         (

@@ -315,6 +315,7 @@ impl Gossip {
         };
         let mut sc = SwimConfig::new(record, seeds, SWIM_CLUSTER_SIZE);
         sc.key = key;
+        sc.cluster = config.cluster_id.clone();
         let swim = Swim::new(sc).map_err(spawn_error)?;
         let swim = Arc::new(SwimUdp::spawn(swim, socket, wire.clone()).map_err(spawn_error)?);
         let membership = Membership::Swim {

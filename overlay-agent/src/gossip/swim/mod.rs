@@ -13,7 +13,9 @@
 //! parsed. Inside the seal:
 //!
 //! ```text
-//! "OVS1" | kind u8 | body
+//! "OVS1" | cluster u64 | kind u8 | body
+//! cluster: FNV-1a of the cluster name (a datagram of another cluster is
+//!          dropped; with a password the key already differs)
 //! kind 0: a foca packet (header, member updates, record broadcasts)
 //! kind 1: a push-pull message (postcard `SyncMessage`)
 //! ```
@@ -130,6 +132,8 @@ pub struct SwimConfig {
     pub record: NodeRecord,
     /// Seed peers.
     pub seeds: Vec<SocketAddrV4>,
+    /// Cluster name: datagrams of another cluster are dropped.
+    pub cluster: String,
     /// Authentication key (`None`: unauthenticated).
     pub key: Option<Key>,
     /// Expected cluster size (sizes retransmissions).
@@ -162,6 +166,7 @@ impl SwimConfig {
         Self {
             record,
             seeds,
+            cluster: "overlay".to_owned(),
             key: None,
             cluster_size,
             probe_period: Duration::from_millis(500),
@@ -251,6 +256,8 @@ pub struct SwimStats {
     pub rejected: u64,
     /// Authenticated datagrams of another protocol (the previous release).
     pub foreign: u64,
+    /// Datagrams of a cluster of another name.
+    pub other_cluster: u64,
     /// Authenticated datagrams of ours that did not decode.
     pub undecodable: u64,
     /// Records learned through push-pull.
@@ -272,6 +279,8 @@ pub enum Received {
     Rejected(Reject),
     /// Authenticated, but of another protocol (the previous release's).
     Foreign,
+    /// Ours, but of a cluster of another name.
+    OtherCluster,
     /// Authenticated, ours, but it did not decode.
     Undecodable,
 }
@@ -448,6 +457,7 @@ macro_rules! io {
     ($s:ident) => {
         Io {
             sealer: &mut $s.sealer,
+            cluster: $s.cluster,
             out: &mut $s.out,
             store: &$s.store,
             scratch: &mut $s.scratch,
@@ -459,6 +469,7 @@ macro_rules! io {
 /// tracks who is alive.
 struct Io<'a> {
     sealer: &'a mut Sealer,
+    cluster: u64,
     out: &'a mut Outbox,
     store: &'a Mutex<Store>,
     scratch: &'a mut Vec<u8>,
@@ -468,6 +479,7 @@ impl Io<'_> {
     fn send(&mut self, to: SocketAddrV4, kind: u8, body: &[u8]) {
         self.scratch.clear();
         self.scratch.extend_from_slice(&MAGIC);
+        self.scratch.extend_from_slice(&self.cluster.to_le_bytes());
         self.scratch.push(kind);
         self.scratch.extend_from_slice(body);
         let mut datagram = Vec::new();
@@ -530,6 +542,8 @@ pub struct Swim {
     store: Arc<Mutex<Store>>,
     sealer: Sealer,
     opener: Opener,
+    /// FNV-1a of the cluster name, in every payload.
+    cluster: u64,
     out: Outbox,
     scratch: Vec<u8>,
     me: NodeRecord,
@@ -602,6 +616,7 @@ impl Swim {
             store,
             sealer,
             opener,
+            cluster: record::fnv1a(config.cluster.as_bytes()),
             out: Outbox::default(),
             scratch: Vec::new(),
             rng: SplitMix::new(config.rng_seed.rotate_left(17) ^ 0x5bd1_e995),
@@ -705,6 +720,21 @@ impl Swim {
             }
             return Received::Foreign;
         };
+        let Some((cluster, rest)) = rest.split_first_chunk::<8>() else {
+            self.stats.undecodable += 1;
+            return Received::Undecodable;
+        };
+        if u64::from_le_bytes(*cluster) != self.cluster {
+            self.stats.other_cluster += 1;
+            if self.stats.other_cluster.is_power_of_two() {
+                warn!(
+                    %from, count = self.stats.other_cluster,
+                    "gossip datagram of another cluster name: dropped (set the same \
+                     --cluster-name, and a password, on every node of one cluster)"
+                );
+            }
+            return Received::OtherCluster;
+        }
         let ok = match rest.split_first() {
             Some((&KIND_FOCA, body)) => {
                 match Codec::<Id>::decode_header(&mut PostcardCodec, body) {
@@ -1125,6 +1155,33 @@ mod tests {
         assert!(!claimer.has_quorum(&view), "a cut-off node has a quorum");
         view.cut_off = false;
         assert!(claimer.has_quorum(&view), "a node alone in its own cluster");
+    }
+
+    #[test]
+    fn without_a_password_a_datagram_of_another_cluster_name_is_dropped() {
+        let mut pair = Pair::new(None);
+        pair.run(Duration::from_secs(2));
+        let from = SocketAddrV4::new([10, 0, 0, 9].into(), 6783);
+        let n1 = &mut pair.nodes[0];
+        let (before, known) = (n1.stats(), n1.known());
+        let mut other = Sealer::new(None, 9, 1);
+        let mut payload = MAGIC.to_vec();
+        payload.extend_from_slice(&record::fnv1a(b"another-cluster").to_le_bytes());
+        payload.push(KIND_SYNC);
+        let mut datagram = Vec::new();
+        other.seal(&payload, &mut datagram);
+        assert_eq!(n1.handle_datagram(from, &datagram), Received::OtherCluster);
+        // Too short to carry the cluster.
+        let mut short = Vec::new();
+        other.seal(&MAGIC, &mut short);
+        assert_eq!(n1.handle_datagram(from, &short), Received::Undecodable);
+        let after = n1.stats();
+        assert_eq!(after.other_cluster, before.other_cluster + 1);
+        assert_eq!(n1.known(), known);
+        assert!(
+            n1.take_outbox().sends.is_empty(),
+            "answered another cluster"
+        );
     }
 
     #[test]

@@ -115,7 +115,9 @@ impl Driver {
                                 debug!(%from, ?reject, "gossip datagram refused");
                                 self.wire.count_reject(reject);
                             }
-                            Received::Foreign | Received::Undecodable => self.wire.malformed(),
+                            Received::Foreign | Received::OtherCluster | Received::Undecodable => {
+                                self.wire.malformed()
+                            }
                         }
                     }
                     Ok((len, from)) => {

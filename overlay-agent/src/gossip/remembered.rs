@@ -15,23 +15,18 @@
 //! member gossip holds dead; their nodes stay routed while their datapaths
 //! answer probes. A forget record voids them as it voids any member.
 
-use std::{
-    collections::BTreeMap,
-    io::Write as _,
-    net::{Ipv4Addr, SocketAddr},
-    path::Path,
-};
+use std::{io::Write as _, net::SocketAddr, path::Path};
 
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::view::{Claim, Member, Record, Seen};
+use super::view::{Member, Record, Seen};
 
 /// File under the state directory that lists the members a node knew.
 pub const MEMBERS_FILE: &str = "members.json";
 
-/// One member as remembered.
+/// One member as remembered: who, which generation, where it gossips and
+/// what it published.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Remembered {
     /// Node name.
@@ -40,18 +35,8 @@ pub struct Remembered {
     pub generation: u64,
     /// Its gossip address.
     pub gossip_addr: SocketAddr,
-    /// Underlay address.
-    pub ip: Option<Ipv4Addr>,
-    /// VXLAN port.
-    pub vxlan_port: Option<u16>,
-    /// Agent version.
-    pub version: Option<String>,
-    /// It had announced a clean stop.
-    pub stopping: bool,
-    /// Its claims.
-    pub claims: BTreeMap<Ipv4Net, Claim>,
-    /// The forget records it carried.
-    pub forgets: BTreeMap<String, u64>,
+    /// Its record (claims voided by a forget already removed).
+    pub record: Record,
 }
 
 impl Remembered {
@@ -61,45 +46,19 @@ impl Remembered {
             name: m.name.clone(),
             generation: m.generation,
             gossip_addr: m.gossip_addr,
-            ip: m.record.ip,
-            vxlan_port: m.record.vxlan_port,
-            version: m.record.version.clone(),
-            stopping: m.record.stopping,
-            claims: m.record.claims.clone(),
-            forgets: m.record.forgets.clone(),
-        }
-    }
-
-    /// The record the view reads.
-    pub fn record(&self) -> Record {
-        Record {
-            ip: self.ip,
-            vxlan_port: self.vxlan_port,
-            version: self.version.clone(),
-            stopping: self.stopping,
-            claims: self.claims.clone(),
-            forgets: self.forgets.clone(),
-            ignored: 0,
+            record: m.record.clone(),
         }
     }
 }
 
-/// Remembered members with their records, ready to add to a view.
+/// Remembered members, ready to add to a view.
 #[derive(Debug, Default)]
-pub struct Memory(Vec<(Remembered, Record)>);
+pub struct Memory(Vec<Remembered>);
 
 impl Memory {
-    /// Members of `members` (with their records).
+    /// Members of `members`.
     pub fn new(members: Vec<Remembered>) -> Self {
-        Self(
-            members
-                .into_iter()
-                .map(|m| {
-                    let r = m.record();
-                    (m, r)
-                })
-                .collect(),
-        )
+        Self(members)
     }
 
     /// The remembered members gossip has no record of (`known` says which
@@ -107,13 +66,13 @@ impl Memory {
     pub fn seen<'a>(&'a self, known: impl Fn(&str) -> bool) -> impl Iterator<Item = Seen<'a>> {
         self.0
             .iter()
-            .filter(move |(m, _)| !known(&m.name))
-            .map(|(m, r)| Seen {
+            .filter(move |m| !known(&m.name))
+            .map(|m| Seen {
                 name: &m.name,
                 generation: m.generation,
                 gossip_addr: m.gossip_addr,
                 live: false,
-                record: r,
+                record: &m.record,
             })
     }
 
@@ -188,26 +147,27 @@ pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::view::{ClaimState, View};
+    use crate::gossip::view::{Claim, ClaimState, View};
 
     fn member(name: &str, generation: u64, block: &str) -> Remembered {
         Remembered {
             name: name.into(),
             generation,
             gossip_addr: "172.31.0.2:6783".parse().unwrap(),
-            ip: Some("172.31.0.2".parse().unwrap()),
-            vxlan_port: Some(4789),
-            version: Some("0.1.0".into()),
-            stopping: false,
-            claims: [(
-                block.parse().unwrap(),
-                Claim {
-                    state: ClaimState::Settled,
-                    origin: generation,
-                },
-            )]
-            .into(),
-            forgets: BTreeMap::new(),
+            record: Record {
+                ip: Some("172.31.0.2".parse().unwrap()),
+                vxlan_port: Some(4789),
+                version: Some("0.1.0".into()),
+                claims: [(
+                    block.parse().unwrap(),
+                    Claim {
+                        state: ClaimState::Settled,
+                        origin: generation,
+                    },
+                )]
+                .into(),
+                ..Record::default()
+            },
         }
     }
 
@@ -234,7 +194,7 @@ mod tests {
             member("n3", 6, "10.32.3.0/24"),
         ]);
         // Gossip knows n3 (a newer generation, alive, another block).
-        let n3 = member("n3", 9, "10.32.4.0/24").record();
+        let n3 = member("n3", 9, "10.32.4.0/24").record;
         let gossip = [Seen {
             name: "n3",
             generation: 9,

@@ -92,7 +92,7 @@ pub fn block_key(block: Ipv4Net) -> String {
 }
 
 /// One node as published in its gossip state (one generation of it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Underlay address; `None` until published or if malformed.
     pub ip: Option<Ipv4Addr>,
@@ -107,6 +107,7 @@ pub struct Record {
     /// Forget records this node carries.
     pub forgets: BTreeMap<String, u64>,
     /// Values that did not parse.
+    #[serde(skip)]
     pub ignored: usize,
 }
 

@@ -3,8 +3,9 @@
 //!
 //! This layer is sans-I/O: [`Swim`] takes datagrams and timer events and
 //! leaves datagrams to send and timers to arm in its [`Outbox`]. The agent
-//! would put a UDP socket and tokio timers around it; the simulation
-//! (`overlay_tests::swim_sim`) puts thousands of them on one virtual clock.
+//! puts a UDP socket and tokio timers around it ([`udp::SwimUdp`]); the
+//! simulation (`overlay_tests::swim_sim`) puts thousands of them on one
+//! virtual clock.
 //!
 //! # Wire
 //!
@@ -360,8 +361,14 @@ impl Store {
         }
     }
 
-    /// Whether most completed probes in the window went unanswered.
+    /// Whether most completed probes in the window went unanswered. Not
+    /// while no member is alive: nothing is probed then, the window is
+    /// stale, and the member list alone says there is no quorum (or, once
+    /// every other member is forgotten, that this node is the cluster).
     fn cut_off(&self) -> bool {
+        if self.live.is_empty() {
+            return false;
+        }
         let completed = self.probes.len().saturating_sub(REACH_PENDING);
         if completed < REACH_WINDOW / 2 {
             return false;
@@ -1112,6 +1119,14 @@ mod tests {
             probes: VecDeque::new(),
         };
         let peer = |i: u8| SocketAddrV4::new([10, 0, 0, i].into(), 6783);
+        s.live.insert(
+            peer(2),
+            Id {
+                addr: peer(2),
+                generation: 1,
+                bump: 0,
+            },
+        );
         // Answered probes, directly or forwarded.
         for n in 0..REACH_WINDOW as u8 {
             s.probed(n, peer(n % 5 + 2));
@@ -1135,6 +1150,13 @@ mod tests {
         for n in 50..50 + REACH_PENDING as u8 {
             s.probed(n, peer(4));
         }
+        assert!(!s.cut_off());
+        // With no member alive the stale window says nothing.
+        for n in 60..60 + REACH_WINDOW as u8 + REACH_PENDING as u8 {
+            s.probed(n, peer(4));
+        }
+        assert!(s.cut_off());
+        s.live.clear();
         assert!(!s.cut_off());
         let mut view = View {
             cut_off: true,

@@ -569,8 +569,8 @@ fn node_name(config: &AgentConfig) -> Result<String, DaemonError> {
         .map_err(DaemonError::NodeName)
 }
 
-/// `IP` or `IP:PORT` seeds as `IP:PORT`; host names are passed through for
-/// chitchat to resolve.
+/// `IP` or `IP:PORT` seeds as `IP:PORT`; host names are passed through, to
+/// be resolved by chitchat or, for SWIM, by [`resolve_seeds`] at start.
 fn seeds(config: &AgentConfig) -> Vec<String> {
     config
         .peers

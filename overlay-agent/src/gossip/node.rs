@@ -414,14 +414,6 @@ impl Gossip {
         }
     }
 
-    /// The protocol this node speaks.
-    pub fn protocol(&self) -> Protocol {
-        match &self.carrier {
-            Carrier::Chitchat(_) => Protocol::Chitchat,
-            Carrier::Swim(_) => Protocol::Swim,
-        }
-    }
-
     /// Forgets a node gone for good: its blocks return to the pool on every
     /// node as the record spreads. Refused for this node and for live
     /// nodes; forgetting a node twice is harmless.

@@ -930,12 +930,6 @@ impl Swim {
         lock(&self.store).records.len()
     }
 
-    /// Whether most of this node's recent probes went unanswered (see
-    /// [`View::cut_off`]).
-    pub fn cut_off(&self) -> bool {
-        lock(&self.store).cut_off()
-    }
-
     /// Number of live members (this node excluded).
     pub fn live_members(&self) -> usize {
         lock(&self.store).live.len()

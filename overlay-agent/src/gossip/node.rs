@@ -449,19 +449,12 @@ impl Gossip {
             Carrier::Chitchat(handle) => {
                 let cc = handle.chitchat();
                 let mut cc = cc.lock().await;
-                let key = format!("{PREFIX_FORGET}{name}");
-                let known = cc
-                    .self_node_state()
-                    .get(&key)
-                    .and_then(|v| v.parse::<u64>().ok());
-                if known < Some(generation) {
-                    cc.self_node_state().set(key, generation);
-                }
+                set_forget(cc.self_node_state(), name, generation);
             }
             Carrier::Swim(swim) => {
-                let set = swim
-                    .lock()
-                    .update(|me| merge_forget(&mut me.forgets, name, generation));
+                let set = swim.lock().update(|me| {
+                    merge_forget(&mut me.forgets, name, generation);
+                });
                 if let Err(e) = set {
                     error!(error = %crate::cni::error::chain(&e), "publishing a forget record");
                 }
@@ -511,13 +504,26 @@ impl Gossip {
     }
 }
 
-/// Sets `name`'s forget record to at least `generation`.
-fn merge_forget(forgets: &mut Vec<(String, u64)>, name: &str, generation: u64) {
+/// Raises `name`'s forget record in a SWIM record to `generation`;
+/// whether it was lower (or missing).
+fn merge_forget(forgets: &mut Vec<(String, u64)>, name: &str, generation: u64) -> bool {
     match forgets.iter_mut().find(|(n, _)| n == name) {
-        Some((_, g)) => *g = (*g).max(generation),
+        Some((_, g)) if *g >= generation => return false,
+        Some((_, g)) => *g = generation,
         None => forgets.push((name.to_owned(), generation)),
     }
     forgets.sort();
+    true
+}
+
+/// [`merge_forget`] for this node's chitchat state.
+fn set_forget(me: &mut chitchat::NodeState, name: &str, generation: u64) -> bool {
+    let key = format!("{PREFIX_FORGET}{name}");
+    if me.get(&key).and_then(|v| v.parse::<u64>().ok()) >= Some(generation) {
+        return false;
+    }
+    me.set(key, generation);
+    true
 }
 
 /// The members file, beside the blocks file.
@@ -686,22 +692,14 @@ impl Membership {
                     }
                 }
                 for (name, g) in forgotten {
-                    let key = format!("{PREFIX_FORGET}{name}");
-                    if me.get(&key).and_then(|v| v.parse::<u64>().ok()) < Some(*g) {
-                        me.set(key, g);
-                        republished = true;
-                    }
+                    republished |= set_forget(me, name, *g);
                 }
             }
             Self::Swim { swim, .. } => {
                 let set = swim.lock().update(|me| {
                     me.claims = want.iter().map(|(b, c)| (*b, *c)).collect();
                     for (name, g) in forgotten {
-                        let known = me.forgets.iter().find(|(n, _)| n == name).map(|(_, g)| *g);
-                        if known < Some(*g) {
-                            merge_forget(&mut me.forgets, name, *g);
-                            republished = true;
-                        }
+                        republished |= merge_forget(&mut me.forgets, name, *g);
                     }
                 });
                 if let Err(e) = set {

@@ -33,6 +33,14 @@ fn a_thousand_nodes_form_spread_records_and_detect_deaths_within_the_targets() {
         .all
         .unwrap_or_else(|| panic!("a new record never spread:\n{r}"));
     assert!(all <= Duration::from_secs(5), "join {all:?}:\n{r}");
+    // The new node itself routes to every other within the same bound:
+    // it learns who is alive through the push-pull exchange, not only
+    // from the members that happen to probe it.
+    let joiner = r
+        .join
+        .joiner
+        .unwrap_or_else(|| panic!("the new node never held every member alive:\n{r}"));
+    assert!(joiner <= Duration::from_secs(5), "joiner {joiner:?}:\n{r}");
     let death = r
         .death
         .unwrap_or_else(|| panic!("a death was never declared:\n{r}"));

@@ -132,9 +132,14 @@ impl Ipam {
 
     /// Replaces the node's blocks. Existing allocations stay, also those
     /// outside the new blocks; new ones come from the new blocks only.
+    /// Logged only when they change (the topology is re-applied every
+    /// few seconds).
     pub fn set_blocks(&mut self, blocks: Vec<Ipv4Net>) {
-        self.blocks = blocks::normalize(blocks);
-        tracing::info!(blocks = ?self.blocks, "IPAM blocks replaced");
+        let blocks = blocks::normalize(blocks);
+        if blocks != self.blocks {
+            self.blocks = blocks;
+            tracing::info!(blocks = ?self.blocks, "IPAM blocks replaced");
+        }
     }
 
     /// The current blocks, truncated to their network address, without

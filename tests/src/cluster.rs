@@ -212,6 +212,9 @@ pub struct Cluster {
     /// `--gossip-protocol` of every gossiping agent started from now on
     /// (`swim`, the agent's default, unless a test sets it).
     pub gossip_protocol: &'static str,
+    /// More arguments for every agent started from now on (after the
+    /// lab's own, so none of those may repeat here).
+    pub extra_args: Vec<String>,
     pods_made: usize,
 }
 
@@ -432,6 +435,7 @@ impl Cluster {
             source,
             tunnel: "vxlan",
             gossip_protocol: "swim",
+            extra_args: Vec::new(),
             pods_made: 0,
         }
     }
@@ -606,6 +610,7 @@ impl Cluster {
             .arg(&a.cni_conf_dir)
             .arg("--cni-bin-dir")
             .arg(&a.cni_bin_dir)
+            .args(&self.extra_args)
             .env_remove("OVERLAY_LOG_FORMAT")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -646,6 +651,11 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// PID of node `i`'s agent, if it runs.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.agents[i].process.as_ref().map(Process::pid)
     }
 
     /// Kills node `i`'s agent with SIGKILL and reaps it.

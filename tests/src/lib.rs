@@ -19,6 +19,7 @@ pub mod netpol;
 pub mod policy_bench;
 pub mod privileged;
 pub mod rogue;
+pub mod swarm;
 pub mod swim_sim;
 pub mod traffic;
 

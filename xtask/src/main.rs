@@ -195,7 +195,13 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         // rounds at 200) take a minute or two optimised and far too long
         // unoptimised (the partition rounds took 12 minutes in debug), so
         // the debug run above skips them (ignored, with that reason) and
-        // they run here in release, with the rest of their files.
+        // they run here in release, with the rest of their files. So does
+        // the real agent among a swarm of 1,000 SWIM nodes run in the test
+        // process (its release binaries built first: the test runs the
+        // ones next to it).
+        .and_then(|()| {
+            exec(cargo().args(["build", "--release", "-p", "overlay-agent", "--bins"]))
+        })
         .and_then(|()| {
             exec_tallied(
                 cargo()
@@ -208,6 +214,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
                         "swim_sim",
                         "--test",
                         "gossip_sim",
+                        "--test",
+                        "gossip_scale",
                     ])
                     .args(["--", "--include-ignored", "--test-threads", "1"])
                     .args(extra),

@@ -51,7 +51,7 @@ use overlay_tests::{
     Lab, LabOptions, Mode, Netns, Process, Underlay, cni_bench,
     gossip_sim::{self, Membership, PartitionOptions, Partitions},
     lab::{KERNEL_VXLAN_DEV, UNDERLAY_MTU, UPLINK},
-    swim_sim,
+    swarm, swim_sim,
     traffic::parse_sockperf,
 };
 use serde_json::Value;
@@ -100,6 +100,8 @@ Options:
                       [default: 2000]
   --swim-steady S     seconds of its idle and of its 1 % loss windows
                       [default: 600]
+  --agent-peers N     cluster size at which one real overlay-agent joins a
+                      swarm of N - 1 SWIM nodes, 0 for none [default: 5000]
   -h, --help          print this help
 
 Underlays (every scenario runs on each chosen one):
@@ -142,14 +144,14 @@ per second), a node joins, a node dies. Then --gossip-rounds partitions of a
 third round a three-way split with no majority, ~10 % of every side made to
 claim blocks, each cut held 45 s, healed, and checked: one owner per block, no
 conflict, identical topologies, nothing settled on a minority side.
-First of the gossip part, the SWIM layer (overlay_agent::gossip::swim, not yet
-the agent's) at --swim-nodes: cold start within 30 s, a join, a death, 10
+First of the gossip part, the SWIM layer (overlay_agent::gossip::swim, the
+agent's gossip) at --swim-nodes: cold start within 30 s, a join, a death, 10
 minutes idle, 10 minutes at 1 % loss, 2 minutes of churn (10 joins and 10
 deaths a minute), on a discrete-event virtual clock. Its cost grows faster
 than the square of the node count (foca finds a member by a linear scan, and
-one process runs every node): 1000 nodes take about 20 s of CPU and 340 MB,
-5000 nodes did not finish a cold start within 12 minutes of CPU here (about
-4.7 GB), hence the default of 2000 (about 90 s of CPU and 1 GB).
+one process runs every node): here 1000 nodes took about 95 s of CPU and
+350 MB, 2000 about 8 minutes and 1.2 GB, 5000 with --swim-steady 60 about
+55 minutes and 5.4 GB, hence the default of 2000.
 
 Needs root, iperf3, sockperf, taskset, ss, ping and ethtool (and perf for
 --perf); for the CNI part
@@ -296,6 +298,7 @@ struct Opts {
     gossip_seed: u32,
     swim_nodes: u32,
     swim_steady: u32,
+    agent_peers: u32,
 }
 
 impl Default for Opts {
@@ -317,6 +320,7 @@ impl Default for Opts {
             gossip_seed: 0x5eed,
             swim_nodes: 2000,
             swim_steady: 600,
+            agent_peers: 5000,
         }
     }
 }
@@ -388,6 +392,12 @@ fn parse_args(args: &[String]) -> Result<Cli, String> {
             "--gossip-seed" => opts.gossip_seed = number(flag, value(), 0, u32::MAX)?,
             "--swim-nodes" => opts.swim_nodes = number(flag, value(), 0, 10_000)?,
             "--swim-steady" => opts.swim_steady = number(flag, value(), 10, 3600)?,
+            "--agent-peers" => {
+                opts.agent_peers = number(flag, value(), 0, 16_000)?;
+                if opts.agent_peers == 1 {
+                    return Err(format!("{flag}: 0 (none) or at least 2"));
+                }
+            }
             "--cni-only" | "--skip-cni" | "--gossip-only" | "--skip-gossip" if inline.is_some() => {
                 return Err(format!("{flag} takes no value"));
             }
@@ -1634,6 +1644,9 @@ impl GossipResults {
 /// Wall-clock seconds of the membership scenarios per million nodes²
 /// (1000 nodes: 1066 s on this machine, release build, chitchat 0.11).
 const GOSSIP_SECONDS_PER_MILLION_NODES_SQUARED: f64 = 1070.0;
+/// CPU seconds of the SWIM simulation per million nodes² with 600 s
+/// windows (2000 nodes: 479 s here; it grows a little faster than N²).
+const SWIM_SECONDS_PER_MILLION_NODES_SQUARED: f64 = 130.0;
 /// Wall-clock seconds of one partition round per million nodes² (200
 /// nodes: about 23 s a round).
 const PARTITION_SECONDS_PER_ROUND_PER_MILLION: f64 = 600.0;
@@ -1657,7 +1670,22 @@ fn gossip_minutes(opts: &Opts) -> u32 {
         * squared(opts.gossip_partition_nodes)
         * f64::from(rounds)
         / 1e6;
-    ((membership + partitions) / 60.0).ceil() as u32
+    let swim = if opts.swim_nodes >= 10 {
+        SWIM_SECONDS_PER_MILLION_NODES_SQUARED
+            * squared(opts.swim_nodes)
+            * (0.5 + f64::from(opts.swim_steady) / 1200.0)
+            / 1e6
+    } else {
+        0.0
+    };
+    // The swarm starts 500 nodes a second, then the agent joins (a claim
+    // settle and a few exchanges) and is sampled for 30 s.
+    let agent = if opts.agent_peers >= 2 {
+        60.0 + f64::from(opts.agent_peers) / 500.0 * 2.0
+    } else {
+        0.0
+    };
+    ((membership + partitions + swim + agent) / 60.0).ceil() as u32
 }
 
 /// The gossip part: formation, a new node and a death at --gossip-nodes,
@@ -1671,6 +1699,16 @@ fn run_gossip(opts: &Opts, out: &mut GossipResults) {
         plan.stop = stopped;
         plan.lossy = plan.idle;
         println!("{}", swim_sim::run_all(plan));
+    }
+    if opts.agent_peers >= 2 && !stopped() {
+        let n = opts.agent_peers as usize;
+        eprintln!("[gossip] one agent among {n} nodes (a swarm of {})", n - 1);
+        match std::panic::catch_unwind(|| {
+            swarm::agent_among(n, Duration::from_secs(30), Duration::from_secs(600))
+        }) {
+            Ok(r) => println!("{r}"),
+            Err(_) => println!("agent among {n} nodes: FAILED (see the panic above)"),
+        }
     }
     if stopped() {
         return;

@@ -199,9 +199,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         // the real agent among a swarm of 1,000 SWIM nodes run in the test
         // process (its release binaries built first: the test runs the
         // ones next to it).
-        .and_then(|()| {
-            exec(cargo().args(["build", "--release", "-p", "overlay-agent", "--bins"]))
-        })
+        .and_then(|()| exec(cargo().args(["build", "--release", "-p", "overlay-agent", "--bins"])))
         .and_then(|()| {
             exec_tallied(
                 cargo()

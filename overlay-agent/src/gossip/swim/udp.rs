@@ -23,6 +23,12 @@ use crate::gossip::auth::WireCounters;
 
 /// Larger than any UDP payload, so `recv_from` never truncates.
 const RECV_BUFFER_LEN: usize = 65_536;
+/// Kernel receive buffer asked for the gossip socket. A push-pull answer
+/// to a node that knows little (a joining node) is the whole record set
+/// and member list: about 1 MB in 32 KB datagrams back to back at 5,000
+/// nodes, which the usual 208 KB default drops mostly (each datagram
+/// arrives as about 23 fragments and is charged about twice its size).
+pub const SOCKET_RECV_BUFFER: usize = 8 << 20;
 
 /// A [`Swim`] node running over a UDP socket.
 pub struct SwimUdp {
@@ -38,6 +44,16 @@ impl SwimUdp {
         socket: UdpSocket,
         wire: Arc<WireCounters>,
     ) -> Result<Self, super::SwimError> {
+        let got = enlarge_receive_buffer(&socket, SOCKET_RECV_BUFFER);
+        if got < SOCKET_RECV_BUFFER {
+            warn!(
+                got_kib = got / 1024,
+                wanted_kib = SOCKET_RECV_BUFFER / 1024,
+                "gossip socket receive buffer smaller than asked (no CAP_NET_ADMIN, and \
+                 net.core.rmem_max lower): in clusters of thousands of nodes a joining \
+                 node's first exchange may be partly dropped and take a few more rounds"
+            );
+        }
         swim.start()?;
         let name = swim.record().name.clone();
         let swim = Arc::new(Mutex::new(swim));
@@ -70,6 +86,48 @@ impl SwimUdp {
     /// Stops the socket task (also done when dropped).
     pub fn shutdown(&self) {
         self.task.abort();
+    }
+}
+
+/// Asks for a receive buffer of `bytes` on `socket` (past
+/// `net.core.rmem_max` with `SO_RCVBUFFORCE` where privileged, else up to
+/// it); returns what the kernel granted (it reports twice the usable size,
+/// halved here).
+pub fn enlarge_receive_buffer(socket: &UdpSocket, bytes: usize) -> usize {
+    use std::os::fd::AsRawFd as _;
+    let fd = socket.as_raw_fd();
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |opt: libc::c_int| {
+        // SAFETY: a valid socket descriptor, an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const want).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    if !set(libc::SO_RCVBUFFORCE) {
+        set(libc::SO_RCVBUF);
+    }
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above, with room for the int the kernel writes.
+    let ok = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw mut got).cast(),
+            &mut len,
+        ) == 0
+    };
+    if ok {
+        usize::try_from(got).unwrap_or(0) / 2
+    } else {
+        0
     }
 }
 

@@ -151,7 +151,8 @@ deaths a minute), on a discrete-event virtual clock. Its cost grows faster
 than the square of the node count (foca finds a member by a linear scan, and
 one process runs every node): here 1000 nodes took about 95 s of CPU and
 350 MB, 2000 about 8 minutes and 1.2 GB, 5000 with --swim-steady 60 about
-55 minutes and 5.4 GB, hence the default of 2000.
+55 minutes and 5.4 GB (before push-pull carried liveness, which costs
+more: the 1,000-node test went from 17 to 66 s), hence the default of 2000.
 
 Needs root, iperf3, sockperf, taskset, ss, ping and ethtool (and perf for
 --perf); for the CNI part

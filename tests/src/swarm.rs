@@ -2,7 +2,7 @@
 //! costs (memory, time to route everyone) at thousands of peers.
 //!
 //! The swarm's nodes are the agent's own gossip code ([`Swim`] driven by
-//! [`SwimUdp`]), all in one process on a thread of their own, inside a
+//! [`SwimUdp`]), all in one process on two threads of their own, inside a
 //! namespace the test created: one address, one UDP port per node. Each
 //! publishes a record with a settled block of the cluster range and an
 //! underlay address of its own from [`SWARM_UNDERLAY`], which the agent's

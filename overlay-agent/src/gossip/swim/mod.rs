@@ -1352,6 +1352,7 @@ mod tests {
             "answered a rejected datagram"
         );
     }
+
     #[test]
     fn pushed_members_are_learned_alive_but_never_revive_one_held_down() {
         let key = Some(Key::derive(b"pw", "c"));

@@ -350,15 +350,7 @@ impl std::fmt::Display for AgentAmong {
 
 /// Resident memory of process `pid` now and at its peak, MB.
 fn rss_of(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    crate::swim_sim::process_rss_mb(&pid.to_string())
 }
 
 /// Runs a real agent (node 0 of a two-node lab) in a cluster of `peers`

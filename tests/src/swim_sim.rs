@@ -628,7 +628,13 @@ pub fn cpu_seconds() -> f64 {
 
 /// Current and peak resident memory of this process, in MB.
 pub fn rss_mb() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    process_rss_mb("self")
+}
+
+/// Current and peak resident memory (`VmRSS`, `VmHWM`) of process `pid`
+/// (a number, or `self`), in MB; zeros if it cannot be read.
+pub fn process_rss_mb(pid: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()

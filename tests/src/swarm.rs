@@ -41,7 +41,7 @@ use overlay_agent::gossip::{
     view::{Claim, ClaimState},
 };
 
-use crate::{Netns, rogue::CLUSTER_NAME};
+use crate::{Netns, rogue::CLUSTER_NAME, swim_sim::process_rss_mb};
 
 /// Underlay addresses the swarm's records publish (node `k`: the
 /// `k`-th address of this /16); routed into the swarm's namespace.
@@ -348,11 +348,6 @@ impl std::fmt::Display for AgentAmong {
     }
 }
 
-/// Resident memory of process `pid` now and at its peak, MB.
-fn rss_of(pid: u32) -> (f64, f64) {
-    crate::swim_sim::process_rss_mb(&pid.to_string())
-}
-
 /// Runs a real agent (node 0 of a two-node lab) in a cluster of `peers`
 /// nodes whose other `peers - 1` are a [`Swarm`] in node 1's namespace,
 /// waits until the agent routes them all, then samples its memory for
@@ -451,13 +446,13 @@ pub fn agent_among(peers: usize, steady: Duration, timeout: Duration) -> AgentAm
     let end = Instant::now() + steady;
     let mut rss_mb: f64 = 0.0;
     while Instant::now() < end {
-        rss_mb = rss_mb.max(rss_of(pid).0);
+        rss_mb = rss_mb.max(process_rss_mb(&pid.to_string()).0);
         std::thread::sleep(Duration::from_millis(500));
     }
     let s = c.status(0);
     live = s["gossip"]["live"].as_u64().unwrap_or(0);
     routes = s["datapath"]["routes"].as_u64().unwrap_or(0);
-    let peak_rss_mb = rss_of(pid).1;
+    let peak_rss_mb = process_rss_mb(&pid.to_string()).1;
     let false_deaths = c.log(0).matches("declared dead").count();
     c.kill_agent(0);
     swarm.stop();

@@ -355,6 +355,21 @@ fn id_hash(id: &Id) -> u32 {
 }
 
 impl Store {
+    /// An empty store of node `me`.
+    fn new(me: String, shared: Option<Arc<SharedRecords>>) -> Self {
+        Self {
+            me,
+            records: HashSet::new(),
+            shared,
+            buckets: vec![0; BUCKETS],
+            live: HashMap::new(),
+            live_buckets: vec![0; BUCKETS],
+            downs: 0,
+            changes: 0,
+            probes: VecDeque::new(),
+        }
+    }
+
     /// Keeps `r` if it is newer than what is known; `own` for this node's.
     fn apply(&mut self, r: NodeRecord, own: bool) -> bool {
         if (r.name == self.me) != own {
@@ -651,17 +666,10 @@ impl Swim {
         fc.max_transmissions = fc
             .max_transmissions
             .max(NonZeroU8::new(12).unwrap_or(NonZeroU8::MIN));
-        let store = Arc::new(Mutex::new(Store {
-            me: me.name.clone(),
-            records: HashSet::new(),
-            shared: config.shared.clone(),
-            buckets: vec![0; BUCKETS],
-            live: HashMap::new(),
-            live_buckets: vec![0; BUCKETS],
-            downs: 0,
-            changes: 0,
-            probes: VecDeque::new(),
-        }));
+        let store = Arc::new(Mutex::new(Store::new(
+            me.name.clone(),
+            config.shared.clone(),
+        )));
         lock(&store).apply(me.clone(), true);
         let mut foca = Foca::with_custom_broadcast(
             id,
@@ -950,14 +958,18 @@ impl Swim {
                     return false;
                 }
                 let mine = self.live_digest();
+                let differ = |a: SocketAddrV4| {
+                    let b = live_bucket(a);
+                    mine[b] != buckets[b]
+                };
                 let me = *self.foca.identity();
                 let mut members: Vec<Member<Id>> = self
                     .foca
                     .iter_members()
-                    .filter(|m| mine[live_bucket(m.id().addr)] != buckets[live_bucket(m.id().addr)])
+                    .filter(|m| differ(m.id().addr))
                     .cloned()
                     .collect();
-                if mine[live_bucket(me.addr)] != buckets[live_bucket(me.addr)] {
+                if differ(me.addr) {
                     members.push(Member::alive(me));
                 }
                 for chunk in members.chunks(MEMBERS_PER_CHUNK) {
@@ -1213,17 +1225,7 @@ mod tests {
 
     #[test]
     fn a_node_whose_probes_mostly_go_unanswered_is_cut_off_and_has_no_quorum() {
-        let mut s = Store {
-            me: "n1".into(),
-            records: HashSet::new(),
-            shared: None,
-            buckets: vec![0; BUCKETS],
-            live: HashMap::new(),
-            live_buckets: vec![0; BUCKETS],
-            downs: 0,
-            changes: 0,
-            probes: VecDeque::new(),
-        };
+        let mut s = Store::new("n1".into(), None);
         let peer = |i: u8| SocketAddrV4::new([10, 0, 0, i].into(), 6783);
         s.live.insert(
             peer(2),

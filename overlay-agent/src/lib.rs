@@ -3,6 +3,7 @@
 //!
 //! - [`datapath`]: load the eBPF object, pin maps and TC links, attach and
 //!   detach, uninstall;
+//! - [`encryption`]: WireGuard between nodes (keys, the userspace device);
 //! - [`link`]: interface index, MTU and MAC of the caller's namespace;
 //! - [`liveness`]: peers' datapaths probed, apart from their agents;
 //! - [`maps`]: typed access to the pinned maps;
@@ -17,6 +18,7 @@ pub mod api;
 pub mod cni;
 pub mod config;
 pub mod datapath;
+pub mod encryption;
 pub mod gossip;
 pub mod install;
 pub mod ipam;

@@ -60,6 +60,33 @@ fn ioctl(iface: &str, op: &'static str, request: libc::c_ulong) -> Result<libc::
     Ok(req)
 }
 
+/// Sets `iface`'s MTU and brings it up.
+pub fn set_mtu_up(iface: &str, mtu: u32) -> Result<(), LinkError> {
+    let err = |op, source| LinkError {
+        op,
+        iface: iface.to_owned(),
+        source,
+    };
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .map_err(|e| err("socket", e))?;
+    let mut req = ifreq(iface, "set MTU")?;
+    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+    // SAFETY: a valid ifreq with the mtu member set, as SIOCSIFMTU reads.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &mut req) } < 0 {
+        return Err(err("set MTU", io::Error::last_os_error()));
+    }
+    let mut req = ioctl(iface, "flags", libc::SIOCGIFFLAGS)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member; SIOCSIFFLAGS reads it.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
+            return Err(err("set up", io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
 /// Interface index.
 pub fn ifindex(iface: &str) -> Result<u32, LinkError> {
     let req = ioctl(iface, "index", libc::SIOCGIFINDEX)?;

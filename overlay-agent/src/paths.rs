@@ -24,6 +24,14 @@ pub const STATUS_ADDR: &str = "127.0.0.1:6784";
 /// File under the state directory listing the blocks this node owns.
 pub const BLOCKS_FILE: &str = "blocks.json";
 
+/// The WireGuard device's desired state, written by the agent and read by
+/// `overlay-agent wireguard`.
+pub const WG_CONFIG: &str = "/var/lib/overlay/wireguard.json";
+
+/// The WireGuard device's state, written every second by `overlay-agent
+/// wireguard`.
+pub const WG_STATUS: &str = "/run/overlay/wireguard-status.json";
+
 /// Where the container runtime looks for plugin binaries.
 pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
 

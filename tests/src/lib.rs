@@ -22,6 +22,7 @@ pub mod rogue;
 pub mod swarm;
 pub mod swim_sim;
 pub mod traffic;
+pub mod wireguard;
 
 pub use cmd::{run, run_ok, sh};
 pub use lab::{Lab, LabOptions, Mode, Pod, Underlay};

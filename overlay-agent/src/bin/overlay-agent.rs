@@ -182,6 +182,21 @@ enum Command {
         #[arg(long, env = "OVERLAY_MOUNT_NS")]
         mount_ns: Option<PathBuf>,
     },
+    /// Run the userspace WireGuard device: a TUN interface whose packets
+    /// are encrypted for the peers of the configuration file (JSON, written
+    /// by the agent, re-read when it changes; the private key file it names
+    /// is created 0600 on first start). Its own process, so that encrypted
+    /// traffic keeps flowing while the agent restarts. Writes its state
+    /// (public key, drops by reason, per peer last handshake and bytes) to
+    /// --status every second. Stops on SIGTERM or SIGINT.
+    Wireguard {
+        /// The device's configuration.
+        #[arg(long, env = "OVERLAY_WG_CONFIG", default_value = paths::WG_CONFIG)]
+        config: PathBuf,
+        /// Where to write the device's state.
+        #[arg(long, env = "OVERLAY_WG_STATUS", default_value = paths::WG_STATUS)]
+        status: PathBuf,
+    },
     /// Remove the overlay from this node for good: the conflist (if ours;
     /// a replaced one is restored) and the plugin, every pinned link (which
     /// detaches the programs) and map, the pods' host veths, the nftables
@@ -312,6 +327,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Maps::open(pin)?.upsert_endpoint(ip, &ep)?;
         }
         Command::EndpointDel { ip } => Maps::open(pin)?.remove_endpoint(ip)?,
+        Command::Wireguard { config, status } => {
+            init_cli_logging();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let device = {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name("wireguard".into())
+                    .spawn(move || {
+                        overlay_agent::encryption::service::serve(&config, &status, &stop)
+                    })
+                    .context("starting the WireGuard thread")?
+            };
+            // The device stops on a signal, or on its own with an error.
+            let waiter = std::thread::spawn(wait_for_signal);
+            while !device.is_finished() && !waiter.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            match device.join() {
+                Ok(r) => r?,
+                Err(_) => bail!("the WireGuard thread panicked"),
+            }
+        }
         Command::Status { status_addr, json } => status(pin, status_addr, json)?,
         Command::Forget { node, status_addr } => forget(&node, status_addr)?,
         Command::InstallCni {

@@ -1,0 +1,555 @@
+//! The userspace WireGuard device: a TUN interface and a UDP socket, with
+//! boringtun's Noise core per peer in between.
+//!
+//! Packets the kernel routes into the TUN device are looked up by
+//! destination in the peers' allowed IPs (longest prefix), encrypted for
+//! that peer and sent to its endpoint; a destination no peer allows is
+//! dropped (`no_peer`), never sent. Datagrams arriving on the socket are
+//! matched to a peer (a handshake by the static key it carries, the rest
+//! by our session index), decrypted, and written to the TUN device only
+//! when the inner source lies in that peer's allowed IPs
+//! (`spoofed_source` otherwise): a peer can only speak for its own pod
+//! blocks. Nothing leaves in clear: until a session is up, boringtun holds
+//! a few packets for it and sends only the handshake.
+//!
+//! One thread runs the device ([`Device::run`]); the desired state
+//! ([`DeviceConfig`]) is applied by diff, so that a peer whose endpoint or
+//! blocks change keeps its session.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::{self, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use boringtun::{
+    noise::{Packet, Tunn, TunnResult, handshake::parse_handshake_anon},
+    x25519::PublicKey,
+};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{self, KeyPair};
+use crate::link;
+
+/// Largest packet read from the TUN device or the socket.
+const BUF: usize = 65_535;
+/// WireGuard's overhead on a data packet (type, index, counter, tag).
+pub const OVERHEAD_DATA: usize = 32;
+/// How often every peer's timers run (handshake retries, rekeys,
+/// keepalives, session expiry).
+const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// What the device should be: written by the agent, read by the device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceConfig {
+    /// TUN interface name.
+    pub device: String,
+    /// UDP port the socket listens on (every node uses the same).
+    pub listen_port: u16,
+    /// MTU of the TUN device.
+    pub mtu: u32,
+    /// This node's private key file (see [`keys`]).
+    pub key_file: PathBuf,
+    /// The peers, by public key.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One peer as gossip describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConfig {
+    /// Its public key (base64).
+    pub public_key: String,
+    /// Where its WireGuard socket listens.
+    pub endpoint: SocketAddrV4,
+    /// The addresses it may send from and that are sent to it (its pod
+    /// blocks).
+    pub allowed_ips: Vec<Ipv4Net>,
+}
+
+/// Why the device could not start or take a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Opening or configuring the TUN device failed.
+    #[error("TUN device {device}: {what}")]
+    Tun {
+        /// The device.
+        device: String,
+        /// What failed.
+        what: &'static str,
+        /// The system's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// Setting the device's MTU or state failed.
+    #[error("TUN device")]
+    Link(#[from] link::LinkError),
+    /// Binding the socket failed.
+    #[error("binding the WireGuard socket to port {port}")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// The system's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// The key file.
+    #[error("WireGuard key")]
+    Key(#[from] keys::KeyError),
+    /// A peer's public key is not base64 of 32 bytes.
+    #[error("peer {endpoint}: public key {key:?} is not 32 bytes in base64")]
+    PeerKey {
+        /// The peer's endpoint.
+        endpoint: SocketAddrV4,
+        /// The key as given.
+        key: String,
+    },
+}
+
+/// Counters of the device (monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStats {
+    /// Packets read from the TUN device and handed to a peer.
+    pub tx_packets: u64,
+    /// Decrypted packets written to the TUN device.
+    pub rx_packets: u64,
+    /// Dropped: no peer allows the destination.
+    pub no_peer: u64,
+    /// Dropped: not IPv4, or too short to be a packet.
+    pub malformed: u64,
+    /// Dropped: a datagram no peer of ours could have sent (unknown key
+    /// or index), or one that failed to authenticate or decrypt.
+    pub rejected: u64,
+    /// Dropped: decrypted, but its source is outside the sender's
+    /// allowed IPs.
+    pub spoofed_source: u64,
+}
+
+/// One peer's state, for `status` and `/metrics`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its public key (base64).
+    pub public_key: String,
+    /// Its endpoint.
+    pub endpoint: SocketAddrV4,
+    /// Seconds since the last completed handshake (`None`: no session).
+    pub last_handshake_s: Option<f64>,
+    /// Plaintext bytes sent to it.
+    pub tx_bytes: u64,
+    /// Plaintext bytes received from it.
+    pub rx_bytes: u64,
+}
+
+struct Peer {
+    config: PeerConfig,
+    tunn: Tunn,
+}
+
+/// Longest-prefix match of IPv4 destinations to peer indices.
+#[derive(Default)]
+struct Lpm {
+    /// By prefix length, longest first: network -> peer index.
+    by_len: BTreeMap<std::cmp::Reverse<u8>, HashMap<u32, u32>>,
+}
+
+impl Lpm {
+    fn insert(&mut self, net: Ipv4Net, peer: u32) {
+        self.by_len
+            .entry(std::cmp::Reverse(net.prefix_len()))
+            .or_default()
+            .insert(u32::from(net.network()), peer);
+    }
+
+    fn lookup(&self, ip: Ipv4Addr) -> Option<u32> {
+        let ip = u32::from(ip);
+        self.by_len.iter().find_map(|(len, nets)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len.0)).unwrap_or(0);
+            nets.get(&(ip & mask)).copied()
+        })
+    }
+}
+
+/// The device.
+pub struct Device {
+    config: DeviceConfig,
+    tun: File,
+    udp: UdpSocket,
+    key: KeyPair,
+    peers: HashMap<u32, Peer>,
+    by_key: HashMap<[u8; 32], u32>,
+    routes: Lpm,
+    next_index: u32,
+    stats: DeviceStats,
+}
+
+fn open_tun(name: &str) -> Result<File, DeviceError> {
+    let err = |what, source| DeviceError::Tun {
+        device: name.to_owned(),
+        what,
+        source,
+    };
+    let path = c"/dev/net/tun";
+    // SAFETY: a NUL-terminated path; the returned descriptor is owned below.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(err("opening /dev/net/tun", io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.is_empty() || name.len() >= req.ifr_name.len() {
+        return Err(err(
+            "naming",
+            io::Error::new(io::ErrorKind::InvalidInput, "names are 1 to 15 bytes"),
+        ));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads the name and flags of a valid ifreq.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        return Err(err("TUNSETIFF", io::Error::last_os_error()));
+    }
+    Ok(File::from(fd))
+}
+
+impl Device {
+    /// Creates the TUN device (or attaches to the one of that name), brings
+    /// it up, binds the socket and applies `config`.
+    pub fn new(config: DeviceConfig) -> Result<Self, DeviceError> {
+        let key = keys::load_or_create(&config.key_file)?;
+        let tun = open_tun(&config.device)?;
+        link::set_mtu_up(&config.device, config.mtu)?;
+        let port = config.listen_port;
+        let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|source| DeviceError::Bind { port, source })?;
+        let mut device = Self {
+            config: DeviceConfig {
+                peers: Vec::new(),
+                ..config.clone()
+            },
+            tun,
+            udp,
+            key,
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            routes: Lpm::default(),
+            next_index: 1,
+            stats: DeviceStats::default(),
+        };
+        device.apply(config)?;
+        Ok(device)
+    }
+
+    /// This node's public key (base64).
+    pub fn public_key(&self) -> String {
+        self.key.public_base64()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+
+    /// Every peer's state.
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        let mut out: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|p| {
+                let (since, tx, rx, _, _) = p.tunn.stats();
+                PeerStatus {
+                    public_key: p.config.public_key.clone(),
+                    endpoint: p.config.endpoint,
+                    last_handshake_s: since.map(|d| d.as_secs_f64()),
+                    tx_bytes: tx as u64,
+                    rx_bytes: rx as u64,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.endpoint);
+        out
+    }
+
+    /// Takes a new desired state: peers added, changed (endpoint, allowed
+    /// IPs; sessions kept) and removed; the private key re-read from the
+    /// key file, and when it changed every session is dropped and
+    /// renegotiated. The device name, port and MTU are fixed at start.
+    pub fn apply(&mut self, config: DeviceConfig) -> Result<(), DeviceError> {
+        let mut wanted = Vec::with_capacity(config.peers.len());
+        for p in &config.peers {
+            let key = keys::decode(&p.public_key).ok_or_else(|| DeviceError::PeerKey {
+                endpoint: p.endpoint,
+                key: p.public_key.clone(),
+            })?;
+            wanted.push((key, p.clone()));
+        }
+        let key = keys::load_or_create(&config.key_file)?;
+        if key.public.as_bytes() != self.key.public.as_bytes() {
+            for p in self.peers.values_mut() {
+                p.tunn
+                    .set_static_private(key.secret.clone(), key.public, None);
+            }
+            self.key = key;
+        }
+        let keep: HashMap<[u8; 32], ()> = wanted.iter().map(|(k, _)| (*k, ())).collect();
+        let gone: Vec<[u8; 32]> = self
+            .by_key
+            .keys()
+            .filter(|k| !keep.contains_key(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            if let Some(i) = self.by_key.remove(&k) {
+                self.peers.remove(&i);
+            }
+        }
+        for (k, p) in wanted {
+            match self.by_key.get(&k) {
+                Some(i) => {
+                    if let Some(peer) = self.peers.get_mut(i) {
+                        peer.config = p;
+                    }
+                }
+                None => {
+                    let i = self.fresh_index();
+                    let tunn = Tunn::new(
+                        self.key.secret.clone(),
+                        PublicKey::from(k),
+                        None,
+                        None,
+                        i,
+                        None,
+                    );
+                    self.by_key.insert(k, i);
+                    self.peers.insert(i, Peer { config: p, tunn });
+                }
+            }
+        }
+        let mut routes = Lpm::default();
+        for (i, p) in &self.peers {
+            for net in &p.config.allowed_ips {
+                routes.insert(*net, *i);
+            }
+        }
+        self.routes = routes;
+        self.config = config;
+        Ok(())
+    }
+
+    /// A 24-bit session index no current peer uses.
+    fn fresh_index(&mut self) -> u32 {
+        loop {
+            let i = self.next_index;
+            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+            if i != 0 && !self.peers.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    /// Runs until `stop` is set; `tick` sees the device every timer tick
+    /// and may return a new desired state.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        mut tick: impl FnMut(&Device) -> Option<DeviceConfig>,
+    ) -> Result<(), DeviceError> {
+        let mut inbuf = vec![0u8; BUF];
+        let mut outbuf = vec![0u8; BUF + OVERHEAD_DATA];
+        let mut last_tick = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.tun.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.udp.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, TIMER_TICK.as_millis() as i32) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(DeviceError::Tun {
+                        device: self.config.device.clone(),
+                        what: "poll",
+                        source: e,
+                    });
+                }
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                self.drain_tun(&mut inbuf, &mut outbuf);
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                self.drain_udp(&mut inbuf, &mut outbuf);
+            }
+            if last_tick.elapsed() >= TIMER_TICK {
+                last_tick = Instant::now();
+                self.tick(&mut outbuf);
+                if let Some(c) = tick(self)
+                    && let Err(e) = self.apply(c)
+                {
+                    tracing::warn!(
+                        error = %crate::cni::error::chain(&e),
+                        "WireGuard configuration refused; keeping the previous one"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts what the kernel routed to the device (bounded per call).
+    fn drain_tun(&mut self, inbuf: &mut [u8], outbuf: &mut [u8]) {
+        for _ in 0..1024 {
+            let n = match self.tun.read(inbuf) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            let packet = &inbuf[..n];
+            if n < 20 || packet[0] >> 4 != 4 {
+                self.stats.malformed += 1;
+                continue;
+            }
+            let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+            let Some(i) = self.routes.lookup(dst) else {
+                self.stats.no_peer += 1;
+                continue;
+            };
+            let Some(peer) = self.peers.get_mut(&i) else {
+                self.stats.no_peer += 1;
+                continue;
+            };
+            let endpoint = peer.config.endpoint;
+            self.stats.tx_packets += 1;
+            if let TunnResult::WriteToNetwork(d) = peer.tunn.encapsulate(packet, outbuf) {
+                let _ = self.udp.send_to(d, endpoint);
+            }
+        }
+    }
+
+    /// Decrypts what arrived on the socket (bounded per call).
+    fn drain_udp(&mut self, inbuf: &mut [u8], outbuf: &mut [u8]) {
+        for _ in 0..1024 {
+            let (n, from) = match self.udp.recv_from(inbuf) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            let SocketAddr::V4(from) = from else {
+                self.stats.rejected += 1;
+                continue;
+            };
+            let datagram = &inbuf[..n];
+            let Some(i) = self.sender_of(datagram) else {
+                self.stats.rejected += 1;
+                continue;
+            };
+            self.receive_from(i, from, datagram, outbuf);
+        }
+    }
+
+    /// The peer a datagram claims to come from: by the static key inside a
+    /// handshake initiation, by our index otherwise.
+    fn sender_of(&self, datagram: &[u8]) -> Option<u32> {
+        match Tunn::parse_incoming_packet(datagram).ok()? {
+            Packet::HandshakeInit(p) => {
+                let half = parse_handshake_anon(&self.key.secret, &self.key.public, &p).ok()?;
+                self.by_key.get(&half.peer_static_public).copied()
+            }
+            Packet::HandshakeResponse(p) => Some(p.receiver_idx >> 8),
+            Packet::PacketCookieReply(p) => Some(p.receiver_idx >> 8),
+            Packet::PacketData(p) => Some(p.receiver_idx >> 8),
+        }
+        .filter(|i| self.peers.contains_key(i))
+    }
+
+    fn receive_from(&mut self, i: u32, from: SocketAddrV4, datagram: &[u8], outbuf: &mut [u8]) {
+        let Some(peer) = self.peers.get_mut(&i) else {
+            return;
+        };
+        let endpoint = peer.config.endpoint;
+        let mut first = true;
+        loop {
+            let input: &[u8] = if first { datagram } else { &[] };
+            let src = first.then_some(IpAddr::V4(*from.ip()));
+            first = false;
+            match peer.tunn.decapsulate(src, input, outbuf) {
+                TunnResult::Done => return,
+                TunnResult::Err(_) => {
+                    self.stats.rejected += 1;
+                    return;
+                }
+                // A handshake answer, a cookie, or a packet held for the
+                // session that just came up: send, then ask again.
+                TunnResult::WriteToNetwork(d) => {
+                    let _ = self.udp.send_to(d, endpoint);
+                }
+                TunnResult::WriteToTunnelV4(packet, src) => {
+                    if !peer.config.allowed_ips.iter().any(|n| n.contains(&src)) {
+                        self.stats.spoofed_source += 1;
+                        return;
+                    }
+                    if packet.is_empty() {
+                        // A keepalive.
+                        return;
+                    }
+                    self.stats.rx_packets += 1;
+                    let _ = self.tun.write(packet);
+                    return;
+                }
+                TunnResult::WriteToTunnelV6(..) => {
+                    self.stats.malformed += 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs every peer's timers.
+    fn tick(&mut self, outbuf: &mut [u8]) {
+        for peer in self.peers.values_mut() {
+            if let TunnResult::WriteToNetwork(d) = peer.tunn.update_timers(outbuf) {
+                let _ = self.udp.send_to(d, peer.config.endpoint);
+            }
+        }
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins_and_outside_every_block_is_no_one() {
+        let mut lpm = Lpm::default();
+        lpm.insert("10.32.0.0/12".parse().unwrap(), 1);
+        lpm.insert("10.32.1.0/26".parse().unwrap(), 2);
+        lpm.insert("0.0.0.0/0".parse().unwrap(), 3);
+        assert_eq!(lpm.lookup("10.32.1.5".parse().unwrap()), Some(2));
+        assert_eq!(lpm.lookup("10.32.1.64".parse().unwrap()), Some(1));
+        assert_eq!(lpm.lookup("192.0.2.1".parse().unwrap()), Some(3));
+        let mut lpm = Lpm::default();
+        lpm.insert("10.32.1.0/26".parse().unwrap(), 2);
+        assert_eq!(lpm.lookup("10.32.1.64".parse().unwrap()), None);
+    }
+}

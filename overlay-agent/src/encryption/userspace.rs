@@ -41,6 +41,8 @@ use crate::link;
 const BUF: usize = 65_535;
 /// WireGuard's overhead on a data packet (type, index, counter, tag).
 pub const OVERHEAD_DATA: usize = 32;
+/// Receive buffer of the socket.
+const SOCKET_BUFFER: usize = 8 << 20;
 /// How often every peer's timers run (handshake retries, rekeys,
 /// keepalives, session expiry).
 const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -236,6 +238,9 @@ impl Device {
         let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .map_err(|source| DeviceError::Bind { port, source })?;
+        // Bursts of a bulk flow arrive faster than one thread decrypts
+        // them; the default 208 KiB drops them (and TCP backs off).
+        crate::gossip::swim::udp::enlarge_receive_buffer(&udp, SOCKET_BUFFER);
         let mut device = Self {
             config: DeviceConfig {
                 peers: Vec::new(),
@@ -532,7 +537,6 @@ impl Device {
             }
         }
     }
-
 }
 
 #[cfg(test)]

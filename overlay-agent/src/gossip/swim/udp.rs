@@ -93,8 +93,7 @@ impl SwimUdp {
 /// `net.core.rmem_max` with `SO_RCVBUFFORCE` where privileged, else up to
 /// it); returns what the kernel granted (it reports twice the usable size,
 /// halved here).
-pub fn enlarge_receive_buffer(socket: &UdpSocket, bytes: usize) -> usize {
-    use std::os::fd::AsRawFd as _;
+pub fn enlarge_receive_buffer(socket: &impl std::os::fd::AsRawFd, bytes: usize) -> usize {
     let fd = socket.as_raw_fd();
     let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     let set = |opt: libc::c_int| {

@@ -111,6 +111,52 @@ pub enum DeviceError {
         /// The key as given.
         key: String,
     },
+    /// Two peers have the same public key.
+    #[error("two peers have the public key {key}")]
+    DuplicateKey {
+        /// The key.
+        key: String,
+    },
+    /// Two peers list the same network: which one it goes to is ambiguous.
+    #[error("{net} is an allowed network of two peers ({a} and {b})")]
+    SharedNetwork {
+        /// The network.
+        net: Ipv4Net,
+        /// One peer's endpoint.
+        a: SocketAddrV4,
+        /// The other's.
+        b: SocketAddrV4,
+    },
+}
+
+/// The peers of `config` by decoded public key, or why the configuration
+/// is not one a device can take.
+fn validate(config: &DeviceConfig) -> Result<Vec<([u8; 32], PeerConfig)>, DeviceError> {
+    let mut wanted = Vec::with_capacity(config.peers.len());
+    let mut keys_seen = HashMap::new();
+    let mut nets: HashMap<Ipv4Net, SocketAddrV4> = HashMap::new();
+    for p in &config.peers {
+        let key = keys::decode(&p.public_key).ok_or_else(|| DeviceError::PeerKey {
+            endpoint: p.endpoint,
+            key: p.public_key.clone(),
+        })?;
+        if keys_seen.insert(key, ()).is_some() {
+            return Err(DeviceError::DuplicateKey {
+                key: p.public_key.clone(),
+            });
+        }
+        for net in &p.allowed_ips {
+            if let Some(a) = nets.insert(net.trunc(), p.endpoint) {
+                return Err(DeviceError::SharedNetwork {
+                    net: *net,
+                    a,
+                    b: p.endpoint,
+                });
+            }
+        }
+        wanted.push((key, p.clone()));
+    }
+    Ok(wanted)
 }
 
 /// Counters of the device (monotonic).
@@ -289,19 +335,13 @@ impl Device {
         out
     }
 
-    /// Takes a new desired state: peers added, changed (endpoint, allowed
-    /// IPs; sessions kept) and removed; the private key re-read from the
+    /// Takes a new desired state (all of it, or nothing when it is not
+    /// valid): peers added, changed (endpoint, allowed IPs; sessions kept)
+    /// and removed; the private key re-read from the
     /// key file, and when it changed every session is dropped and
     /// renegotiated. The device name, port and MTU are fixed at start.
     pub fn apply(&mut self, config: DeviceConfig) -> Result<(), DeviceError> {
-        let mut wanted = Vec::with_capacity(config.peers.len());
-        for p in &config.peers {
-            let key = keys::decode(&p.public_key).ok_or_else(|| DeviceError::PeerKey {
-                endpoint: p.endpoint,
-                key: p.public_key.clone(),
-            })?;
-            wanted.push((key, p.clone()));
-        }
+        let wanted = validate(&config)?;
         let key = keys::load_or_create(&config.key_file)?;
         if key.public.as_bytes() != self.key.public.as_bytes() {
             for p in self.peers.values_mut() {
@@ -542,6 +582,50 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(key: u8, endpoint: &str, nets: &[&str]) -> PeerConfig {
+        PeerConfig {
+            public_key: keys::encode(&[key; 32]),
+            endpoint: endpoint.parse().unwrap(),
+            allowed_ips: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_configuration_with_a_bad_key_a_key_twice_or_a_network_twice_is_refused() {
+        let config = |peers| DeviceConfig {
+            device: "ovl-wg".into(),
+            listen_port: 51820,
+            mtu: 1420,
+            key_file: "/nonexistent".into(),
+            peers,
+        };
+        let good = config(vec![
+            peer(1, "192.0.2.1:51820", &["10.32.0.0/26"]),
+            peer(2, "192.0.2.2:51820", &["10.32.0.64/26"]),
+        ]);
+        assert_eq!(validate(&good).unwrap().len(), 2);
+        let mut bad_key = good.clone();
+        bad_key.peers[1].public_key = "nope".into();
+        let e = validate(&bad_key).unwrap_err().to_string();
+        assert!(
+            e.contains("192.0.2.2:51820") && e.contains("not 32 bytes"),
+            "{e}"
+        );
+        let mut twice = good.clone();
+        twice.peers[1].public_key = twice.peers[0].public_key.clone();
+        let e = validate(&twice).unwrap_err().to_string();
+        assert!(e.contains("two peers have the public key"), "{e}");
+        let mut shared = good.clone();
+        shared.peers[1]
+            .allowed_ips
+            .push("10.32.0.0/26".parse().unwrap());
+        let e = validate(&shared).unwrap_err().to_string();
+        assert!(
+            e.contains("10.32.0.0/26 is an allowed network of two peers"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn longest_prefix_wins_and_outside_every_block_is_no_one() {

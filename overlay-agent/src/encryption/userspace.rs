@@ -270,6 +270,13 @@ fn open_tun(name: &str) -> Result<File, DeviceError> {
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
         return Err(err("TUNSETIFF", io::Error::last_os_error()));
     }
+    // Persistent: the interface and the routes through it outlive this
+    // process, so a restart of the device costs the gap until it runs
+    // again and a handshake, not the routes.
+    // SAFETY: TUNSETPERSIST takes an integer argument.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+        return Err(err("TUNSETPERSIST", io::Error::last_os_error()));
+    }
     Ok(File::from(fd))
 }
 
@@ -362,6 +369,7 @@ impl Device {
                 self.peers.remove(&i);
             }
         }
+        let mut fresh = Vec::new();
         for (k, p) in wanted {
             match self.by_key.get(&k) {
                 Some(i) => {
@@ -381,6 +389,7 @@ impl Device {
                     );
                     self.by_key.insert(k, i);
                     self.peers.insert(i, Peer { config: p, tunn });
+                    fresh.push(i);
                 }
             }
         }
@@ -392,6 +401,19 @@ impl Device {
         }
         self.routes = routes;
         self.config = config;
+        // A handshake with every new peer now rather than at its first
+        // packet: after a restart of this device the peers still hold
+        // sessions this one forgot, and would keep using them until their
+        // own rekey timeout (15 s) if nothing told them.
+        let mut buf = [0u8; 256];
+        for i in fresh {
+            if let Some(peer) = self.peers.get_mut(&i)
+                && let TunnResult::WriteToNetwork(d) =
+                    peer.tunn.format_handshake_initiation(&mut buf, false)
+            {
+                let _ = self.udp.send_to(d, peer.config.endpoint);
+            }
+        }
         Ok(())
     }
 

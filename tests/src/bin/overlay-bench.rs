@@ -97,7 +97,7 @@ Options:
                       --policy-datapath-secs S [10],
                       --policy-datapath-underlay wire|veth [wire])
   --swim-nodes N      nodes of the SWIM gossip layer's simulation, 0 for none
-                      [default: 2000]
+                      [default: 5000]
   --swim-steady S     seconds of its idle and of its 1 % loss windows
                       [default: 600]
   --agent-peers N     cluster size at which one real overlay-agent joins a
@@ -150,9 +150,8 @@ minutes idle, 10 minutes at 1 % loss, 2 minutes of churn (10 joins and 10
 deaths a minute), on a discrete-event virtual clock. Its cost grows faster
 than the square of the node count (foca finds a member by a linear scan, and
 one process runs every node): here 1000 nodes took about 95 s of CPU and
-350 MB, 2000 about 8 minutes and 1.2 GB, 5000 with --swim-steady 60 about
-55 minutes and 5.4 GB (before push-pull carried liveness, which costs
-more: the 1,000-node test went from 17 to 66 s), hence the default of 2000.
+350 MB, 5000 (the issue's size, the default) about an hour and 6.8 GB;
+--swim-nodes 2000 takes about 8 minutes.
 
 Needs root, iperf3, sockperf, taskset, ss, ping and ethtool (and perf for
 --perf); for the CNI part
@@ -319,7 +318,7 @@ impl Default for Opts {
             gossip_partition_nodes: 200,
             gossip_rounds: 5,
             gossip_seed: 0x5eed,
-            swim_nodes: 2000,
+            swim_nodes: 5000,
             swim_steady: 600,
             agent_peers: 5000,
         }

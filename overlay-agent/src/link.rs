@@ -20,7 +20,7 @@ pub struct LinkError {
     pub source: io::Error,
 }
 
-fn ifreq(iface: &str, op: &'static str) -> Result<libc::ifreq, LinkError> {
+pub(crate) fn ifreq(iface: &str, op: &'static str) -> Result<libc::ifreq, LinkError> {
     let err = |source| LinkError {
         op,
         iface: iface.to_owned(),
@@ -43,6 +43,18 @@ fn ifreq(iface: &str, op: &'static str) -> Result<libc::ifreq, LinkError> {
 
 fn ioctl(iface: &str, op: &'static str, request: libc::c_ulong) -> Result<libc::ifreq, LinkError> {
     let mut req = ifreq(iface, op)?;
+    ioctl_with(iface, op, request, &mut req)?;
+    Ok(req)
+}
+
+/// `request` on `req` (named for `iface`) through a socket of the calling
+/// thread's namespace.
+fn ioctl_with(
+    iface: &str,
+    op: &'static str,
+    request: libc::c_ulong,
+    req: &mut libc::ifreq,
+) -> Result<(), LinkError> {
     let err = |source| LinkError {
         op,
         iface: iface.to_owned(),
@@ -51,40 +63,24 @@ fn ioctl(iface: &str, op: &'static str, request: libc::c_ulong) -> Result<libc::
     let sock = std::net::UdpSocket::bind("127.0.0.1:0")
         .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
         .map_err(err)?;
-    // SAFETY: `req` is a valid ifreq for these SIOCGIF* requests, which
-    // only write inside it.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) };
+    // SAFETY: `req` is a valid ifreq for the SIOC[GS]IF* requests made
+    // here, which only read and write inside it.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut libc::ifreq) };
     if rc < 0 {
         return Err(err(io::Error::last_os_error()));
     }
-    Ok(req)
+    Ok(())
 }
 
 /// Sets `iface`'s MTU and brings it up.
 pub fn set_mtu_up(iface: &str, mtu: u32) -> Result<(), LinkError> {
-    let err = |op, source| LinkError {
-        op,
-        iface: iface.to_owned(),
-        source,
-    };
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
-        .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
-        .map_err(|e| err("socket", e))?;
     let mut req = ifreq(iface, "set MTU")?;
     req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
-    // SAFETY: a valid ifreq with the mtu member set, as SIOCSIFMTU reads.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &mut req) } < 0 {
-        return Err(err("set MTU", io::Error::last_os_error()));
-    }
+    ioctl_with(iface, "set MTU", libc::SIOCSIFMTU, &mut req)?;
     let mut req = ioctl(iface, "flags", libc::SIOCGIFFLAGS)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member; SIOCSIFFLAGS reads it.
-    unsafe {
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
-            return Err(err("set up", io::Error::last_os_error()));
-        }
-    }
-    Ok(())
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    ioctl_with(iface, "set up", libc::SIOCSIFFLAGS, &mut req)
 }
 
 /// Interface index.

@@ -97,7 +97,6 @@ pub fn serve(config: &Path, status: &Path, stop: &AtomicBool) -> Result<(), Serv
         config = %config.display(),
         "WireGuard device up"
     );
-    let mut written = Instant::now() - Duration::from_secs(1);
     let write_status = |device: &Device| {
         let s = Status {
             public_key: device.public_key(),
@@ -109,6 +108,7 @@ pub fn serve(config: &Path, status: &Path, stop: &AtomicBool) -> Result<(), Serv
         }
     };
     write_status(&device);
+    let mut written = Instant::now();
     device.run(stop, |d| {
         if written.elapsed() >= Duration::from_secs(1) {
             written = Instant::now();

@@ -17,7 +17,7 @@
 //! blocks change keeps its session.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
     io::{self, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
@@ -133,14 +133,14 @@ pub enum DeviceError {
 /// is not one a device can take.
 fn validate(config: &DeviceConfig) -> Result<Vec<([u8; 32], PeerConfig)>, DeviceError> {
     let mut wanted = Vec::with_capacity(config.peers.len());
-    let mut keys_seen = HashMap::new();
+    let mut keys_seen = HashSet::new();
     let mut nets: HashMap<Ipv4Net, SocketAddrV4> = HashMap::new();
     for p in &config.peers {
         let key = keys::decode(&p.public_key).ok_or_else(|| DeviceError::PeerKey {
             endpoint: p.endpoint,
             key: p.public_key.clone(),
         })?;
-        if keys_seen.insert(key, ()).is_some() {
+        if !keys_seen.insert(key) {
             return Err(DeviceError::DuplicateKey {
                 key: p.public_key.clone(),
             });
@@ -254,17 +254,7 @@ fn open_tun(name: &str) -> Result<File, DeviceError> {
     }
     // SAFETY: `fd` was just opened and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: all-zero is a valid ifreq.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.is_empty() || name.len() >= req.ifr_name.len() {
-        return Err(err(
-            "naming",
-            io::Error::new(io::ErrorKind::InvalidInput, "names are 1 to 15 bytes"),
-        ));
-    }
-    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
+    let mut req = link::ifreq(name, "TUN")?;
     req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads the name and flags of a valid ifreq.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
@@ -357,11 +347,11 @@ impl Device {
             }
             self.key = key;
         }
-        let keep: HashMap<[u8; 32], ()> = wanted.iter().map(|(k, _)| (*k, ())).collect();
+        let keep: HashSet<[u8; 32]> = wanted.iter().map(|(k, _)| *k).collect();
         let gone: Vec<[u8; 32]> = self
             .by_key
             .keys()
-            .filter(|k| !keep.contains_key(*k))
+            .filter(|k| !keep.contains(*k))
             .copied()
             .collect();
         for k in gone {

@@ -627,16 +627,16 @@ enum SyncMessage<R> {
     },
 }
 
-/// `BUCKETS` little-endian integers of `N` bytes from `bytes`, or `None`
-/// when the length is not that.
-fn unpack<const N: usize>(bytes: &[u8]) -> Option<Vec<[u8; N]>> {
+/// `BUCKETS` integers of `N` bytes each from `bytes` (read by `from`), or
+/// `None` when the length is not that.
+fn unpack<const N: usize, T>(bytes: &[u8], from: fn([u8; N]) -> T) -> Option<Vec<T>> {
     if bytes.len() != BUCKETS * N {
         return None;
     }
     Some(
         bytes
             .chunks_exact(N)
-            .map(|c| c.try_into().expect("chunks of N bytes"))
+            .map(|c| from(c.try_into().expect("chunks of N bytes")))
             .collect(),
     )
 }
@@ -986,20 +986,14 @@ impl Swim {
                 records,
                 live,
             } => {
-                let (Some(records), Some(live)) = (unpack::<8>(&records), unpack::<4>(&live))
-                else {
+                let (Some(records), Some(live)) = (
+                    unpack(&records, u64::from_le_bytes),
+                    unpack(&live, u32::from_le_bytes),
+                ) else {
                     return false;
                 };
-                let records: Vec<bool> = {
-                    let s = lock(&self.store);
-                    (0..BUCKETS)
-                        .map(|b| s.buckets[b] != u64::from_le_bytes(records[b]))
-                        .collect()
-                };
-                let mine = self.live_digest();
-                let live: Vec<bool> = (0..BUCKETS)
-                    .map(|b| mine[b] != u32::from_le_bytes(live[b]))
-                    .collect();
+                let records = self.records_differ(&records);
+                let live = self.live_differ(&live);
                 // In sync (the idle case): the exchange ends here, the
                 // starter learns nothing from silence it would not learn
                 // from an equal digest.
@@ -1017,10 +1011,7 @@ impl Swim {
                 if !reply {
                     self.send_legacy_digests(from);
                 }
-                let differ: Vec<bool> = {
-                    let s = lock(&self.store);
-                    (0..BUCKETS).map(|b| s.buckets[b] != buckets[b]).collect()
-                };
+                let differ = self.records_differ(&buckets);
                 self.push_buckets(from, &differ);
                 true
             }
@@ -1038,8 +1029,7 @@ impl Swim {
                 if buckets.len() != BUCKETS {
                     return false;
                 }
-                let mine = self.live_digest();
-                let differ: Vec<bool> = (0..BUCKETS).map(|b| mine[b] != buckets[b]).collect();
+                let differ = self.live_differ(&buckets);
                 self.send_members(from, &differ);
                 true
             }
@@ -1058,6 +1048,20 @@ impl Swim {
                 ok
             }
         }
+    }
+
+    /// Per bucket, whether another node's records digest (`BUCKETS` long)
+    /// differs from ours.
+    fn records_differ(&self, theirs: &[u64]) -> Vec<bool> {
+        let s = lock(&self.store);
+        s.buckets.iter().zip(theirs).map(|(a, b)| a != b).collect()
+    }
+
+    /// Per bucket, whether another node's liveness digest (`BUCKETS` long)
+    /// differs from ours.
+    fn live_differ(&self, theirs: &[u32]) -> Vec<bool> {
+        let mine = self.live_digest();
+        mine.iter().zip(theirs).map(|(a, b)| a != b).collect()
     }
 
     /// Sends `to` this node's records of the buckets marked in `differ`.

@@ -50,7 +50,8 @@ fn a_thousand_nodes_form_spread_records_and_detect_deaths_within_the_targets() {
         0,
         "false deaths:\n{r}"
     );
-    assert!(r.idle.bandwidth.mean <= 1000.0, "idle bandwidth:\n{r}");
+    // Every node, not the mean: the busiest is what the target bounds.
+    assert!(r.idle.bandwidth.max <= 1000.0, "idle bandwidth:\n{r}");
     assert!(r.churn.bandwidth.max <= 30_000.0, "churn bandwidth:\n{r}");
     assert_eq!(r.rejected, 0, "datagrams rejected in a clean cluster:\n{r}");
 }

@@ -363,8 +363,8 @@ impl Runner {
         self.answered += 1;
     }
 
-    /// Publishes every peer's state (waking the daemon only on a change)
-    /// and the report, logging each change of state.
+    /// Publishes the report and every peer's state (waking the daemon only
+    /// on a change), logging each change of state.
     fn publish(&mut self) {
         let now = Instant::now();
         let (interval, timeout) = self.config.effective(self.tracks.len());
@@ -386,14 +386,6 @@ impl Runner {
                 _ => {}
             }
         }
-        self.states.send_if_modified(|s| {
-            if *s == states {
-                false
-            } else {
-                *s = states.clone();
-                true
-            }
-        });
         let report = ProbeReport {
             port: self.config.probe_port,
             interval_ms: interval.as_millis() as u64,
@@ -417,6 +409,16 @@ impl Runner {
                 .collect(),
         };
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).report = report;
+        // The report first: whoever wakes on a change of state reads a
+        // report that already holds it.
+        self.states.send_if_modified(|s| {
+            if *s == states {
+                false
+            } else {
+                *s = states.clone();
+                true
+            }
+        });
     }
 }
 

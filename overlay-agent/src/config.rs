@@ -165,9 +165,24 @@ pub struct AgentConfig {
     /// the underlay drops packets with pod addresses.
     #[arg(long, env = "OVERLAY_TUNNEL", default_value = "auto", value_enum)]
     pub tunnel: TunnelMode,
+    /// Encryption of pod traffic between nodes. `wireguard`: every pod
+    /// packet for another node goes through this node's WireGuard device
+    /// (userspace, `overlay-agent wireguard`, which the agent starts unless
+    /// one already serves), whatever `--tunnel` says; the key pair is made
+    /// on first start under the state directory and the public key
+    /// published through gossip. Fail closed: a peer without a key (or
+    /// without a session yet) gets no pod traffic from here, and pod
+    /// traffic that arrives in clear is dropped. Pods wired from then on
+    /// get an MTU 60 bytes under the uplink's (WireGuard's overhead).
+    #[arg(long, env = "OVERLAY_ENCRYPTION", default_value = "off", value_enum)]
+    pub encryption: EncryptionMode,
+    /// UDP port of the WireGuard device on every node (`--encryption
+    /// wireguard`).
+    #[arg(long, env = "OVERLAY_WIREGUARD_PORT", default_value_t = crate::encryption::DEFAULT_PORT)]
+    pub wireguard_port: u16,
     /// Pod MTU; defaults to the uplink's MTU minus the 50 bytes of VXLAN
     /// (`--tunnel vxlan` or `auto`), or the uplink's MTU (`--tunnel
-    /// direct`).
+    /// direct`), or minus WireGuard's 60 (`--encryption wireguard`).
     #[arg(long, env = "OVERLAY_MTU")]
     pub mtu: Option<u32>,
     /// bpffs directory for the pinned maps and links (the binary's global
@@ -241,6 +256,16 @@ impl TunnelMode {
             Self::Direct => "direct",
         }
     }
+}
+
+/// Whether pod traffic between nodes is encrypted (`--encryption`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EncryptionMode {
+    /// In clear (VXLAN or directly routed, per `--tunnel`).
+    #[default]
+    Off,
+    /// Through a userspace WireGuard device.
+    Wireguard,
 }
 
 /// Whether to use the Kubernetes API.

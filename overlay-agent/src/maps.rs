@@ -16,8 +16,9 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use overlay_common::{
-    Endpoint, Ipv4Bytes, MAP_CONFIG, MAP_ENDPOINTS, MAP_PEER_MACS, MAP_PEERS, MAP_ROUTES,
-    MAP_STATS, MacKey, NodeConfig, PEER_F_ACTIVE, Peer, ROUTE_F_DIRECT, Route, Stat, mac_key,
+    Encryption, Endpoint, Ipv4Bytes, MAP_CONFIG, MAP_ENCRYPTION, MAP_ENDPOINTS, MAP_PEER_MACS,
+    MAP_PEERS, MAP_ROUTES, MAP_STATS, MacKey, NodeConfig, PEER_F_ACTIVE, Peer, ROUTE_F_DIRECT,
+    ROUTE_F_ENCRYPT, Route, Stat, mac_key,
 };
 
 /// A map operation that failed.
@@ -113,8 +114,9 @@ impl Counters {
     }
 }
 
-/// The six pinned maps of one node.
+/// The seven pinned maps of one node.
 pub struct Maps {
+    encryption: Array<MapData, Encryption>,
     config: Array<MapData, NodeConfig>,
     routes: LpmTrie<MapData, Ipv4Bytes, Route>,
     endpoints: HashMap<MapData, Ipv4Bytes, Endpoint>,
@@ -168,7 +170,23 @@ impl Maps {
             peers: open(pin_dir, MAP_PEERS)?,
             stats: open(pin_dir, MAP_STATS)?,
             peer_macs: open(pin_dir, MAP_PEER_MACS)?,
+            encryption: open(pin_dir, MAP_ENCRYPTION)?,
         })
+    }
+
+    /// Writes whether pod traffic between nodes goes through the
+    /// WireGuard device, and which.
+    pub fn set_encryption(&mut self, e: &Encryption) -> Result<(), MapsError> {
+        self.encryption
+            .set(0, e, 0)
+            .map_err(access("writing the encryption setting", MAP_ENCRYPTION))
+    }
+
+    /// Reads the encryption setting.
+    pub fn encryption(&self) -> Result<Encryption, MapsError> {
+        self.encryption
+            .get(&0, 0)
+            .map_err(access("reading the encryption setting", MAP_ENCRYPTION))
     }
 
     /// Writes this node's configuration.
@@ -345,11 +363,13 @@ impl Maps {
     /// (node → active) by changing only the entries that differ:
     /// unaffected entries are never removed, so traffic to nodes whose
     /// blocks did not change never blips. The blocks of the nodes in
-    /// `direct` carry [`ROUTE_F_DIRECT`].
+    /// `direct` carry [`ROUTE_F_DIRECT`], those of the nodes in `encrypt`
+    /// (they publish a WireGuard key) [`ROUTE_F_ENCRYPT`].
     pub fn reconcile(
         &mut self,
         routes: &BTreeMap<Ipv4Net, Ipv4Addr>,
         direct: &BTreeSet<Ipv4Addr>,
+        encrypt: &BTreeSet<Ipv4Addr>,
         peers: &BTreeMap<Ipv4Addr, bool>,
     ) -> Result<SyncReport, MapsError> {
         let mut report = SyncReport::default();
@@ -359,6 +379,10 @@ impl Maps {
                 node_ip: node.octets(),
                 flags: if direct.contains(node) {
                     ROUTE_F_DIRECT
+                } else {
+                    0
+                } | if encrypt.contains(node) {
+                    ROUTE_F_ENCRYPT
                 } else {
                     0
                 },

@@ -23,6 +23,9 @@ pub struct Node {
     /// agent is silent stays listed with its blocks: whether it is still
     /// routed is the datapath's liveness to decide ([`crate::liveness`]).
     pub alive: bool,
+    /// Its WireGuard key and port, when it encrypts pod traffic (gossip
+    /// only; never in a static topology).
+    pub wireguard: Option<crate::encryption::announce::Announce>,
 }
 
 /// Every node of the cluster, this one included.
@@ -120,6 +123,7 @@ impl Topology {
                     ip,
                     blocks,
                     alive: true,
+                    wireguard: None,
                 })
                 .collect(),
         };

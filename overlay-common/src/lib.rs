@@ -51,12 +51,12 @@ mod tests {
     #[test]
     fn the_overhead_is_the_bytes_in_front_of_the_inner_ip_header_minus_the_outer_ethernet() {
         assert_eq!(ENCAP_HEADERS_LEN - ETH_HLEN, VXLAN_OVERHEAD as usize);
-        assert_eq!(ALL_MAPS.len(), 6);
+        assert_eq!(ALL_MAPS.len(), 7);
         assert!(
             ALL_MAPS
                 .iter()
                 .chain(POLICY_MAPS.iter())
-                .all(|m| m.starts_with("ovl_") && (m.ends_with("_v1") || m.ends_with("_v4")))
+                .all(|m| m.starts_with("ovl_") && (m.ends_with("_v1") || m.ends_with("_v5")))
         );
         assert!(RETIRED_MAPS.iter().all(|r| !ALL_MAPS.contains(r)));
         assert!(POLICY_MAPS.iter().all(|m| !ALL_MAPS.contains(m)));

@@ -17,8 +17,8 @@ pub const MAP_PEERS: &str = "ovl_peers_v1";
 /// Name of the counter map (per-CPU array of `u64`, indexed by [`crate::Stat`]).
 /// `_v2`: four counters were added (the array grew from 17 to 21 slots);
 /// `_v3`: three more for NetworkPolicy (24 slots); `_v4`: four more for
-/// direct routing (28 slots).
-pub const MAP_STATS: &str = "ovl_stats_v4";
+/// direct routing (28 slots); `_v5`: five more for encryption (33 slots).
+pub const MAP_STATS: &str = "ovl_stats_v5";
 /// Name of the peer MAC map (hash: [`MacKey`] → the peer's node IPv4):
 /// which underlay MAC address belongs to which node, for the check on
 /// directly routed pod packets ([`ROUTE_F_DIRECT`]).
@@ -27,16 +27,25 @@ pub const MAP_PEER_MACS: &str = "ovl_peer_macs_v1";
 /// Names of maps an earlier release pinned and this one replaced (a layout
 /// change bumps the suffix): the agent unpins them once its programs no
 /// longer use them, and uninstall removes them.
-pub const RETIRED_MAPS: [&str; 3] = ["ovl_stats_v1", "ovl_stats_v2", "ovl_stats_v3"];
+pub const RETIRED_MAPS: [&str; 4] = [
+    "ovl_stats_v1",
+    "ovl_stats_v2",
+    "ovl_stats_v3",
+    "ovl_stats_v4",
+];
+/// Name of the encryption map (array of one [`Encryption`]): whether pod
+/// traffic between nodes goes through the WireGuard device, and which.
+pub const MAP_ENCRYPTION: &str = "ovl_encryption_v1";
 
 /// Every map the programs use, in a fixed order.
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 7] = [
     MAP_CONFIG,
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_PEERS,
     MAP_STATS,
     MAP_PEER_MACS,
+    MAP_ENCRYPTION,
 ];
 
 /// Name of the program attached at TC ingress of each pod's host-side veth.
@@ -46,6 +55,9 @@ pub const PROG_FROM_UPLINK: &str = "from_uplink";
 /// Name of the program attached at TC egress of each pod's host-side veth
 /// (what the host stack routes to the pod: NetworkPolicy ingress).
 pub const PROG_TO_POD: &str = "to_pod";
+/// Name of the program attached at TC ingress of the WireGuard device
+/// (decrypted pod packets from other nodes).
+pub const PROG_FROM_WIREGUARD: &str = "from_wireguard";
 
 /// Capacity of [`MAP_ROUTES`]: pod blocks in the cluster.
 pub const MAX_ROUTES: u32 = 16384;
@@ -107,6 +119,25 @@ const _: () = assert!(size_of::<Route>() == 8);
 /// (`bpf_redirect_neigh` with the node IP as next hop, out of the uplink).
 pub const ROUTE_F_DIRECT: u32 = 1 << 0;
 
+/// Bit in [`Route::flags`]: the owning node publishes a WireGuard key, so
+/// with encryption on ([`Encryption`]) pod packets to the block go to the
+/// WireGuard device; without the bit they are dropped (fail closed).
+pub const ROUTE_F_ENCRYPT: u32 = 1 << 1;
+
+/// Bit in [`Encryption::flags`]: pod traffic between nodes is encrypted.
+pub const ENCRYPTION_F_ON: u32 = 1 << 0;
+
+/// Value of [`MAP_ENCRYPTION`] at index 0 (all zero: encryption off).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Encryption {
+    /// `ENCRYPTION_F_*` bits.
+    pub flags: u32,
+    /// Interface index of the WireGuard device (host byte order).
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<Encryption>() == 8);
+
 /// Key of [`MAP_PEER_MACS`]: a MAC address (the six bytes as on the wire)
 /// followed by two zero bytes, so that the key is 8 bytes long and aligned.
 pub type MacKey = [u8; 8];
@@ -157,4 +188,6 @@ mod user {
     unsafe impl aya::Pod for super::Endpoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Peer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Encryption {}
 }

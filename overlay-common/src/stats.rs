@@ -73,10 +73,24 @@ pub enum Stat {
     /// Dropped: an unencapsulated packet to a pod here from a peer's MAC
     /// whose IPv4 source is not in one of that peer's blocks.
     DropDirectSpoofedSource = 27,
+    /// `from_pod`: handed to the WireGuard device for a peer that
+    /// publishes a key (`--encryption wireguard`, [`crate::ROUTE_F_ENCRYPT`]).
+    FromPodEncrypted = 28,
+    /// Dropped (fail closed): encryption is on and the destination's node
+    /// publishes no WireGuard key, so its pod traffic would leave in clear.
+    DropNotEncrypted = 29,
+    /// Dropped: encryption is on and a pod packet from another node came
+    /// in clear (VXLAN or directly routed) instead of through WireGuard.
+    DropUnencrypted = 30,
+    /// `from_wireguard`: a decrypted packet delivered to a pod.
+    FromWireguardDelivered = 31,
+    /// Dropped: a decrypted packet whose source is not in another node's
+    /// block (the device's allowed IPs check each peer's own blocks).
+    DropWireguardSpoofedSource = 32,
 }
 
 /// Number of slots in [`crate::MAP_STATS`].
-pub const STATS_LEN: u32 = 28;
+pub const STATS_LEN: u32 = 33;
 
 impl Stat {
     /// Every counter, in index order.
@@ -109,6 +123,11 @@ impl Stat {
         Stat::FromUplinkDirect,
         Stat::DropDirectUnknownPeer,
         Stat::DropDirectSpoofedSource,
+        Stat::FromPodEncrypted,
+        Stat::DropNotEncrypted,
+        Stat::DropUnencrypted,
+        Stat::FromWireguardDelivered,
+        Stat::DropWireguardSpoofedSource,
     ];
 
     /// Stable snake-case name, used in `status` output and metric labels.
@@ -142,6 +161,11 @@ impl Stat {
             Stat::FromUplinkDirect => "from_uplink_direct",
             Stat::DropDirectUnknownPeer => "drop_direct_unknown_peer",
             Stat::DropDirectSpoofedSource => "drop_direct_spoofed_source",
+            Stat::FromPodEncrypted => "from_pod_encrypted",
+            Stat::DropNotEncrypted => "drop_not_encrypted",
+            Stat::DropUnencrypted => "drop_unencrypted",
+            Stat::FromWireguardDelivered => "from_wireguard_delivered",
+            Stat::DropWireguardSpoofedSource => "drop_wireguard_spoofed_source",
         }
     }
 
@@ -167,6 +191,9 @@ impl Stat {
                 | Stat::DropPolicyIngress
                 | Stat::DropDirectUnknownPeer
                 | Stat::DropDirectSpoofedSource
+                | Stat::DropNotEncrypted
+                | Stat::DropUnencrypted
+                | Stat::DropWireguardSpoofedSource
         )
     }
 }

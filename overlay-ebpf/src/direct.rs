@@ -21,7 +21,7 @@ use overlay_common::{NodeConfig, PEER_F_ACTIVE, Stat, mac_key};
 
 use crate::{
     from_pod::deliver_local,
-    maps::{ENDPOINTS, PEER_MACS, PEERS, route},
+    maps::{ENDPOINTS, PEER_MACS, PEERS, encryption, route},
     packet::{Ipv4, L3},
     policy::{self, Check},
     verdict::{Verdict, redirected},
@@ -106,5 +106,8 @@ fn check_and_deliver(ctx: &TcContext, ip: &Ipv4, owner: [u8; 4]) -> Verdict {
             ingress_exempt: false,
         },
     )?;
+    if encryption().is_some() {
+        return Err(Stat::DropUnencrypted);
+    }
     deliver_local(ctx, &ep).map(|a| (a, Stat::FromUplinkDirect))
 }

@@ -7,6 +7,11 @@
 //!   of the underlay device towards that node, or, when the route says the
 //!   node is on-link and direct routing is on (`ROUTE_F_DIRECT`), send the
 //!   frame unencapsulated to that node's MAC ([`crate::direct`]);
+//! - with encryption on (`--encryption wireguard`), every packet for
+//!   another node's pod goes to the WireGuard device instead, whatever the
+//!   tunnel mode, when that node publishes a key (`ROUTE_F_ENCRYPT`), and
+//!   is dropped otherwise (`drop_not_encrypted`: fail closed, never in
+//!   clear);
 //! - anything else (ARP, IPv6, the node itself, the outside world) →
 //!   `OK`, untouched, for the host stack (masquerade, etc.).
 //!
@@ -38,12 +43,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    ETH_HLEN, Endpoint, IPPROTO_UDP, NodeConfig, ROUTE_F_DIRECT, Stat, VXLAN_OVERHEAD,
+    ETH_HLEN, Endpoint, IPPROTO_UDP, NodeConfig, ROUTE_F_DIRECT, ROUTE_F_ENCRYPT, Stat,
+    VXLAN_OVERHEAD,
 };
 
 use crate::{
     direct,
-    maps::{ENDPOINTS, config, route},
+    maps::{ENDPOINTS, config, encryption, route},
     packet::{self, L3},
     policy::{self, Check},
     verdict::{OK, Verdict, finish, redirected},
@@ -129,6 +135,15 @@ fn try_from_pod(ctx: &TcContext) -> Verdict {
     if peer == cfg.node_ip {
         // Our own block but no such pod: let the host stack answer.
         return to_host(ctx, cfg, &ip);
+    }
+    if let Some(wg) = encryption() {
+        if r.flags & ROUTE_F_ENCRYPT == 0 {
+            return Err(Stat::DropNotEncrypted);
+        }
+        // An L3 device: the kernel strips the Ethernet header on the way
+        // in; the device encrypts and sends from the node's socket.
+        // SAFETY: plain helper call.
+        return redirected(unsafe { bpf_redirect(wg, 0) }).map(|a| (a, Stat::FromPodEncrypted));
     }
     if r.flags & ROUTE_F_DIRECT != 0 {
         return direct::send(cfg, peer);

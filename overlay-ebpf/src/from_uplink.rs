@@ -14,6 +14,11 @@
 //! is a directly routed pod packet: delivered when it comes from a live
 //! peer's MAC with a source in that peer's blocks and is for a pod here,
 //! dropped otherwise ([`crate::direct::accept`]).
+//!
+//! With encryption on, pod traffic from other nodes arrives through the
+//! WireGuard device ([`crate::from_wireguard`]) only: VXLAN and directly
+//! routed pod packets that pass every check above are dropped instead of
+//! delivered (`drop_unencrypted`).
 
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
@@ -28,7 +33,7 @@ use overlay_common::{
 use crate::{
     direct,
     from_pod::deliver_local,
-    maps::{ENDPOINTS, PEERS, config, route},
+    maps::{ENDPOINTS, PEERS, config, encryption, route},
     packet::{self, L3},
     policy::{self, Check},
     probe,
@@ -128,6 +133,9 @@ fn try_from_uplink(ctx: &TcContext) -> Verdict {
             ingress_exempt: false,
         },
     )?;
+    if encryption().is_some() {
+        return Err(Stat::DropUnencrypted);
+    }
 
     ctx.adjust_room(
         -(VXLAN_OVERHEAD as i32),

@@ -4,7 +4,8 @@
 //! `try_*` body that returns a [`Verdict`] or the drop reason ([`Stat`]); the
 //! entry bumps exactly one counter per packet; `probe` answers datapath
 //! liveness probes for `from_uplink`; `direct` sends to and accepts from
-//! on-link nodes without encapsulation; `to_pod` (TC egress of a pod's
+//! on-link nodes without encapsulation; `from_wireguard` delivers what
+//! the WireGuard device decrypted; `to_pod` (TC egress of a pod's
 //! veth) and `policy` + `conntrack` + `flow` enforce NetworkPolicy. Shared helpers: `maps` (the
 //! map definitions), `packet` (header parsing), `vxlan` (building and
 //! checking the outer headers).
@@ -21,6 +22,8 @@ mod flow;
 mod from_pod;
 #[cfg(target_arch = "bpf")]
 mod from_uplink;
+#[cfg(target_arch = "bpf")]
+mod from_wireguard;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

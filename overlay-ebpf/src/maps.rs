@@ -8,10 +8,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use overlay_common::{
-    CidrKey, CtEntry, CtKey, DropKey, Endpoint, Identity, Ipv4Bytes, MAX_CONNTRACK, MAX_ENDPOINTS,
-    MAX_IDENTITY_ENTRIES, MAX_PEER_MACS, MAX_PEERS, MAX_POLICY_CIDRS, MAX_POLICY_ENDPOINTS,
-    MAX_POLICY_RULES, MAX_ROUTES, MacKey, NodeConfig, POLICY_EVENTS_BYTES, Peer, PolicyEndpoint,
-    PolicyEvent, PolicyKey, PolicyRule, Route, STATS_LEN, Stat,
+    CidrKey, CtEntry, CtKey, DropKey, ENCRYPTION_F_ON, Encryption, Endpoint, Identity, Ipv4Bytes,
+    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_IDENTITY_ENTRIES, MAX_PEER_MACS, MAX_PEERS, MAX_POLICY_CIDRS,
+    MAX_POLICY_ENDPOINTS, MAX_POLICY_RULES, MAX_ROUTES, MacKey, NodeConfig, POLICY_EVENTS_BYTES,
+    Peer, PolicyEndpoint, PolicyEvent, PolicyKey, PolicyRule, Route, STATS_LEN, Stat,
 };
 
 #[btf_map(name = "ovl_config_v1")]
@@ -26,11 +26,14 @@ pub static ENDPOINTS: HashMap<Ipv4Bytes, Endpoint, { MAX_ENDPOINTS as usize }> =
 #[btf_map(name = "ovl_peers_v1")]
 pub static PEERS: HashMap<Ipv4Bytes, Peer, { MAX_PEERS as usize }> = HashMap::new();
 
-#[btf_map(name = "ovl_stats_v4")]
+#[btf_map(name = "ovl_stats_v5")]
 pub static STATS: PerCpuArray<u64, { STATS_LEN as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "ovl_peer_macs_v1")]
 pub static PEER_MACS: HashMap<MacKey, Ipv4Bytes, { MAX_PEER_MACS as usize }> = HashMap::new();
+
+#[btf_map(name = "ovl_encryption_v1")]
+pub static ENCRYPTION: Array<Encryption, 1> = Array::new();
 
 #[btf_map(name = "ovl_identities_v1")]
 pub static IDENTITIES: HashMap<Ipv4Bytes, Identity, { MAX_IDENTITY_ENTRIES as usize }> =
@@ -62,6 +65,16 @@ pub fn config() -> Option<&'static NodeConfig> {
     CONFIG
         .get(0)
         .filter(|c| c.flags & overlay_common::CONFIG_F_READY != 0)
+}
+
+/// The WireGuard device's interface index when pod traffic between nodes
+/// is encrypted (`--encryption wireguard`), `None` when it is not.
+#[inline(always)]
+pub fn encryption() -> Option<u32> {
+    ENCRYPTION
+        .get(0)
+        .filter(|e| e.flags & ENCRYPTION_F_ON != 0)
+        .map(|e| e.ifindex)
 }
 
 /// The node owning the block that contains `ip`.

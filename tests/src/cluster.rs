@@ -666,6 +666,33 @@ impl Cluster {
         }
     }
 
+    /// PID of the WireGuard device process node `i`'s agent started (from
+    /// the status file the device writes), if it is alive.
+    pub fn wireguard_device_pid(&self, i: usize) -> Option<u32> {
+        let files = overlay_agent::encryption::agent::Files::under(&self.agents[i].state_dir);
+        let s = overlay_agent::encryption::service::read_status(&files.status).ok()?;
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).ok()?;
+        cmdline
+            .split(|b| *b == 0)
+            .any(|w| w == b"wireguard")
+            .then_some(s.pid)
+    }
+
+    /// SIGKILLs node `i`'s WireGuard device process, if one runs, and
+    /// waits (bounded) until it is gone.
+    pub fn kill_wireguard_device(&self, i: usize) {
+        if let Some(pid) = self.wireguard_device_pid(i) {
+            // SAFETY: plain syscall on a PID read from the device's status.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     /// Node `i` dies as a whole (power loss): its agent is SIGKILLed and its
     /// namespace deleted at once.
     pub fn kill_node(&mut self, i: usize) {
@@ -865,6 +892,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.agents.len() {
             self.kill_agent(i);
+        }
+        // WireGuard devices the agents started (`--encryption wireguard`)
+        // outlive them by design: stopped here, by the PID they report.
+        for i in 0..self.agents.len() {
+            self.kill_wireguard_device(i);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // The lab removes pins and namespaces.

@@ -278,6 +278,7 @@ impl Sim {
             },
             state_file: None,
             authenticated: false,
+            wireguard: None,
         };
         let gossip = Gossip::spawn(
             config,

@@ -200,6 +200,7 @@ async fn run(
         },
         state_file: None,
         authenticated: key.is_some(),
+        wireguard: None,
     };
     let free: overlay_agent::gossip::FreeAddresses = Arc::new(|_: &[Ipv4Net]| None);
     let gossip = match Gossip::spawn(gc, &transport, free, wire).await {

@@ -259,3 +259,29 @@ impl Capture {
         (text.lines().map(str::to_owned).collect(), raw)
     }
 }
+
+/// Asserts that no stretch of the first `window` bytes of `payload` is in
+/// `raw` (a capture): 64 samples of 48 bytes, spread over the window.
+pub fn assert_payload_not_in(raw: &[u8], payload: &crate::traffic::Payload, window: usize) {
+    let data = std::fs::read(&payload.path).expect("payload");
+    let window = window.min(data.len());
+    let samples: Vec<&[u8]> = (0..64)
+        .map(|k| {
+            let at = (k * window / 64 + 100).min(data.len() - 48);
+            &data[at..at + 48]
+        })
+        .collect();
+    let heads: std::collections::HashSet<u64> = samples
+        .iter()
+        .map(|s| u64::from_le_bytes(s[..8].try_into().expect("8 bytes")))
+        .collect();
+    for at in 0..raw.len().saturating_sub(48) {
+        let head = u64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
+        if heads.contains(&head) {
+            assert!(
+                !samples.contains(&&raw[at..at + 48]),
+                "payload bytes crossed the underlay in clear"
+            );
+        }
+    }
+}

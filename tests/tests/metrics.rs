@@ -172,7 +172,7 @@ fn bpftool_dumps_every_pinned_map_with_named_fields() {
     let mut c = Cluster::gossip(2);
     c.wait_converged(2, Duration::from_secs(30));
     let pod = c.add_pod(0);
-    let want: [(&str, &[&str]); 6] = [
+    let want: [(&str, &[&str]); 7] = [
         (
             "ovl_config_v1",
             &["node_ip", "uplink_ifindex", "vxlan_port", "vni", "mtu"],
@@ -180,8 +180,9 @@ fn bpftool_dumps_every_pinned_map_with_named_fields() {
         ("ovl_routes_v1", &["prefix_len", "node_ip"]),
         ("ovl_endpoints_v1", &["ifindex", "pod_mac", "host_mac"]),
         ("ovl_peers_v1", &["flags"]),
-        ("ovl_stats_v4", &["cpu", "values"]),
+        ("ovl_stats_v5", &["cpu", "values"]),
         ("ovl_peer_macs_v1", &["key", "value"]),
+        ("ovl_encryption_v1", &["flags", "ifindex"]),
     ];
     assert_eq!(
         want.map(|(m, _)| m),

@@ -128,6 +128,7 @@ fn an_agent_of_the_previous_release_and_swim_nodes_refuse_each_other_cleanly() {
             },
             state_file: None,
             authenticated: true,
+            wireguard: None,
         };
         Gossip::spawn(
             config,

@@ -623,6 +623,7 @@ async fn start_gossip(config: &AgentConfig, agent: Arc<Agent>) -> Result<Gossip,
         },
         state_file: Some(config.state_dir.join(paths::BLOCKS_FILE)),
         authenticated: key.is_some(),
+        wireguard: agent.announce(),
     };
     info!(
         node = name, %gossip_addr, ?seeds, cluster = config.cluster_name,

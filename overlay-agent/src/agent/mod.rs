@@ -18,15 +18,22 @@ use std::{
 };
 
 pub use daemon::{DaemonError, run};
-use overlay_common::{CONFIG_F_READY, MAX_VNI, NodeConfig, VXLAN_OVERHEAD};
+use overlay_common::{
+    CONFIG_F_READY, ENCRYPTION_F_ON, Encryption, MAX_VNI, NodeConfig, VXLAN_OVERHEAD,
+};
 pub use pods::{HOST_IF_PREFIX, is_host_ifname};
 use tracing::{debug, error, info, warn};
 
 use crate::{
     api::{Handler, Reply, Request},
     cni::{CniError, code},
-    config::{AgentConfig, TunnelMode},
+    config::{AgentConfig, EncryptionMode, TunnelMode},
     datapath::{Datapath, DatapathError},
+    encryption::{
+        self,
+        agent::{EncryptionError, Encryptor, Files},
+        announce::Announce,
+    },
     ipam::{Ipam, IpamError},
     link::{self, LinkError},
     liveness::{self, DatapathState},
@@ -60,6 +67,9 @@ pub enum AgentError {
     /// Egress masquerade could not be installed.
     #[error("installing egress masquerade")]
     Masquerade(#[source] MasqueradeError),
+    /// `--encryption wireguard` could not be set up (or, off, undone).
+    #[error("setting up encryption")]
+    Encryption(#[source] EncryptionError),
 }
 
 /// Everything behind the agent's lock.
@@ -82,6 +92,8 @@ struct State {
     /// Bumped by every [`Agent::apply_topology`]: a refresh that finds it
     /// moved while it asked the kernel gives way to the newer topology.
     generation: u64,
+    /// `--encryption wireguard`: the key, the device and its peers.
+    encryptor: Option<Encryptor>,
 }
 
 /// The node agent.
@@ -89,6 +101,8 @@ pub struct Agent {
     config: AgentConfig,
     pod_mtu: u32,
     uplink_ifindex: u32,
+    /// What gossip publishes of this node's WireGuard device.
+    announce: Option<Announce>,
     state: Mutex<State>,
 }
 
@@ -122,8 +136,19 @@ impl Agent {
                 })?,
         };
         let uplink_ifindex = link::ifindex(&uplink).map_err(AgentError::Uplink)?;
+        let encrypted = config.encryption == EncryptionMode::Wireguard;
         let pod_mtu = match config.mtu {
             Some(m) => m,
+            // Every pod packet to another node crosses in WireGuard.
+            None if encrypted => {
+                let m = link::mtu(&uplink).map_err(AgentError::Uplink)?;
+                m.checked_sub(encryption::OVERHEAD).ok_or_else(|| {
+                    AgentError::Config(format!(
+                        "uplink {uplink} MTU {m} is smaller than WireGuard's {} bytes",
+                        encryption::OVERHEAD
+                    ))
+                })?
+            }
             // Never encapsulated: the pods get the whole uplink MTU.
             None if config.tunnel == TunnelMode::Direct => {
                 link::mtu(&uplink).map_err(AgentError::Uplink)?
@@ -184,6 +209,17 @@ impl Agent {
                 );
             }
         }
+        let encryptor = if encrypted {
+            Some(start_encryption(
+                &config,
+                &uplink,
+                &mut datapath,
+                &mut maps,
+            )?)
+        } else {
+            stop_encryption(&config, &mut maps)?;
+            None
+        };
         // After `from_uplink` is attached: from then on it decides every
         // packet to our port, the device only lends GRO its tunnel socket.
         crate::netlink::ensure_gro_device(config.vxlan_port).map_err(AgentError::GroDevice)?;
@@ -215,6 +251,7 @@ impl Agent {
             config,
             pod_mtu,
             uplink_ifindex,
+            announce: encryptor.as_ref().map(|e| e.announce().clone()),
             state: Mutex::new(State {
                 datapath,
                 maps,
@@ -225,8 +262,15 @@ impl Agent {
                 macs,
                 last: None,
                 generation: 0,
+                encryptor,
             }),
         })
+    }
+
+    /// What gossip publishes of this node's WireGuard device
+    /// (`--encryption wireguard`).
+    pub fn announce(&self) -> Option<Announce> {
+        self.announce.clone()
     }
 
     /// Takes this node's blocks from `topology` for address allocation and
@@ -331,6 +375,18 @@ impl Agent {
                 || (!refused(n.ip)
                     && liveness::routed(n, datapaths.get(&n.ip).copied().unwrap_or_default()))
         };
+        // With encryption on, the nodes that publish a key get their pod
+        // traffic through WireGuard; the others none (fail closed).
+        let encrypt: BTreeSet<Ipv4Addr> = if state.encryptor.is_some() {
+            topology
+                .nodes
+                .iter()
+                .filter(|n| n.ip != me && n.wireguard.is_some())
+                .map(|n| n.ip)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         let direct: BTreeSet<Ipv4Addr> = carriage
             .iter()
             .filter(|(_, c)| c.carriage == Carriage::Direct)
@@ -354,6 +410,7 @@ impl Agent {
             .reconcile(
                 &topology.routes(routed),
                 &direct,
+                &encrypt,
                 &topology.peers(me, routed),
             )
             .map_err(AgentError::Maps)?;
@@ -367,6 +424,12 @@ impl Agent {
                      from here (--tunnel auto would encapsulate towards it)", c.why),
                 Carriage::Direct => info!(peer = %ip, "peer is on-link: routed directly"),
                 Carriage::Vxlan => info!(peer = %ip, reason = %c.why, "peer routed through VXLAN"),
+            }
+        }
+        if let Some(e) = state.encryptor.as_mut() {
+            let peers = topology.nodes.iter().filter(|n| n.ip != me && routed(n));
+            if let Err(err) = e.sync(peers) {
+                error!(error = %crate::cni::error::chain(&err), "configuring the WireGuard peers");
             }
         }
         state.carriage = carriage.clone();
@@ -471,6 +534,7 @@ impl Agent {
             gossip: None,
             probes: None,
             policy: None,
+            encryption: state.encryptor.as_ref().map(|e| e.report()),
             ipam: state.ipam.usage(),
             datapath,
         }
@@ -539,4 +603,56 @@ impl Handler for Agent {
         };
         result.into()
     }
+}
+
+/// `--encryption wireguard`: the key pair, the device (kept if one serves,
+/// started otherwise) and `from_wireguard` on its interface. Pod traffic
+/// to other nodes is dropped (fail closed) until the device is there.
+fn start_encryption(
+    config: &AgentConfig,
+    uplink: &str,
+    datapath: &mut Datapath,
+    maps: &mut Maps,
+) -> Result<Encryptor, AgentError> {
+    let uplink_mtu = link::mtu(uplink).map_err(AgentError::Uplink)?;
+    let mut e = Encryptor::prepare(&config.state_dir, config.wireguard_port, uplink_mtu)
+        .map_err(AgentError::Encryption)?;
+    let before = maps.encryption().map_err(AgentError::Maps)?;
+    if before.flags & ENCRYPTION_F_ON == 0 {
+        maps.set_encryption(&Encryption {
+            flags: ENCRYPTION_F_ON,
+            ifindex: 0,
+        })
+        .map_err(AgentError::Maps)?;
+    }
+    let ifindex = e.ensure_device().map_err(AgentError::Encryption)?;
+    datapath
+        .attach_wireguard(encryption::DEVICE)
+        .map_err(AgentError::Datapath)?;
+    maps.set_encryption(&Encryption {
+        flags: ENCRYPTION_F_ON,
+        ifindex,
+    })
+    .map_err(AgentError::Maps)?;
+    info!(device = encryption::DEVICE, ifindex, port = config.wireguard_port,
+        public_key = %e.announce().public_key, "pod traffic between nodes is encrypted (WireGuard)");
+    Ok(e)
+}
+
+/// `--encryption off`: pod traffic in clear again; a device an earlier
+/// agent started with encryption on is stopped and its interface removed.
+fn stop_encryption(config: &AgentConfig, maps: &mut Maps) -> Result<(), AgentError> {
+    let was_on = maps
+        .encryption()
+        .is_ok_and(|e| e.flags & ENCRYPTION_F_ON != 0);
+    maps.set_encryption(&Encryption::default())
+        .map_err(AgentError::Maps)?;
+    if was_on || link::ifindex(encryption::DEVICE).is_ok() {
+        info!("encryption off: stopping the WireGuard device");
+        crate::datapath::detach(&config.pin_dir, encryption::DEVICE)
+            .map_err(AgentError::Datapath)?;
+        encryption::agent::stop_device(&Files::under(&config.state_dir).status)
+            .map_err(AgentError::Encryption)?;
+    }
+    Ok(())
 }

@@ -62,6 +62,9 @@ pub struct NodeReport {
     /// NetworkPolicy (absent without the Kubernetes API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyReport>,
+    /// Encryption (absent with `--encryption off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::encryption::agent::Report>,
     /// Address usage in this node's blocks.
     pub ipam: Usage,
     /// The datapath.
@@ -153,6 +156,9 @@ impl NodeReport {
         let _ = writeln!(s, "  counters:");
         for (name, v) in &d.counters {
             let _ = writeln!(s, "    {name:<26} {v}");
+        }
+        if let Some(e) = &self.encryption {
+            s.push_str(&e.render());
         }
         if let Some(p) = &self.policy {
             s.push_str(&p.render());

@@ -24,7 +24,7 @@ use overlay_common::{
 ///
 /// Everything lives under one bpffs directory (--pin-dir): the maps
 /// ovl_config_v1, ovl_routes_v1, ovl_endpoints_v1, ovl_peers_v1,
-/// ovl_stats_v4, ovl_peer_macs_v1 and one pinned TC link per attached
+/// ovl_stats_v5, ovl_peer_macs_v1, ovl_encryption_v1 and one pinned TC link per attached
 /// interface under links/.
 /// Pinned state outlives this process: traffic keeps flowing after it exits,
 /// and running a command again re-uses what is pinned instead of

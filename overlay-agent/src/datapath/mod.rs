@@ -24,7 +24,17 @@ use aya::{
     },
 };
 pub use bpffs::{ensure_mounted as ensure_bpffs, is_bpffs};
-use overlay_common::{ALL_MAPS, POLICY_MAPS, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD};
+use overlay_common::{
+    ALL_MAPS, POLICY_MAPS, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_FROM_WIREGUARD, PROG_TO_POD,
+};
+
+/// Every program, in load order.
+const PROGRAMS: [&str; 4] = [
+    PROG_FROM_POD,
+    PROG_FROM_UPLINK,
+    PROG_TO_POD,
+    PROG_FROM_WIREGUARD,
+];
 
 use crate::paths::LINKS_SUBDIR;
 
@@ -136,7 +146,7 @@ impl Datapath {
         let mut ebpf = loader
             .load(object)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        for prog in [PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD] {
+        for prog in PROGRAMS {
             classifier(&mut ebpf, prog)?
                 .load()
                 .map_err(|e| DatapathError::LoadProgram {
@@ -164,6 +174,11 @@ impl Datapath {
     /// Attaches `from_uplink` at TC ingress of the node's underlay device.
     pub fn attach_uplink(&mut self, iface: &str) -> Result<(), DatapathError> {
         self.attach(PROG_FROM_UPLINK, iface)
+    }
+
+    /// Attaches `from_wireguard` at TC ingress of the WireGuard device.
+    pub fn attach_wireguard(&mut self, iface: &str) -> Result<(), DatapathError> {
+        self.attach(PROG_FROM_WIREGUARD, iface)
     }
 
     /// Attaches `from_pod` at TC ingress and `to_pod` at TC egress of a
@@ -225,7 +240,7 @@ impl Datapath {
 /// Detaches whatever program is attached to `iface` through a link pinned in
 /// `pin_dir`. Idempotent: nothing pinned is not an error.
 pub fn detach(pin_dir: &Path, iface: &str) -> Result<(), DatapathError> {
-    for prog in [PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD] {
+    for prog in PROGRAMS {
         let pin = link_pin_path(pin_dir, prog, iface);
         match fs::remove_file(&pin) {
             Ok(()) => {}

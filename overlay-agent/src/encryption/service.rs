@@ -20,6 +20,9 @@ use super::userspace::{Device, DeviceConfig, DeviceError, DeviceStats, PeerStatu
 /// What the device reports.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// The device process.
+    #[serde(default)]
+    pub pid: u32,
     /// This node's public key (base64).
     pub public_key: String,
     /// The device's counters.
@@ -99,6 +102,7 @@ pub fn serve(config: &Path, status: &Path, stop: &AtomicBool) -> Result<(), Serv
     );
     let write_status = |device: &Device| {
         let s = Status {
+            pid: std::process::id(),
             public_key: device.public_key(),
             stats: device.stats(),
             peers: device.peer_status(),

@@ -40,7 +40,10 @@ use super::{
         View, block_key,
     },
 };
-use crate::topology::{Node, Topology};
+use crate::{
+    encryption::announce::Announce,
+    topology::{Node, Topology},
+};
 
 /// Default gossip port (as Weave's).
 pub const DEFAULT_GOSSIP_PORT: u16 = 6783;
@@ -100,6 +103,16 @@ pub struct GossipConfig {
     pub state_file: Option<PathBuf>,
     /// Whether datagrams are authenticated (reported in the status).
     pub authenticated: bool,
+    /// This node's WireGuard key and port, when it encrypts pod traffic.
+    pub wireguard: Option<Announce>,
+}
+
+impl GossipConfig {
+    /// The version string this node publishes (with its WireGuard
+    /// announce, if any).
+    pub fn published_version(&self) -> String {
+        Announce::version_string(env!("CARGO_PKG_VERSION"), self.wireguard.as_ref())
+    }
 }
 
 /// Free addresses in the given blocks (this node's usable ones), `None`
@@ -220,7 +233,7 @@ impl Gossip {
         let mut initial = vec![
             (KEY_IP.to_owned(), config.node_ip.to_string()),
             (KEY_VXLAN_PORT.to_owned(), config.vxlan_port.to_string()),
-            (KEY_VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            (KEY_VERSION.to_owned(), config.published_version()),
         ];
         initial.extend(
             claimer
@@ -308,7 +321,7 @@ impl Gossip {
             gossip_addr,
             ip: config.node_ip,
             vxlan_port: config.vxlan_port,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: config.published_version(),
             stopping: false,
             claims: claimer.published().into_iter().collect(),
             forgets: Vec::new(),
@@ -900,12 +913,14 @@ impl Runner {
                 ip,
                 blocks,
                 alive: m.live,
+                wireguard: m.record.wireguard.clone(),
             });
         }
         nodes.push(Node {
             ip: self.config.node_ip,
             blocks: self.claimer.usable(),
             alive: true,
+            wireguard: self.config.wireguard.clone(),
         });
         // One entry per address, the live one if an old incarnation under
         // another name is still listed.

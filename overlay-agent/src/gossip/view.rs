@@ -8,7 +8,7 @@
 //! | --- | --- |
 //! | `ip` | underlay IPv4 address |
 //! | `vxlan_port` | UDP port its datapath listens on |
-//! | `version` | agent version |
+//! | `version` | agent version, with the node's WireGuard key and port when it encrypts ([`crate::encryption::announce`]) |
 //! | `block:<cidr>` | `pending <gen>` or `settled <gen>`: a claim, and the generation that first made it |
 //! | `forget:<name>` | generation: `name`, up to that generation, is gone for good |
 //! | `stopping` | `true`: the agent is stopping cleanly (SIGTERM); its silence is expected and its datapath stays |
@@ -25,6 +25,8 @@ use std::{
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+use crate::encryption::announce::Announce;
 
 /// Key of the underlay address.
 pub const KEY_IP: &str = "ip";
@@ -100,6 +102,9 @@ pub struct Record {
     pub vxlan_port: Option<u16>,
     /// Agent version.
     pub version: Option<String>,
+    /// Its WireGuard key and port, when it encrypts pod traffic.
+    #[serde(default)]
+    pub wireguard: Option<Announce>,
     /// The agent announced a clean stop.
     pub stopping: bool,
     /// Block claims.
@@ -112,6 +117,14 @@ pub struct Record {
 }
 
 impl Record {
+    /// Takes a published version string: the version, and the WireGuard
+    /// announce it may carry.
+    pub fn set_version(&mut self, published: &str) {
+        let (version, wireguard) = crate::encryption::announce::split(published);
+        self.version = Some(version);
+        self.wireguard = wireguard;
+    }
+
     /// Reads a node's key-value pairs (deleted keys excluded).
     pub fn parse<'a>(key_values: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
         let mut r = Record::default();
@@ -120,7 +133,7 @@ impl Record {
                 KEY_IP => v.parse().map(|ip| r.ip = Some(ip)).is_ok(),
                 KEY_VXLAN_PORT => v.parse().map(|p| r.vxlan_port = Some(p)).is_ok(),
                 KEY_VERSION => {
-                    r.version = Some(v.to_owned());
+                    r.set_version(v);
                     true
                 }
                 KEY_STOPPING => v.parse().map(|b| r.stopping = b).is_ok(),

@@ -54,6 +54,7 @@ mod tests {
             ip: "172.31.0.2".parse().unwrap(),
             blocks: vec!["10.32.2.0/24".parse().unwrap()],
             alive,
+            wireguard: None,
         }
     }
 

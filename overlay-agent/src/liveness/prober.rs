@@ -438,6 +438,7 @@ mod tests {
                 ip: Ipv4Addr::LOCALHOST,
                 blocks: Vec::new(),
                 alive: true,
+                wireguard: None,
             }],
         };
         let (_tx, rx) = watch::channel(topo);

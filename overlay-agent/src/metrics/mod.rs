@@ -4,7 +4,7 @@
 //! - measured as they happen: CNI operations by command and result, with
 //!   latency histograms ([`Metrics::observe_cni`]);
 //! - read when scraped from the node's report: datapath counters from
-//!   `ovl_stats_v4` (drops with a `reason` label), peers by state, IPAM
+//!   `ovl_stats_v5` (drops with a `reason` label), peers by state, IPAM
 //!   blocks and addresses, gossip bytes and datagrams, authentication
 //!   failures ([`Metrics::render`]). Nothing is cached between scrapes, so
 //!   a scrape shows the kernel's counters as they are.
@@ -178,7 +178,7 @@ impl Collector for ReportCollector {
             i64::from(r.ready),
         )?;
 
-        // Datapath: ovl_stats_v4, summed over CPUs.
+        // Datapath: ovl_stats_v5, summed over CPUs.
         let mut packets = Vec::new();
         let mut drops = Vec::new();
         for (name, v) in &r.datapath.counters {
@@ -190,13 +190,13 @@ impl Collector for ReportCollector {
         counter(
             &mut enc,
             "datapath_packets",
-            "Packets the eBPF programs handled, by event (ovl_stats_v4)",
+            "Packets the eBPF programs handled, by event (ovl_stats_v5)",
             &packets,
         )?;
         counter(
             &mut enc,
             "datapath_drops",
-            "Packets the eBPF programs dropped, by reason (ovl_stats_v4)",
+            "Packets the eBPF programs dropped, by reason (ovl_stats_v5)",
             &drops,
         )?;
         plain_gauge(
@@ -422,6 +422,66 @@ impl Collector for ReportCollector {
                     (vec![("result", "rejected")], p.rejected),
                 ],
             )?;
+        }
+
+        // Encryption, per peer.
+        if let Some(e) = &r.encryption {
+            let peer = |p: &crate::encryption::agent::PeerReport| p.node_ip.to_string();
+            gauge(
+                &mut enc,
+                "wireguard_peer_encrypted",
+                "1 per WireGuard peer with an established session, 0 without one (its pod \
+                 traffic is dropped meanwhile)",
+                &e.peers
+                    .iter()
+                    .map(|p| (vec![("peer", peer(p))], i64::from(p.encrypted)))
+                    .collect::<Vec<_>>(),
+            )?;
+            gauge(
+                &mut enc,
+                "wireguard_peer_last_handshake_seconds",
+                "Seconds since the last completed WireGuard handshake with the peer",
+                &e.peers
+                    .iter()
+                    .filter_map(|p| Some((vec![("peer", peer(p))], p.last_handshake_s? as i64)))
+                    .collect::<Vec<_>>(),
+            )?;
+            let mut bytes = Vec::new();
+            for p in &e.peers {
+                bytes.push((
+                    vec![("peer", peer(p)), ("direction", "tx".to_owned())],
+                    p.tx_bytes,
+                ));
+                bytes.push((
+                    vec![("peer", peer(p)), ("direction", "rx".to_owned())],
+                    p.rx_bytes,
+                ));
+            }
+            counter(
+                &mut enc,
+                "wireguard_peer_bytes",
+                "Plaintext bytes sent to (tx) and received from (rx) each WireGuard peer",
+                &bytes,
+            )?;
+            plain_gauge(
+                &mut enc,
+                "wireguard_device_up",
+                "1 while the WireGuard device process reports",
+                i64::from(e.device_pid.is_some()),
+            )?;
+            if let Some(st) = &e.stats {
+                counter(
+                    &mut enc,
+                    "wireguard_drops",
+                    "Packets the WireGuard device dropped, by reason",
+                    &[
+                        (vec![("reason", "no_peer")], st.no_peer),
+                        (vec![("reason", "malformed")], st.malformed),
+                        (vec![("reason", "rejected")], st.rejected),
+                        (vec![("reason", "spoofed_source")], st.spoofed_source),
+                    ],
+                )?;
+            }
         }
         Ok(())
     }

@@ -65,6 +65,33 @@ fn report() -> NodeReport {
             ..GossipStatus::default()
         }),
         policy: None,
+        encryption: Some(crate::encryption::agent::Report {
+            public_key: "k".into(),
+            port: 51820,
+            device_pid: Some(7),
+            stats: Some(crate::encryption::userspace::DeviceStats {
+                no_peer: 4,
+                ..Default::default()
+            }),
+            peers: vec![
+                crate::encryption::agent::PeerReport {
+                    node_ip: "192.0.2.2".parse().unwrap(),
+                    public_key: "a".into(),
+                    encrypted: true,
+                    last_handshake_s: Some(12.5),
+                    tx_bytes: 1000,
+                    rx_bytes: 2000,
+                },
+                crate::encryption::agent::PeerReport {
+                    node_ip: "192.0.2.3".parse().unwrap(),
+                    public_key: "b".into(),
+                    encrypted: false,
+                    last_handshake_s: None,
+                    tx_bytes: 0,
+                    rx_bytes: 0,
+                },
+            ],
+        }),
         probes: Some(ProbeReport {
             sent: 50,
             answered: 48,
@@ -114,6 +141,18 @@ fn the_report_becomes_labelled_series() {
     let text = m.render(report());
     let want = [
         ("overlay_ready", 1.0),
+        (r#"overlay_wireguard_peer_encrypted{peer="192.0.2.2"}"#, 1.0),
+        (r#"overlay_wireguard_peer_encrypted{peer="192.0.2.3"}"#, 0.0),
+        (
+            r#"overlay_wireguard_peer_last_handshake_seconds{peer="192.0.2.2"}"#,
+            12.0,
+        ),
+        (
+            r#"overlay_wireguard_peer_bytes_total{peer="192.0.2.2",direction="rx"}"#,
+            2000.0,
+        ),
+        ("overlay_wireguard_device_up", 1.0),
+        (r#"overlay_wireguard_drops_total{reason="no_peer"}"#, 4.0),
         (
             r#"overlay_datapath_packets_total{event="from_pod_encapsulated"}"#,
             42.0,

@@ -44,7 +44,7 @@ pub use self::{
     create::create_pod_link,
     error::NetlinkError,
     host::{delete_pod_link, host_links_with_prefix},
-    tunnel::{GRO_DEVICE, GroDevice, delete_gro_device, ensure_gro_device},
+    tunnel::{GRO_DEVICE, GroDevice, delete_device, delete_gro_device, ensure_gro_device},
     underlay::{PeerRoute, Survey, survey},
 };
 

@@ -135,6 +135,14 @@ pub fn delete_gro_device() -> Result<bool, NetlinkError> {
     )
 }
 
+/// Deletes the interface `name` from the caller's namespace (the
+/// WireGuard device's persistent TUN); `false` when there was none.
+pub fn delete_device(name: &'static str) -> Result<bool, NetlinkError> {
+    session::on_host(
+        move |host| async move { links::delete_by_name(&host, name, CALLER_NETNS).await },
+    )
+}
+
 /// Whether `link` is a flow-based vxlan device on `port`.
 pub fn is_gro_device(link: &LinkMessage, port: u16) -> bool {
     let Some(data) = vxlan_data(link) else {

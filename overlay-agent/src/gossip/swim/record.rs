@@ -28,7 +28,8 @@ pub struct NodeRecord {
     pub ip: Ipv4Addr,
     /// VXLAN port.
     pub vxlan_port: u16,
-    /// Agent version.
+    /// Agent version, with the node's WireGuard announce when it encrypts
+    /// ([`crate::encryption::announce`]).
     pub version: String,
     /// The agent announced a clean stop.
     pub stopping: bool,
@@ -49,10 +50,10 @@ impl NodeRecord {
         let mut r = Record {
             ip: Some(self.ip),
             vxlan_port: Some(self.vxlan_port),
-            version: Some(self.version.clone()),
             stopping: self.stopping,
             ..Record::default()
         };
+        r.set_version(&self.version);
         for (b, c) in &self.claims {
             if b.trunc() == *b {
                 r.claims.insert(*b, *c);

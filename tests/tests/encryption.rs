@@ -258,3 +258,127 @@ fn three_encrypting_nodes_talk_and_the_underlay_carries_nothing_of_a_pod_in_clea
     assert!(sent > 100, "only {sent} echoes sent");
     assert_eq!(lost, 0, "echoes lost across the agent restart");
 }
+
+/// Restarts node `i`'s agent (SIGTERM, then started again) with
+/// `--encryption wireguard`.
+fn turn_on(c: &mut Cluster, i: usize) {
+    assert!(c.stop_agent(i), "agent {i} did not stop cleanly");
+    c.extra_args = vec!["--encryption".into(), "wireguard".into()];
+    c.spawn_agent(i);
+    c.extra_args.clear();
+    c.wait_ready(i, Duration::from_secs(40));
+}
+
+/// Whether one of three pings from `from` to `to` answers.
+fn answers(from: &CniPod, to: Ipv4Addr) -> bool {
+    from.ns.ping(&to.to_string(), 3)
+}
+
+#[test]
+fn turned_on_node_by_node_the_clear_pairs_keep_talking_and_an_encrypting_node_leaks_nothing() {
+    privileged!(
+        "turned_on_node_by_node_the_clear_pairs_keep_talking_and_an_encrypting_node_leaks_nothing"
+    );
+    let mut c = Cluster::gossip_unstarted_on(3, Underlay::Wire);
+    c.tunnel = "auto";
+    for i in 0..3 {
+        c.spawn_agent(i);
+    }
+    for i in 0..3 {
+        c.wait_ready(i, Duration::from_secs(40));
+    }
+    let pods: Vec<CniPod> = (0..3).map(|i| c.add_pod(i)).collect();
+    let (p0, p1, p2) = (&pods[0], &pods[1], &pods[2]);
+    let ips: Vec<Ipv4Addr> = c.lab.nodes.iter().map(|n| n.ip).collect();
+    for (a, b) in [(p0, p1), (p1, p2), (p0, p2)] {
+        assert!(
+            reaches(a, b.ip) && reaches(b, a.ip),
+            "{} <-> {}",
+            a.ip,
+            b.ip
+        );
+    }
+
+    // Node 0 first: the pair in clear (1, 2) does not notice.
+    let clear_pair = ContinuousPing::start(&p1.ns, p2.ip, 20, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    turn_on(&mut c, 0);
+    // Everything node 0 sends from here on is captured on its link.
+    let cap = Capture::start(&c.lab.nodes[0].ns, UPLINK, 20_000);
+    wait_peers(&c, 0, 0);
+    let s0 = c.status(0);
+    assert!(!answers(p0, p1.ip), "node 0 sent to a node without a key");
+    assert!(!answers(p2, p0.ip), "node 0 took pod traffic in clear");
+    let e0 = c.status(0);
+    assert!(
+        counter(&e0, Stat::DropNotEncrypted) > counter(&s0, Stat::DropNotEncrypted),
+        "node 0 did not count what it refused to send: {}",
+        e0["datapath"]
+    );
+    assert!(
+        counter(&e0, Stat::DropUnencrypted) > counter(&s0, Stat::DropUnencrypted),
+        "node 0 did not count what it refused to take: {}",
+        e0["datapath"]
+    );
+    let (sent, received) = clear_pair.finish();
+    assert!(sent > 40, "only {sent} echoes");
+    assert_eq!(
+        sent - received,
+        0,
+        "the pair in clear lost echoes while node 0 turned encryption on"
+    );
+
+    // Node 1: nodes 0 and 1 talk again, encrypted; node 2 (in clear) is
+    // cut off from both.
+    turn_on(&mut c, 1);
+    wait_sessions(&c, 0, &[ips[1]]);
+    assert!(
+        reaches(p0, p1.ip) && reaches(p1, p0.ip),
+        "nodes 0 and 1 both encrypt, yet their pods do not talk"
+    );
+    assert!(!answers(p1, p2.ip), "node 1 sent to node 2 in clear");
+
+    // Node 2: all three encrypt; the encrypted pair (0, 1) does not notice.
+    let encrypted_pair = ContinuousPing::start(&p0.ns, p1.ip, 20, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    turn_on(&mut c, 2);
+    for i in 0..3 {
+        let others: Vec<Ipv4Addr> = ips.iter().copied().filter(|ip| *ip != ips[i]).collect();
+        wait_sessions(&c, i, &others);
+    }
+    for (a, b) in [(p0, p1), (p1, p2), (p0, p2)] {
+        assert!(
+            reaches(a, b.ip) && reaches(b, a.ip),
+            "{} <-> {}",
+            a.ip,
+            b.ip
+        );
+    }
+    let (sent, received) = encrypted_pair.finish();
+    assert!(sent > 40, "only {sent} echoes");
+    assert_eq!(
+        sent - received,
+        0,
+        "the encrypted pair lost echoes while node 2 turned encryption on"
+    );
+
+    // Nothing of node 0's pod left node 0 in clear at any point.
+    let (lines, _) = cap.finish();
+    let from_p0 = |l: &&String| {
+        l.contains(&format!("IP {} >", p0.ip))
+            || l.contains(&format!("IP {}.", p0.ip))
+            || (l.contains(&format!("IP {}.", ips[0])) && l.contains(".4789:"))
+    };
+    let leaked: Vec<&String> = lines.iter().filter(from_p0).collect();
+    assert!(
+        leaked.is_empty(),
+        "node 0's pod traffic left in clear: {:?}",
+        &leaked[..leaked.len().min(5)]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("IP {}.{WG_PORT} >", ips[0]))),
+        "node 0 sent no WireGuard at all"
+    );
+}

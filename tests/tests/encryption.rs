@@ -8,6 +8,9 @@
 //!   would do; per peer status and metrics;
 //! - an agent restart (SIGKILL) keeps encrypted flows going: the device is
 //!   a process of its own;
+//! - a node that publishes a key without the cluster password (its gossip
+//!   is refused) and then tries to open a session from the underlay never
+//!   gets one, and no encrypting node lists it;
 //! - turned on node by node in a running cluster: the pairs still in
 //!   clear keep talking, a pair with one side encrypted gets nothing
 //!   (dropped and counted on both sides: fail closed), nothing of a pod
@@ -19,12 +22,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use overlay_agent::encryption::{
+    keys::{self, KeyPair},
+    service,
+    userspace::{DeviceConfig, PeerConfig},
+};
 use overlay_common::Stat;
 use overlay_tests::{
     Underlay,
-    cluster::{Cluster, CniPod},
+    cluster::{Cluster, CniPod, bin_path},
     lab::UPLINK,
     privileged,
+    rogue::{RogueConfig, RogueNode},
     traffic::{ContinuousPing, Payload, send_file},
     wireguard::{Capture, assert_payload_not_in},
 };
@@ -380,5 +389,137 @@ fn turned_on_node_by_node_the_clear_pairs_keep_talking_and_an_encrypting_node_le
             .iter()
             .any(|l| l.contains(&format!("IP {}.{WG_PORT} >", ips[0]))),
         "node 0 sent no WireGuard at all"
+    );
+}
+
+#[test]
+fn a_key_published_without_the_password_never_gets_a_session() {
+    privileged!("a_key_published_without_the_password_never_gets_a_session");
+    // Three nodes: the lab's underlay switch, where the attacker plugs in,
+    // comes with three.
+    let mut c = encrypted_cluster(3);
+    let pods: Vec<CniPod> = (0..2).map(|i| c.add_pod(i)).collect();
+    wait_peers(&c, 0, 2);
+    assert!(reaches(&pods[1], pods[0].ip), "the two nodes do not talk");
+    let n0 = c.status(0);
+    let n0_key = n0["encryption"]["public_key"].as_str().unwrap().to_owned();
+    let n0_block = n0["gossip"]["blocks"][0]["block"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n1_block = c.status(1)["gossip"]["blocks"][0]["block"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // An attacker on the underlay with a key of its own: it gossips (with
+    // the wrong password) a record that announces its key and claims
+    // node 1's block, ...
+    let rogue_ip = Ipv4Addr::new(172, 31, 0, 200);
+    let rogue_ns = c.lab.underlay_host("rogue", rogue_ip);
+    let rogue_dir = c.dir.join("rogue");
+    std::fs::create_dir_all(&rogue_dir).unwrap();
+    let rogue_key = KeyPair::generate();
+    keys::store(&rogue_dir.join("key"), &rogue_key).unwrap();
+    let base = c.status(0);
+    let gossip = RogueNode::start(
+        &rogue_ns,
+        RogueConfig {
+            name: "rogue".into(),
+            ip: rogue_ip,
+            seeds: vec![format!("{}:{}", c.lab.nodes[0].ip, 6783)],
+            password: Some("not-the-cluster-password".into()),
+            forged: vec![
+                (
+                    "version".into(),
+                    format!("0.1.0 wireguard={}:{WG_PORT}", rogue_key.public_base64()),
+                ),
+                (format!("block:{n1_block}"), "settled 1".into()),
+            ],
+        },
+    );
+    // ... and runs a WireGuard device that knows node 0's public key and
+    // endpoint (anyone can read them off the wire), sending from an
+    // address of node 1's block.
+    let config = DeviceConfig {
+        device: "ovl-wg".into(),
+        listen_port: WG_PORT,
+        mtu: 1420,
+        key_file: rogue_dir.join("key"),
+        peers: vec![PeerConfig {
+            public_key: n0_key,
+            endpoint: format!("{}:{WG_PORT}", c.lab.nodes[0].ip).parse().unwrap(),
+            allowed_ips: vec![n0_block.parse().unwrap()],
+        }],
+    };
+    service::write_json(&rogue_dir.join("config.json"), &config).unwrap();
+    let status_path = rogue_dir.join("status.json");
+    let mut device = rogue_ns.spawn(&[
+        &bin_path("overlay-agent").display().to_string(),
+        "wireguard",
+        "--config",
+        &rogue_dir.join("config.json").display().to_string(),
+        "--status",
+        &status_path.display().to_string(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service::read_status(&status_path).is_err() {
+        assert!(Instant::now() < deadline, "the rogue device did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spoofed = pods[1].ip.to_string();
+    rogue_ns.ip(&["addr", "add", &format!("{spoofed}/32"), "dev", "lo"]);
+    rogue_ns.ip(&["route", "add", &n0_block, "dev", "ovl-wg", "src", &spoofed]);
+    assert!(
+        !rogue_ns.try_exec(&[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.5",
+            "-W",
+            "1",
+            &pods[0].ip.to_string()
+        ]),
+        "the rogue reached a pod"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let rogue = service::read_status(&status_path).unwrap();
+    let sent = gossip.stop();
+    device.signal(libc::SIGTERM);
+    let _ = device.wait_timeout(Duration::from_secs(5));
+
+    assert!(
+        rogue.peers.iter().all(|p| p.last_handshake_s.is_none()),
+        "the rogue got a session: {rogue:?}"
+    );
+    let after = c.status(0);
+    let wire = |s: &Value| s["gossip"]["wire"]["auth_failed"].as_u64().unwrap_or(0);
+    assert!(
+        sent.datagrams_out >= 5,
+        "the rogue hardly gossiped: {sent:?}"
+    );
+    assert!(
+        wire(&after) >= wire(&base) + sent.datagrams_out,
+        "the rogue's gossip was not all refused: {sent:?}, {}",
+        after["gossip"]["wire"]
+    );
+    let rejected = |s: &Value| s["encryption"]["stats"]["rejected"].as_u64().unwrap_or(0);
+    assert!(
+        rejected(&after) > rejected(&base),
+        "node 0's device did not count the rogue's handshakes: {}",
+        after["encryption"]
+    );
+    for i in 0..3 {
+        let e = &c.status(i)["encryption"];
+        assert!(
+            !e.to_string().contains(&rogue_key.public_base64()),
+            "node {i} lists the rogue's key: {e}"
+        );
+    }
+    // The two real nodes still talk.
+    assert!(
+        reaches(&pods[0], pods[1].ip),
+        "the attack cut the nodes off"
     );
 }

@@ -180,6 +180,11 @@ pub struct AgentConfig {
     /// wireguard`).
     #[arg(long, env = "OVERLAY_WIREGUARD_PORT", default_value_t = crate::encryption::DEFAULT_PORT)]
     pub wireguard_port: u16,
+    /// Make a new WireGuard key pair this often (e.g. `24h`) and publish
+    /// it; peers follow within a gossip round and a handshake. Off by
+    /// default; `overlay-agent rotate-key` rotates by hand.
+    #[arg(long, env = "OVERLAY_WIREGUARD_KEY_ROTATION", value_parser = parse_duration)]
+    pub wireguard_key_rotation: Option<Duration>,
     /// Pod MTU; defaults to the uplink's MTU minus the 50 bytes of VXLAN
     /// (`--tunnel vxlan` or `auto`), or the uplink's MTU (`--tunnel
     /// direct`), or minus WireGuard's 60 (`--encryption wireguard`).

@@ -299,6 +299,12 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         "serving overlay-cni, the status endpoint and metrics"
     );
 
+    // `--wireguard-key-rotation`: the first rotation one period from now.
+    let mut rotation = config.wireguard_key_rotation.map(|p| {
+        let mut t = tokio::time::interval_at(Instant::now() + p, p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let mut source_open = true;
     let mut tunnels = tokio::time::interval(crate::tunnel_mode::REFRESH_INTERVAL);
     tunnels.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -337,7 +343,12 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
                 let t = topology.borrow().clone();
                 apply(&agent, t, current(&mut datapaths)).await?;
             }
+            _ = async { rotation.as_mut().expect("guarded").tick().await }, if rotation.is_some() => {
+                rotate_key(&agent, gossip.as_deref(), true).await?;
+            }
             _ = tunnels.tick(), if first_apply.is_none() => {
+                // A key `overlay-agent rotate-key` wrote is taken here.
+                rotate_key(&agent, gossip.as_deref(), false).await?;
                 let a = agent.clone();
                 let refreshed = tokio::task::spawn_blocking(move || a.refresh_tunnels())
                     .await
@@ -370,6 +381,24 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
         g.shutdown().await;
     }
     let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Takes a new WireGuard key ([`Agent::rotate_key`]) and publishes it.
+async fn rotate_key(
+    agent: &Arc<Agent>,
+    gossip: Option<&Gossip>,
+    rotate: bool,
+) -> Result<(), DaemonError> {
+    let a = agent.clone();
+    let taken = tokio::task::spawn_blocking(move || a.rotate_key(rotate))
+        .await
+        .map_err(DaemonError::Join)?;
+    match (taken, gossip) {
+        (Ok(Some(announce)), Some(g)) => g.set_wireguard(Some(&announce)).await,
+        (Ok(_), _) => {}
+        (Err(e), _) => error!(error = %crate::cni::error::chain(&e), "rotating the WireGuard key"),
+    }
     Ok(())
 }
 

@@ -101,8 +101,6 @@ pub struct Agent {
     config: AgentConfig,
     pod_mtu: u32,
     uplink_ifindex: u32,
-    /// What gossip publishes of this node's WireGuard device.
-    announce: Option<Announce>,
     state: Mutex<State>,
 }
 
@@ -251,7 +249,6 @@ impl Agent {
             config,
             pod_mtu,
             uplink_ifindex,
-            announce: encryptor.as_ref().map(|e| e.announce().clone()),
             state: Mutex::new(State {
                 datapath,
                 maps,
@@ -270,7 +267,24 @@ impl Agent {
     /// What gossip publishes of this node's WireGuard device
     /// (`--encryption wireguard`).
     pub fn announce(&self) -> Option<Announce> {
-        self.announce.clone()
+        self.lock().encryptor.as_ref().map(|e| e.announce().clone())
+    }
+
+    /// Takes a new WireGuard key: a fresh one when `rotate`, else the one
+    /// the key file holds if it changed (`overlay-agent rotate-key`).
+    /// Returns the announce gossip must publish, `None` when nothing
+    /// changed (or encryption is off).
+    pub fn rotate_key(&self, rotate: bool) -> Result<Option<Announce>, AgentError> {
+        let mut state = self.lock();
+        let Some(e) = state.encryptor.as_mut() else {
+            return Ok(None);
+        };
+        if rotate {
+            e.rotate().map(Some)
+        } else {
+            e.reload_key()
+        }
+        .map_err(AgentError::Encryption)
     }
 
     /// Takes this node's blocks from `topology` for address allocation and

@@ -197,6 +197,17 @@ enum Command {
         #[arg(long, env = "OVERLAY_WG_STATUS", default_value = paths::WG_STATUS)]
         status: PathBuf,
     },
+    /// Give this node a new WireGuard key pair (`--encryption wireguard`):
+    /// the private key file under the state directory is replaced (0600)
+    /// and the new public key printed. The running agent takes it within
+    /// 2 s: its device re-reads the key, gossip publishes the new public
+    /// key, and each peer's device follows within a gossip round and a
+    /// handshake.
+    RotateKey {
+        /// Directory of the agent's persistent state.
+        #[arg(long, env = "OVERLAY_STATE_DIR", default_value = paths::STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Remove the overlay from this node for good: the conflist (if ours;
     /// a replaced one is restored) and the plugin, every pinned link (which
     /// detaches the programs) and map, the pods' host veths, the nftables
@@ -349,6 +360,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(r) => r?,
                 Err(_) => bail!("the WireGuard thread panicked"),
             }
+        }
+        Command::RotateKey { state_dir } => {
+            let files = overlay_agent::encryption::agent::Files::under(&state_dir);
+            let pair = overlay_agent::encryption::keys::KeyPair::generate();
+            overlay_agent::encryption::keys::store(&files.key, &pair)
+                .with_context(|| format!("writing {}", files.key.display()))?;
+            println!(
+                "new WireGuard key in {}: public key {} (the running agent publishes it within 2 s)",
+                files.key.display(),
+                pair.public_base64()
+            );
         }
         Command::Status { status_addr, json } => status(pin, status_addr, json)?,
         Command::Forget { node, status_addr } => forget(&node, status_addr)?,

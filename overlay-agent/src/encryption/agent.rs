@@ -301,6 +301,40 @@ impl Encryptor {
         Ok(())
     }
 
+    /// Takes a key the key file holds now if it differs from the one
+    /// published (`overlay-agent rotate-key` wrote it, or [`Encryptor::rotate`]):
+    /// the device is told to re-read it (the configuration is written
+    /// again, which it notices), and the new announce is returned for
+    /// gossip to publish. `None` when the key is unchanged.
+    pub fn reload_key(&mut self) -> Result<Option<Announce>, EncryptionError> {
+        let pair = keys::load_or_create(&self.files.key)?;
+        let public_key = pair.public_base64();
+        if public_key == self.announce.public_key {
+            return Ok(None);
+        }
+        self.announce.public_key = public_key;
+        let config = self
+            .written
+            .clone()
+            .unwrap_or_else(|| self.desired(Vec::new()));
+        self.write(config)?;
+        info!(public_key = %self.announce.public_key, "WireGuard key rotated: publishing the new public key");
+        Ok(Some(self.announce.clone()))
+    }
+
+    /// Makes a new key pair, replacing the key file, and takes it
+    /// ([`Encryptor::reload_key`]).
+    pub fn rotate(&mut self) -> Result<Announce, EncryptionError> {
+        keys::store(&self.files.key, &keys::KeyPair::generate()).map_err(|source| {
+            EncryptionError::Io {
+                what: "writing",
+                path: self.files.key.clone(),
+                source,
+            }
+        })?;
+        Ok(self.reload_key()?.unwrap_or_else(|| self.announce.clone()))
+    }
+
     /// Brings the device's peers in line with `nodes` (the routed nodes
     /// other than this one): every one that announces a key gets a peer
     /// at its node IP with its blocks as allowed IPs. A key announced by

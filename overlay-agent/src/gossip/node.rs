@@ -504,6 +504,25 @@ impl Gossip {
         tokio::time::sleep(wait).await;
     }
 
+    /// Publishes a new WireGuard announce (a rotated key): the version
+    /// string changes, and with it this node's record.
+    pub async fn set_wireguard(&self, announce: Option<&Announce>) {
+        let version = Announce::version_string(env!("CARGO_PKG_VERSION"), announce);
+        match &self.carrier {
+            Carrier::Chitchat(handle) => {
+                let cc = handle.chitchat();
+                let mut cc = cc.lock().await;
+                cc.self_node_state().set(KEY_VERSION, version);
+            }
+            Carrier::Swim(swim) => {
+                if let Err(e) = swim.lock().update(|r| r.version = version) {
+                    error!(error = %crate::cni::error::chain(&e), "publishing the new WireGuard key");
+                }
+                swim.flush();
+            }
+        }
+    }
+
     /// Stops gossiping (peers will declare this node dead).
     pub async fn shutdown(self) {
         self.task.abort();

@@ -109,9 +109,9 @@ fn uninstall(node: &Netns, d: &NodeDirs, pin_dir: &Path) -> Output {
     )
 }
 
-/// Starts `overlay-agent run` for the node and waits until STATUS through
-/// the plugin succeeds.
-fn start_agent(lab: &Lab, d: &NodeDirs) -> Process {
+/// Starts `overlay-agent run` for the node (with `extra` arguments) and
+/// waits until STATUS through the plugin succeeds.
+fn start_agent(lab: &Lab, d: &NodeDirs, extra: &[&str]) -> Process {
     let node = &lab.nodes[0];
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -137,6 +137,7 @@ fn start_agent(lab: &Lab, d: &NodeDirs) -> Process {
         .arg(&d.conf)
         .arg("--cni-bin-dir")
         .arg(&d.bin)
+        .args(extra)
         .env_remove("OVERLAY_LOG_FORMAT")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
@@ -289,7 +290,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         "a second install-cni rewrote something: {log}"
     );
 
-    let agent = start_agent(&lab, &d);
+    let agent = start_agent(&lab, &d, &[]);
     // The ready agent replaced the foreign conflist (kept) and warned
     // about the one that sorts first.
     let agent_log = std::fs::read_to_string(&d.log).expect("agent log");
@@ -372,10 +373,27 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
     );
     ping_all("with the agent stopped");
 
-    // A new agent takes over; uninstall is refused while it runs and
+    // A new agent takes over, with encryption on (it starts the WireGuard
+    // device, which outlives it); uninstall is refused while it runs and
     // changes nothing.
-    let agent = start_agent(&lab, &d);
+    let agent = start_agent(&lab, &d, &["--encryption", "wireguard"]);
     ping_all("after the restart");
+    let device_pid = overlay_agent::encryption::service::read_status(
+        &overlay_agent::encryption::agent::Files::under(&d.state).status,
+    )
+    .expect("the WireGuard device reports")
+    .pid;
+    assert!(
+        link_names(&node.ns).iter().any(|l| l == "ovl-wg"),
+        "no WireGuard device"
+    );
+    // The same pins, and from_wireguard's link.
+    let pins: Vec<String> = {
+        let mut p = pins;
+        p.push("links/from_wireguard@ovl-wg".to_owned());
+        p.sort();
+        p
+    };
     let refused = uninstall(&node.ns, &d, &node.pin_dir);
     assert!(
         !refused.status.success(),
@@ -401,6 +419,7 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
         format!("removed {}", node.pin_dir.display()),
         "deleted nftables table ip overlay".to_owned(),
         "deleted the GRO tunnel device ovl-gro".to_owned(),
+        "stopped the WireGuard device and deleted ovl-wg".to_owned(),
         format!("removed {}", d.state.display()),
         format!("restored {}", d.conflist().display()),
     ] {
@@ -418,6 +437,14 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
     );
     assert_eq!(pod_veths(&node.ns), Vec::<String>::new(), "pod veths left");
     assert!(!has_gro_device(&node.ns), "GRO tunnel device left");
+    assert!(
+        !link_names(&node.ns).iter().any(|l| l == "ovl-wg"),
+        "WireGuard device left"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{device_pid}")).exists(),
+        "the WireGuard device process {device_pid} still runs"
+    );
     assert!(!nft_table_exists(&node.ns), "table ip overlay left");
     assert!(!d.bin.join("overlay-cni").exists(), "plugin binary left");
     assert_eq!(

@@ -120,6 +120,9 @@ pub enum InstallError {
     /// Listing or deleting pod veths failed.
     #[error("deleting the pods' host veths")]
     Netlink(#[source] NetlinkError),
+    /// The WireGuard device could not be stopped or deleted.
+    #[error("removing the WireGuard device")]
+    Encryption(#[source] crate::encryption::agent::EncryptionError),
     /// Removing the masquerade table failed.
     #[error("removing the nftables table ip {}", masquerade::TABLE)]
     Masquerade(#[source] MasqueradeError),
@@ -355,11 +358,20 @@ fn remove_cni_files(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
     Ok(done)
 }
 
-/// The GRO tunnel device, the pinned links (detaching the programs) and
-/// maps, the pods' host veths and the masquerade table of the caller's
-/// network namespace.
+/// The GRO tunnel device, the WireGuard device (its process and
+/// interface), the pinned links (detaching the programs) and maps, the
+/// pods' host veths and the masquerade table of the caller's network
+/// namespace.
 fn remove_datapath(opts: &Uninstall) -> Result<Vec<String>, InstallError> {
     let mut done = Vec::new();
+    let wg = crate::encryption::agent::Files::under(&opts.state_dir);
+    if wg.status.exists() || crate::link::ifindex(crate::encryption::DEVICE).is_ok() {
+        crate::encryption::agent::stop_device(&wg.status).map_err(InstallError::Encryption)?;
+        done.push(format!(
+            "stopped the WireGuard device and deleted {}",
+            crate::encryption::DEVICE
+        ));
+    }
     // First, so the kernel never decapsulates our port itself once
     // `from_uplink` is gone.
     if netlink::delete_gro_device().map_err(InstallError::Netlink)? {

@@ -6,6 +6,8 @@
 //!   intact, and the underlay carries none of it in clear (no pod
 //!   address, no VXLAN, no stretch of the payload), whatever `--tunnel`
 //!   would do; per peer status and metrics;
+//! - two nodes on the `veth` underlay (whole GSO packets from the pods):
+//!   100 MiB each way, intact;
 //! - an agent restart (SIGKILL) keeps encrypted flows going: the device is
 //!   a process of its own;
 //! - a node that publishes a key without the cluster password (its gossip
@@ -120,7 +122,11 @@ fn clear_pod_traffic(lines: &[String]) -> Vec<&String> {
 }
 
 fn encrypted_cluster(nodes: usize) -> Cluster {
-    let mut c = Cluster::gossip_unstarted_on(nodes, Underlay::Wire);
+    encrypted_cluster_on(nodes, Underlay::Wire)
+}
+
+fn encrypted_cluster_on(nodes: usize, underlay: Underlay) -> Cluster {
+    let mut c = Cluster::gossip_unstarted_on(nodes, underlay);
     // `auto` would route the lab's on-link nodes directly: encryption
     // takes precedence over any tunnel mode.
     c.tunnel = "auto";
@@ -592,4 +598,51 @@ fn a_key_published_without_the_password_never_gets_a_session() {
         reaches(&pods[0], pods[1].ip),
         "the attack cut the nodes off"
     );
+}
+
+#[test]
+fn two_encrypting_nodes_on_a_veth_underlay_carry_100_mib_each_way() {
+    privileged!("two_encrypting_nodes_on_a_veth_underlay_carry_100_mib_each_way");
+    let mut c = encrypted_cluster_on(2, Underlay::Veth);
+    let pods: Vec<CniPod> = (0..2).map(|i| c.add_pod(i)).collect();
+    for i in 0..2 {
+        wait_peers(&c, i, 1);
+    }
+    let before: Vec<Value> = (0..2).map(|i| c.status(i)).collect();
+    let payload = Payload::random(100 * MIB);
+    for (from, to) in [(0, 1), (1, 0)] {
+        assert!(reaches(&pods[from], pods[to].ip), "{from} -> {to}");
+        let t = send_file(
+            &pods[from].ns,
+            &pods[to].ns,
+            pods[to].ip,
+            &payload,
+            Duration::from_secs(180),
+        );
+        assert_eq!(t.received, 100 * MIB, "bytes that arrived, {from} -> {to}");
+        assert_eq!(
+            t.sha256, payload.sha256,
+            "content that arrived, {from} -> {to}"
+        );
+        eprintln!(
+            "encrypted, veth underlay, {from} -> {to}: 100 MiB in {:?}",
+            t.elapsed
+        );
+    }
+    for (i, b) in before.iter().enumerate() {
+        let a = c.status(i);
+        let d = |s: Stat| counter(&a, s) - counter(b, s);
+        assert!(d(Stat::FromPodEncrypted) > 0, "node {i} encrypted nothing");
+        assert_eq!(
+            d(Stat::FromPodEncapsulated) + d(Stat::FromPodDirect),
+            0,
+            "node {i}"
+        );
+        let drops: u64 = Stat::ALL
+            .iter()
+            .filter(|s| s.is_drop())
+            .map(|s| d(*s))
+            .sum();
+        assert_eq!(drops, 0, "node {i} dropped: {}", a["datapath"]);
+    }
 }

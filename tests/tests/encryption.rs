@@ -342,6 +342,34 @@ fn three_encrypting_nodes_talk_and_the_underlay_carries_nothing_of_a_pod_in_clea
     assert!(lost < 250, "{lost} echoes lost across the key rotation");
     assert_eq!(t.received, 200 * MIB, "bytes that arrived");
     assert_eq!(t.sha256, payload.sha256, "content that arrived");
+
+    // The device dies under the agent: the agent starts it again (it
+    // looks every 2 s), and the pods talk again.
+    let old = c.wireguard_device_pid(0).expect("a device process");
+    let ping = ContinuousPing::start(&pods[1].ns, pods[0].ip, 20, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    c.kill_wireguard_device(0);
+    let deadline = killed + Duration::from_secs(15);
+    while c.wireguard_device_pid(0).is_none_or(|p| p == old) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not start the device again:\n{}",
+            c.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let revived = killed.elapsed();
+    wait_sessions(&c, 0, &[c.lab.nodes[1].ip]);
+    assert!(
+        reaches(&pods[1], pods[0].ip),
+        "no traffic after the device came back"
+    );
+    let (sent, received) = ping.finish();
+    eprintln!(
+        "device killed: started again after {revived:?}; {} of {sent} echoes (20/s) lost",
+        sent - received
+    );
 }
 
 /// Restarts node `i`'s agent (SIGTERM, then started again) with

@@ -347,8 +347,16 @@ pub async fn run(config: AgentConfig) -> Result<(), DaemonError> {
                 rotate_key(&agent, gossip.as_deref(), true).await?;
             }
             _ = tunnels.tick(), if first_apply.is_none() => {
-                // A key `overlay-agent rotate-key` wrote is taken here.
+                // A key `overlay-agent rotate-key` wrote is taken here, and
+                // a WireGuard device that died is started again.
                 rotate_key(&agent, gossip.as_deref(), false).await?;
+                let a = agent.clone();
+                let revived = tokio::task::spawn_blocking(move || a.revive_encryption())
+                    .await
+                    .map_err(DaemonError::Join)?;
+                if let Err(e) = revived {
+                    error!(error = %crate::cni::error::chain(&e), "starting the WireGuard device again");
+                }
                 let a = agent.clone();
                 let refreshed = tokio::task::spawn_blocking(move || a.refresh_tunnels())
                     .await

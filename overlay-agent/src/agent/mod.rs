@@ -270,6 +270,15 @@ impl Agent {
         self.lock().encryptor.as_ref().map(|e| e.announce().clone())
     }
 
+    /// Starts the WireGuard device again if its process is gone
+    /// (`--encryption wireguard`).
+    pub fn revive_encryption(&self) -> Result<bool, AgentError> {
+        match self.lock().encryptor.as_mut() {
+            Some(e) => e.revive().map_err(AgentError::Encryption),
+            None => Ok(false),
+        }
+    }
+
     /// Takes a new WireGuard key: a fresh one when `rotate`, else the one
     /// the key file holds if it changed (`overlay-agent rotate-key`).
     /// Returns the announce gossip must publish, `None` when nothing

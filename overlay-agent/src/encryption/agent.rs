@@ -251,6 +251,21 @@ impl Encryptor {
         }
     }
 
+    /// Starts the device again if its process is gone (it crashed, or
+    /// someone killed it): while it is away its interface drops every pod
+    /// packet for other nodes. Returns whether it had to.
+    pub fn revive(&mut self) -> Result<bool, EncryptionError> {
+        if service::read_status(&self.files.status)
+            .ok()
+            .is_some_and(|s| alive(&s))
+        {
+            return Ok(false);
+        }
+        warn!("the WireGuard device is not running: starting it again");
+        self.spawn()?;
+        Ok(true)
+    }
+
     fn spawn(&self) -> Result<(), EncryptionError> {
         let exe = std::env::current_exe().map_err(|source| EncryptionError::Spawn {
             exe: PathBuf::from("overlay-agent"),

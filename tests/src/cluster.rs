@@ -363,6 +363,17 @@ impl Cluster {
         tunnel: &'static str,
         api: impl FnOnce(&Lab, &str) -> String,
     ) -> Self {
+        Self::kube_with(nodes, tunnel, &[], api)
+    }
+
+    /// [`Cluster::kube_tunnel`] with `extra` arguments for every agent
+    /// (e.g. `--encryption wireguard`).
+    pub fn kube_with(
+        nodes: usize,
+        tunnel: &'static str,
+        extra: &[&str],
+        api: impl FnOnce(&Lab, &str) -> String,
+    ) -> Self {
         let mut c = Self::unstarted(nodes, |lab, dir| {
             let password_file = dir.join("password");
             std::fs::write(&password_file, format!("lab-secret-{}\n", lab.tag)).expect("password");
@@ -377,6 +388,7 @@ impl Cluster {
             }
         });
         c.tunnel = tunnel;
+        c.extra_args = extra.iter().map(|a| (*a).to_owned()).collect();
         for i in 0..nodes {
             c.spawn_agent(i);
         }

@@ -51,9 +51,9 @@ impl Table {
     /// The cluster with its agents run with `--tunnel tunnel`, once every
     /// agent carries its peers as `tunnel` says (`auto`: `direct`, the lab's
     /// nodes share one link).
-    fn new(tunnel: &'static str) -> Self {
+    fn new(tunnel: &'static str, extra: &[&str]) -> Self {
         let mut api = None;
-        let c = Cluster::kube_tunnel(3, tunnel, |lab, token| {
+        let c = Cluster::kube_with(3, tunnel, extra, |lab, token| {
             let host = lab.underlay_host("kapi", API_IP);
             let server = FakeKube::start_in(
                 &host.path(),
@@ -91,6 +91,27 @@ impl Table {
                     "node {i} does not carry its peers {carriage} (--tunnel {tunnel}):\n{m}"
                 );
                 std::thread::sleep(Duration::from_millis(200));
+            }
+            // Encrypting: every peer listed with a session.
+            if extra.contains(&"wireguard") {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let m = c.metrics(i);
+                    let sessions = m
+                        .lines()
+                        .filter(|l| {
+                            l.starts_with("overlay_wireguard_peer_encrypted{") && l.ends_with(" 1")
+                        })
+                        .count();
+                    if sessions == 2 {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {i} has no WireGuard session with every peer:\n{m}"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             }
         }
         let mut t = Table {
@@ -233,9 +254,22 @@ fn network_policy_truth_tables_routed_directly() {
     truth_tables("auto");
 }
 
+/// The same tables with the agents encrypting (`--encryption wireguard`):
+/// every pair across nodes goes through WireGuard and ingress is decided
+/// by `from_wireguard` on the receiving node.
+#[test]
+fn network_policy_truth_tables_encrypted() {
+    privileged!("network_policy_truth_tables_encrypted");
+    truth_tables_with("auto", &["--encryption", "wireguard"]);
+}
+
 fn truth_tables(tunnel: &'static str) {
+    truth_tables_with(tunnel, &[]);
+}
+
+fn truth_tables_with(tunnel: &'static str, extra: &[&str]) {
     let started = Instant::now();
-    let t = Table::new(tunnel);
+    let t = Table::new(tunnel, extra);
     println!("cluster and 9 pods ready in {:?}", started.elapsed());
 
     t.check("no policy", |_, _, _, _| true);
@@ -442,7 +476,7 @@ fn truth_tables(tunnel: &'static str) {
 #[test]
 fn network_policy_sctp_with_crafted_packets() {
     privileged!("network_policy_sctp_with_crafted_packets");
-    let t = Table::new("vxlan");
+    let t = Table::new("vxlan", &[]);
     t.policy(
         "x",
         "sctp-9000",

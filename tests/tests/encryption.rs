@@ -474,6 +474,20 @@ fn turned_on_node_by_node_the_clear_pairs_keep_talking_and_an_encrypting_node_le
         0,
         "the encrypted pair lost echoes while node 2 turned encryption on"
     );
+    // These pods were wired before encryption, with the VXLAN MTU (1450):
+    // their full-size packets no longer fit one WireGuard datagram on the
+    // underlay, and still arrive (the device's datagrams are fragmented).
+    let mtu: u32 = p0
+        .ns
+        .exec(&["cat", "/sys/class/net/eth0/mtu"])
+        .trim()
+        .parse()
+        .expect("an MTU");
+    assert_eq!(mtu, 1450);
+    let payload = Payload::random(20 * MIB);
+    let t = send_file(&p0.ns, &p2.ns, p2.ip, &payload, Duration::from_secs(120));
+    assert_eq!(t.received, 20 * MIB, "bytes that arrived at MTU 1450");
+    assert_eq!(t.sha256, payload.sha256, "content that arrived at MTU 1450");
 
     // Nothing of node 0's pod left node 0 in clear at any point.
     let (lines, _) = cap.finish();

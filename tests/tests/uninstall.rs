@@ -215,6 +215,20 @@ fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
+/// SIGKILLs a WireGuard device process on drop, if it still runs.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).any(|w| w == b"wireguard") {
+            // SAFETY: plain syscall on a PID this test read from the
+            // device's status.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Interface names in the node's namespace.
 fn link_names(node: &Netns) -> Vec<String> {
     node.ip(&["-o", "link", "show"])
@@ -383,6 +397,9 @@ fn uninstall_leaves_the_node_as_before_and_is_refused_while_the_agent_runs() {
     )
     .expect("the WireGuard device reports")
     .pid;
+    // Should an assertion fail before uninstall stops it, the device the
+    // agent started is stopped here (by its PID).
+    let _device = KillOnDrop(device_pid);
     assert!(
         link_names(&node.ns).iter().any(|l| l == "ovl-wg"),
         "no WireGuard device"

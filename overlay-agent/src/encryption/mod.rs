@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod announce;
 pub mod keys;
+pub mod offload;
 pub mod service;
 pub mod userspace;
 

@@ -34,11 +34,27 @@ use boringtun::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::keys::{self, KeyPair};
+use super::{
+    keys::{self, KeyPair},
+    offload::{self, VNET_HDR_LEN, VnetHdr, WRITE_HDR},
+};
 use crate::link;
 
-/// Largest packet read from the TUN device or the socket.
+/// Largest packet read from the TUN device (after its `virtio_net_hdr`) or
+/// the socket.
 const BUF: usize = 65_535;
+/// Largest UDP payload of one `sendmsg` (IPv4: 65,535 minus the IPv4 and
+/// UDP headers).
+const MAX_GSO_BYTES: usize = 65_507;
+/// Most datagrams the kernel cuts one `sendmsg` into (`UDP_MAX_SEGMENTS`
+/// on older kernels).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// `setsockopt(SOL_UDP, ...)` and control message type: one send cut into
+/// datagrams of the given size.
+const UDP_SEGMENT: libc::c_int = 103;
+/// `setsockopt(SOL_UDP, ...)` and control message type: datagrams of one
+/// flow received together, with their size.
+const UDP_GRO: libc::c_int = 104;
 /// WireGuard's overhead on a data packet (type, index, counter, tag).
 pub const OVERHEAD_DATA: usize = 32;
 /// Receive buffer of the socket.
@@ -198,6 +214,162 @@ struct Peer {
     tunn: Tunn,
 }
 
+/// The loop's buffers.
+struct Buffers {
+    /// What is read: a TUN packet with its header, or merged datagrams.
+    input: Vec<u8>,
+    /// What boringtun writes: one datagram, or one decrypted packet
+    /// behind room for the TUN header.
+    out: Vec<u8>,
+    /// One segment of a super-packet.
+    scratch: Vec<u8>,
+    /// Datagrams waiting to leave in one `sendmsg`.
+    batch: Batch,
+}
+
+impl Buffers {
+    fn new() -> Self {
+        Self {
+            input: vec![0u8; VNET_HDR_LEN + BUF],
+            out: vec![0u8; VNET_HDR_LEN + BUF + OVERHEAD_DATA],
+            scratch: vec![0u8; BUF],
+            batch: Batch::default(),
+        }
+    }
+}
+
+/// Datagrams of one size to one endpoint, sent together with UDP GSO (the
+/// kernel cuts them apart again; the last may be shorter).
+#[derive(Default)]
+struct Batch {
+    buf: Vec<u8>,
+    size: usize,
+    count: usize,
+    to: Option<SocketAddrV4>,
+}
+
+impl Batch {
+    /// Adds a datagram, sending what is held first when it does not fit.
+    fn push(&mut self, udp: &UdpSocket, to: SocketAddrV4, d: &[u8]) {
+        let fits = self.to == Some(to)
+            && d.len() <= self.size
+            && self.count < MAX_GSO_SEGMENTS
+            && self.buf.len() + d.len() <= MAX_GSO_BYTES
+            // Only the last datagram may be shorter.
+            && self.buf.len() == self.size * self.count;
+        if !fits {
+            self.flush(udp);
+            self.to = Some(to);
+            self.size = d.len();
+        }
+        self.buf.extend_from_slice(d);
+        self.count += 1;
+    }
+
+    /// Sends what is held.
+    fn flush(&mut self, udp: &UdpSocket) {
+        let Some(to) = self.to.take() else {
+            return;
+        };
+        let sent = self.count > 1 && send_gso(udp, to, &self.buf, self.size).is_ok();
+        if !sent {
+            // One by one: a single datagram, or the kernel refused the
+            // batch (e.g. datagrams larger than the path MTU, which it
+            // only fragments one at a time).
+            for d in self.buf.chunks(self.size.max(1)) {
+                let _ = udp.send_to(d, to);
+            }
+        }
+        self.buf.clear();
+        self.count = 0;
+    }
+}
+
+/// Sends `buf` as datagrams of `size` bytes (the last may be shorter) in
+/// one system call.
+fn send_gso(udp: &UdpSocket, to: SocketAddrV4, buf: &[u8], size: usize) -> io::Result<()> {
+    let mut addr: libc::sockaddr_in = unsafe_zeroed_sockaddr();
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_port = to.port().to_be();
+    addr.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // Room for one cmsg holding a u16, aligned.
+    let mut control = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below lives
+    // until sendmsg returns.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut addr).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+    // SAFETY: the control buffer is large enough for one cmsg of a u16.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size as u16);
+    }
+    // SAFETY: a valid socket and message.
+    let n = unsafe { libc::sendmsg(udp.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn unsafe_zeroed_sockaddr() -> libc::sockaddr_in {
+    // SAFETY: an all-zero sockaddr_in is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Receives into `buf`: bytes, sender, and the size of each datagram when
+/// GRO merged several (0: one datagram). `None` when nothing is waiting.
+fn recv_gro(udp: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr, usize)> {
+    let mut addr = unsafe_zeroed_sockaddr();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below lives
+    // until recvmsg returns.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut addr).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: a valid socket and message.
+    let n = unsafe { libc::recvmsg(udp.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return None;
+    }
+    let mut seg = 0;
+    // SAFETY: walking the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                seg = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>()) as usize;
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let from = SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ));
+    Some((n as usize, from, seg))
+}
+
 /// Longest-prefix match of IPv4 destinations to peer indices.
 #[derive(Default)]
 struct Lpm {
@@ -255,10 +427,26 @@ fn open_tun(name: &str) -> Result<File, DeviceError> {
     // SAFETY: `fd` was just opened and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = link::ifreq(name, "TUN")?;
-    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // With a `virtio_net_hdr` in front of every packet, which lets the
+    // kernel hand us TCP super-packets (TSO) and leave checksums to us
+    // (see [`offload`]).
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: TUNSETIFF reads the name and flags of a valid ifreq.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
         return Err(err("TUNSETIFF", io::Error::last_os_error()));
+    }
+    let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO_ECN;
+    // SAFETY: TUNSETOFFLOAD takes an integer argument.
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            offloads as libc::c_ulong,
+        )
+    } < 0
+    {
+        return Err(err("TUNSETOFFLOAD", io::Error::last_os_error()));
     }
     // Persistent: the interface and the routes through it outlive this
     // process, so a restart of the device costs the gap until it runs
@@ -284,6 +472,19 @@ impl Device {
         // Bursts of a bulk flow arrive faster than one thread decrypts
         // them; the default 208 KiB drops them (and TCP backs off).
         crate::gossip::swim::udp::enlarge_receive_buffer(&udp, SOCKET_BUFFER);
+        // The datagrams of one flow arrive merged (GRO), read in one call.
+        // Without it (an old kernel) they arrive one by one, which works.
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket, an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_GRO,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         let mut device = Self {
             config: DeviceConfig {
                 peers: Vec::new(),
@@ -425,8 +626,7 @@ impl Device {
         stop: &AtomicBool,
         mut tick: impl FnMut(&Device) -> Option<DeviceConfig>,
     ) -> Result<(), DeviceError> {
-        let mut inbuf = vec![0u8; BUF];
-        let mut outbuf = vec![0u8; BUF + OVERHEAD_DATA];
+        let mut bufs = Buffers::new();
         let mut last_tick = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let mut fds = [
@@ -454,14 +654,14 @@ impl Device {
                 }
             }
             if fds[0].revents & libc::POLLIN != 0 {
-                self.drain_tun(&mut inbuf, &mut outbuf);
+                self.drain_tun(&mut bufs);
             }
             if fds[1].revents & libc::POLLIN != 0 {
-                self.drain_udp(&mut inbuf, &mut outbuf);
+                self.drain_udp(&mut bufs);
             }
             if last_tick.elapsed() >= TIMER_TICK {
                 last_tick = Instant::now();
-                self.tick(&mut outbuf);
+                self.tick(&mut bufs.out);
                 if let Some(c) = tick(self)
                     && let Err(e) = self.apply(c)
                 {
@@ -475,52 +675,75 @@ impl Device {
         Ok(())
     }
 
-    /// Encrypts what the kernel routed to the device (bounded per call).
-    fn drain_tun(&mut self, inbuf: &mut [u8], outbuf: &mut [u8]) {
+    /// Encrypts what the kernel routed to the device (bounded per call):
+    /// each read is one packet or a TCP super-packet, cut into segments
+    /// ([`offload`]); the segments' datagrams leave in one `sendmsg`.
+    fn drain_tun(&mut self, bufs: &mut Buffers) {
+        let Buffers {
+            input,
+            out,
+            scratch,
+            batch,
+            ..
+        } = bufs;
         for _ in 0..1024 {
-            let n = match self.tun.read(inbuf) {
+            let n = match self.tun.read(input) {
                 Ok(n) => n,
-                Err(_) => return,
+                Err(_) => break,
             };
-            let packet = &inbuf[..n];
-            if n < 20 || packet[0] >> 4 != 4 {
+            let (Some(hdr), Some(packet)) =
+                (VnetHdr::parse(&input[..n]), input.get_mut(VNET_HDR_LEN..n))
+            else {
+                self.stats.malformed += 1;
+                continue;
+            };
+            if packet.len() < 20 || packet[0] >> 4 != 4 {
                 self.stats.malformed += 1;
                 continue;
             }
             let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-            let Some(i) = self.routes.lookup(dst) else {
-                self.stats.no_peer += 1;
-                continue;
-            };
-            let Some(peer) = self.peers.get_mut(&i) else {
+            let Some(peer) = self.routes.lookup(dst).and_then(|i| self.peers.get_mut(&i)) else {
                 self.stats.no_peer += 1;
                 continue;
             };
             let endpoint = peer.config.endpoint;
-            self.stats.tx_packets += 1;
-            if let TunnResult::WriteToNetwork(d) = peer.tunn.encapsulate(packet, outbuf) {
-                let _ = self.udp.send_to(d, endpoint);
+            let (udp, stats) = (&self.udp, &mut self.stats);
+            let done = offload::for_each_packet(&hdr, packet, scratch, |seg| {
+                stats.tx_packets += 1;
+                if let TunnResult::WriteToNetwork(d) = peer.tunn.encapsulate(seg, out) {
+                    batch.push(udp, endpoint, d);
+                }
+            });
+            if done.is_err() {
+                self.stats.malformed += 1;
             }
         }
+        bufs.batch.flush(&self.udp);
     }
 
-    /// Decrypts what arrived on the socket (bounded per call).
-    fn drain_udp(&mut self, inbuf: &mut [u8], outbuf: &mut [u8]) {
+    /// Decrypts what arrived on the socket (bounded per call); one read
+    /// may hold several datagrams of one sender, merged by GRO.
+    fn drain_udp(&mut self, bufs: &mut Buffers) {
         for _ in 0..1024 {
-            let (n, from) = match self.udp.recv_from(inbuf) {
-                Ok(r) => r,
-                Err(_) => return,
+            let Some((n, from, seg)) = recv_gro(&self.udp, &mut bufs.input) else {
+                return;
             };
             let SocketAddr::V4(from) = from else {
                 self.stats.rejected += 1;
                 continue;
             };
-            let datagram = &inbuf[..n];
-            let Some(i) = self.sender_of(datagram) else {
-                self.stats.rejected += 1;
-                continue;
-            };
-            self.receive_from(i, from, datagram, outbuf);
+            let seg = if seg == 0 { n } else { seg };
+            let mut at = 0;
+            while at < n {
+                let end = (at + seg).min(n);
+                let datagram = &bufs.input[at..end];
+                at = end;
+                let Some(i) = self.sender_of(datagram) else {
+                    self.stats.rejected += 1;
+                    continue;
+                };
+                self.receive_from(i, from, datagram, &mut bufs.out);
+            }
         }
     }
 
@@ -549,7 +772,10 @@ impl Device {
             let input: &[u8] = if first { datagram } else { &[] };
             let src = first.then_some(IpAddr::V4(*from.ip()));
             first = false;
-            match peer.tunn.decapsulate(src, input, outbuf) {
+            // The packet is decrypted behind room for the header the TUN
+            // device wants in front of it.
+            let (head, body) = outbuf.split_at_mut(VNET_HDR_LEN);
+            match peer.tunn.decapsulate(src, input, body) {
                 TunnResult::Done => return,
                 TunnResult::Err(_) => {
                     self.stats.rejected += 1;
@@ -570,7 +796,15 @@ impl Device {
                         return;
                     }
                     self.stats.rx_packets += 1;
-                    let _ = self.tun.write(packet);
+                    let len = packet.len();
+                    // boringtun decrypts to the start of the buffer it is
+                    // given; copied there should that ever change.
+                    let at = packet.as_ptr() as usize - body.as_ptr() as usize;
+                    if at != 0 {
+                        body.copy_within(at..at + len, 0);
+                    }
+                    head.copy_from_slice(&WRITE_HDR);
+                    let _ = self.tun.write(&outbuf[..VNET_HDR_LEN + len]);
                     return;
                 }
                 TunnResult::WriteToTunnelV6(..) => {

@@ -153,6 +153,11 @@ impl Drop for WgNode {
         // The device first (by PID), then its files.
         self.device.take();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The last node's drop removes the directory they shared (empty
+        // by then; before, this fails and leaves it).
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 

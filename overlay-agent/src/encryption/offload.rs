@@ -7,6 +7,11 @@
 //! of about 45 MTU-sized ones (one system call instead of 45); we cut it
 //! to MTU-sized segments here, as a NIC would, and each segment is then
 //! encrypted on its own (WireGuard packets never exceed the MTU).
+//!
+//! The other way, [`Coalescer`] does what GRO does in a NIC driver: the
+//! consecutive segments of one TCP flow that one read from the socket
+//! decrypts are written to the TUN device as one super-packet, so the
+//! kernel (and the receiving pod's TCP) handles one packet, not 45.
 
 /// Length of `struct virtio_net_hdr` (without `num_buffers`): what
 /// precedes every packet read from or written to the TUN device.
@@ -94,6 +99,183 @@ pub fn for_each_packet(
         GSO_TCPV4 => segment_tcp4(packet, usize::from(hdr.gso_size), scratch, emit),
         _ => Err(OffloadError::Unsupported),
     }
+}
+
+/// Merges consecutive segments of one TCP over IPv4 flow into one
+/// super-packet, as GRO does: same addresses, ports, TTL, TOS, IPv4
+/// flags, acknowledgement, TCP header (options included) and flags (ACK,
+/// with PSH allowed on the last), each segment starting where the last
+/// ended, all of the first one's size but the last, which may be shorter.
+/// Anything else is passed on as it is, after what is held.
+pub struct Coalescer {
+    /// The packet being built, behind room for the `virtio_net_hdr`.
+    buf: Vec<u8>,
+    /// Bytes held (header room included); 0: nothing held.
+    len: usize,
+    /// Segments merged.
+    count: usize,
+    /// Payload size of the first segment (the merged packet's MSS).
+    mss: usize,
+    /// IPv4 + TCP header length of the held packet.
+    hdrs: usize,
+    /// Sequence number the next segment must carry.
+    next_seq: u32,
+    /// The held packet can take no more (a short or PSH segment came).
+    closed: bool,
+}
+
+/// Most segments merged into one packet.
+const MAX_MERGED: usize = 64;
+/// Largest merged IPv4 packet.
+const MAX_MERGED_LEN: usize = 65_535;
+/// TCP flags a mergeable segment may carry: ACK, and PSH.
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Self {
+            buf: vec![0u8; VNET_HDR_LEN + MAX_MERGED_LEN],
+            len: 0,
+            count: 0,
+            mss: 0,
+            hdrs: 0,
+            next_seq: 0,
+            closed: false,
+        }
+    }
+}
+
+impl Coalescer {
+    /// Takes one decrypted packet; `write` receives whatever must be
+    /// written to the TUN device now (its `virtio_net_hdr` in front).
+    pub fn push(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8])) {
+        match mergeable(packet) {
+            Some((hdrs, seq)) => {
+                if self.len > 0 && self.fits(packet, hdrs, seq) {
+                    self.append(packet, hdrs);
+                    return;
+                }
+                self.flush(write);
+                self.start(packet, hdrs, seq);
+            }
+            None => {
+                self.flush(write);
+                let mut out = Vec::with_capacity(VNET_HDR_LEN + packet.len());
+                out.extend_from_slice(&WRITE_HDR);
+                out.extend_from_slice(packet);
+                write(&out);
+            }
+        }
+    }
+
+    /// Writes what is held.
+    pub fn flush(&mut self, write: &mut impl FnMut(&[u8])) {
+        if self.len == 0 {
+            return;
+        }
+        let total = self.len - VNET_HDR_LEN;
+        let p = &mut self.buf[VNET_HDR_LEN..self.len];
+        if self.count == 1 {
+            self.buf[..VNET_HDR_LEN].copy_from_slice(&WRITE_HDR);
+        } else {
+            // IPv4 length and checksum of the merged packet.
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            p[10] = 0;
+            p[11] = 0;
+            let c = fold(add(0, &p[..20]));
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            // The TCP checksum is left to the kernel as for a packet it
+            // would send: the pseudo-header's sum in the field, and
+            // `NEEDS_CSUM` from the TCP header on. (The payload was
+            // authenticated by WireGuard; the kernel does not recompute a
+            // checksum for local delivery.)
+            let seed = !fold(pseudo_header(&p[..20], IPPROTO_TCP, total - 20));
+            p[36..38].copy_from_slice(&seed.to_be_bytes());
+            let mut h = [0u8; VNET_HDR_LEN];
+            h[0] = F_NEEDS_CSUM;
+            h[1] = GSO_TCPV4;
+            h[2..4].copy_from_slice(&(self.hdrs as u16).to_le_bytes());
+            h[4..6].copy_from_slice(&(self.mss as u16).to_le_bytes());
+            h[6..8].copy_from_slice(&20u16.to_le_bytes());
+            h[8..10].copy_from_slice(&16u16.to_le_bytes());
+            self.buf[..VNET_HDR_LEN].copy_from_slice(&h);
+        }
+        write(&self.buf[..self.len]);
+        self.len = 0;
+        self.count = 0;
+        self.closed = false;
+    }
+
+    fn start(&mut self, packet: &[u8], hdrs: usize, seq: u32) {
+        let payload = packet.len() - hdrs;
+        self.buf[VNET_HDR_LEN..VNET_HDR_LEN + packet.len()].copy_from_slice(packet);
+        self.len = VNET_HDR_LEN + packet.len();
+        self.count = 1;
+        self.mss = payload;
+        self.hdrs = hdrs;
+        self.next_seq = seq.wrapping_add(payload as u32);
+        self.closed = packet[33] & TCP_PSH != 0;
+    }
+
+    fn fits(&self, packet: &[u8], hdrs: usize, seq: u32) -> bool {
+        let held = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.hdrs];
+        let payload = packet.len() - hdrs;
+        !self.closed
+            && self.count < MAX_MERGED
+            && hdrs == self.hdrs
+            && seq == self.next_seq
+            && payload <= self.mss
+            && self.len - VNET_HDR_LEN + payload <= MAX_MERGED_LEN
+            // IPv4: version/IHL, TOS; flags (DF); TTL, protocol;
+            // addresses. (Length, identification and checksum differ.)
+            && held[..2] == packet[..2]
+            && held[6..7] == packet[6..7]
+            && held[8..10] == packet[8..10]
+            && held[12..20] == packet[12..20]
+            // TCP: ports; acknowledgement; flags but PSH; window; the
+            // options (timestamps included, as GRO requires).
+            && held[20..24] == packet[20..24]
+            && held[28..32] == packet[28..32]
+            && held[33] & !TCP_PSH == packet[33] & !TCP_PSH
+            && held[34..36] == packet[34..36]
+            && held[40..hdrs] == packet[40..hdrs]
+    }
+
+    fn append(&mut self, packet: &[u8], hdrs: usize) {
+        let payload = &packet[hdrs..];
+        self.buf[self.len..self.len + payload.len()].copy_from_slice(payload);
+        self.len += payload.len();
+        self.count += 1;
+        self.next_seq = self.next_seq.wrapping_add(payload.len() as u32);
+        let flags = packet[33];
+        if payload.len() < self.mss || flags & TCP_PSH != 0 {
+            // PSH goes on the merged packet; nothing may follow.
+            self.buf[VNET_HDR_LEN + 33] |= flags & TCP_PSH;
+            self.closed = true;
+        }
+    }
+}
+
+/// Header length and sequence number of a segment [`Coalescer`] may
+/// merge: IPv4 without options, not a fragment, TCP with ACK (and maybe
+/// PSH) only, some payload, lengths consistent.
+fn mergeable(p: &[u8]) -> Option<(usize, u32)> {
+    if p.len() < 40 || p[0] != 0x45 || p[9] != IPPROTO_TCP {
+        return None;
+    }
+    if usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len() {
+        return None;
+    }
+    if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    let thl = usize::from(p[32] >> 4) * 4;
+    let hdrs = 20 + thl;
+    if thl < 20 || p.len() <= hdrs || p[33] & !TCP_PSH != TCP_ACK {
+        return None;
+    }
+    Some((hdrs, u32::from_be_bytes([p[24], p[25], p[26], p[27]])))
 }
 
 /// IPv4 header length of `packet`, checked against its length.
@@ -367,6 +549,77 @@ mod tests {
             (1, 1388, 20, 16)
         );
         assert_eq!(VnetHdr::parse(&raw[..9]), None);
+    }
+
+    #[test]
+    fn consecutive_segments_merge_into_a_packet_the_kernel_can_cut_back() {
+        let payload: Vec<u8> = (0..9_000u32).map(|i| (i * 13 + 1) as u8).collect();
+        let original = tcp_packet(&payload, 0x18);
+        let tso = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            gso_size: 1388,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        let mut scratch = vec![0u8; 65_536];
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        let mut p = original.clone();
+        for_each_packet(&tso, &mut p, &mut scratch, |s| segs.push(s.to_vec())).unwrap();
+        // The same identification everywhere is fine for merging; an
+        // unrelated packet in between flushes.
+        let mut c = Coalescer::default();
+        let mut written: Vec<Vec<u8>> = Vec::new();
+        let mut write = |b: &[u8]| written.push(b.to_vec());
+        for s in &segs[..3] {
+            c.push(s, &mut write);
+        }
+        let mut other = tcp_packet(b"x", 0x10);
+        other[20] = 9; // another flow
+        c.push(&other, &mut write);
+        for s in &segs[3..] {
+            c.push(s, &mut write);
+        }
+        c.flush(&mut write);
+        assert_eq!(written.len(), 3, "merged, the other packet, merged");
+        // The merged packets carry a TSO header; cut again, they give the
+        // segments back (checksums included).
+        let mut again: Vec<Vec<u8>> = Vec::new();
+        for w in [&written[0], &written[2]] {
+            let h = VnetHdr::parse(w).unwrap();
+            assert_eq!((h.gso_type, h.gso_size), (GSO_TCPV4, 1388));
+            let mut body = w[VNET_HDR_LEN..].to_vec();
+            assert_eq!(
+                usize::from(u16::from_be_bytes([body[2], body[3]])),
+                body.len()
+            );
+            assert_eq!(
+                reference(&body[..20]),
+                0,
+                "IPv4 checksum of the merged packet"
+            );
+            for_each_packet(&h, &mut body, &mut scratch, |s| again.push(s.to_vec())).unwrap();
+        }
+        assert_eq!(again.len(), segs.len());
+        for (a, b) in again.iter().zip(&segs) {
+            // Identification aside (each merged packet restarts it).
+            assert_eq!(a[20..], b[20..]);
+        }
+        assert_eq!(written[1][..VNET_HDR_LEN], WRITE_HDR);
+        assert_eq!(written[1][VNET_HDR_LEN..], other[..]);
+
+        // Out of order, a gap, or a SYN: not merged.
+        let mut written = Vec::new();
+        let mut write = |b: &[u8]| written.push(b.to_vec());
+        let mut c = Coalescer::default();
+        c.push(&segs[1], &mut write);
+        c.push(&segs[0], &mut write);
+        c.push(&segs[2], &mut write);
+        let mut syn = segs[3].clone();
+        syn[33] |= 0x02;
+        c.push(&syn, &mut write);
+        c.flush(&mut write);
+        assert_eq!(written.len(), 4);
     }
 
     #[test]

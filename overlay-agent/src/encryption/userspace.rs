@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     keys::{self, KeyPair},
-    offload::{self, VNET_HDR_LEN, VnetHdr, WRITE_HDR},
+    offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr},
 };
 use crate::link;
 
@@ -223,6 +223,8 @@ struct Buffers {
     out: Vec<u8>,
     /// One segment of a super-packet.
     scratch: Vec<u8>,
+    /// Decrypted segments merged on their way to the TUN device.
+    merge: Coalescer,
     /// Datagrams waiting to leave in one `sendmsg`.
     batch: Batch,
 }
@@ -231,8 +233,9 @@ impl Buffers {
     fn new() -> Self {
         Self {
             input: vec![0u8; VNET_HDR_LEN + BUF],
-            out: vec![0u8; VNET_HDR_LEN + BUF + OVERHEAD_DATA],
+            out: vec![0u8; BUF + OVERHEAD_DATA],
             scratch: vec![0u8; BUF],
+            merge: Coalescer::default(),
             batch: Batch::default(),
         }
     }
@@ -742,8 +745,13 @@ impl Device {
                     self.stats.rejected += 1;
                     continue;
                 };
-                self.receive_from(i, from, datagram, &mut bufs.out);
+                self.receive_from(i, from, datagram, &mut bufs.out, &mut bufs.merge);
             }
+            // What one read brought is written before the next read.
+            let tun = &mut self.tun;
+            bufs.merge.flush(&mut |b| {
+                let _ = tun.write(b);
+            });
         }
     }
 
@@ -762,7 +770,16 @@ impl Device {
         .filter(|i| self.peers.contains_key(i))
     }
 
-    fn receive_from(&mut self, i: u32, from: SocketAddrV4, datagram: &[u8], outbuf: &mut [u8]) {
+    /// Decrypts one datagram from peer `i`; what it holds goes to
+    /// `merge` on its way to the TUN device.
+    fn receive_from(
+        &mut self,
+        i: u32,
+        from: SocketAddrV4,
+        datagram: &[u8],
+        outbuf: &mut [u8],
+        merge: &mut Coalescer,
+    ) {
         let Some(peer) = self.peers.get_mut(&i) else {
             return;
         };
@@ -772,10 +789,7 @@ impl Device {
             let input: &[u8] = if first { datagram } else { &[] };
             let src = first.then_some(IpAddr::V4(*from.ip()));
             first = false;
-            // The packet is decrypted behind room for the header the TUN
-            // device wants in front of it.
-            let (head, body) = outbuf.split_at_mut(VNET_HDR_LEN);
-            match peer.tunn.decapsulate(src, input, body) {
+            match peer.tunn.decapsulate(src, input, outbuf) {
                 TunnResult::Done => return,
                 TunnResult::Err(_) => {
                     self.stats.rejected += 1;
@@ -796,15 +810,10 @@ impl Device {
                         return;
                     }
                     self.stats.rx_packets += 1;
-                    let len = packet.len();
-                    // boringtun decrypts to the start of the buffer it is
-                    // given; copied there should that ever change.
-                    let at = packet.as_ptr() as usize - body.as_ptr() as usize;
-                    if at != 0 {
-                        body.copy_within(at..at + len, 0);
-                    }
-                    head.copy_from_slice(&WRITE_HDR);
-                    let _ = self.tun.write(&outbuf[..VNET_HDR_LEN + len]);
+                    let tun = &mut self.tun;
+                    merge.push(packet, &mut |b| {
+                        let _ = tun.write(b);
+                    });
                     return;
                 }
                 TunnResult::WriteToTunnelV6(..) => {

@@ -1,6 +1,8 @@
 //! A cluster in network namespaces: nodes joined by an underlay, pods wired
 //! to their node by veth pairs, and one of several ways of carrying pod
 //! traffic between nodes (ours, the kernel's VXLAN device, plain routes).
+//! Our datapath with `--encryption wireguard` on top is
+//! [`Lab::encrypt_with_wireguard`] (`crate::lab_encryption`).
 
 use std::{net::Ipv4Addr, path::PathBuf};
 

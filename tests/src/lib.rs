@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod fake_kube;
 pub mod gossip_sim;
 pub mod lab;
+pub mod lab_encryption;
 pub mod netns;
 pub mod netpol;
 pub mod policy_bench;

@@ -1,15 +1,30 @@
 //! `overlay-bench`: the side-by-side benchmark behind `cargo xtask bench`.
 //!
-//! Six scenarios, interleaved inside every repetition so slow drift spreads
-//! evenly over them, each on a freshly built [`Lab`] that is torn down again
-//! before the next one:
+//! Seven scenarios (`--scenarios` picks some), interleaved inside every
+//! repetition so slow drift spreads evenly over them, each on a freshly
+//! built [`Lab`] that is torn down again before the next one:
 //!
 //! - (a) `underlay`: node to node over `ul0`, the limit of this machine;
 //! - (b) `plain`: pod to pod, plain routes, no encapsulation (pod MTU 1500);
 //! - (b') `plain-1450`: the same at our VXLAN pod MTU;
 //! - (c) `kernel-vxlan`: pod to pod through a Linux vxlan device (Flannel);
 //! - (d) `overlay`: pod to pod through our eBPF datapath;
-//! - (e) `direct`: the same with direct routing (no encapsulation).
+//! - (e) `direct`: the same with direct routing (no encapsulation);
+//! - (f) `encrypted`: the same with `--encryption wireguard`: `from_pod`
+//!   hands the packet to the userspace WireGuard device (`overlay-agent
+//!   wireguard`, one process per node), which sends it encrypted over UDP;
+//!   the peer's device decrypts and `from_wireguard` delivers it. Only on
+//!   the `wire` underlay, where the issue measures it (the device's UDP
+//!   GSO batches cross a `veth` underlay whole, which no NIC does).
+//!
+//! The two device processes are pinned to CPU 1: CPU 0 already carries
+//! client, server and their softirq work, and a device there would take
+//! turns with them (throughput would measure the scheduler); on CPU 1 they
+//! add to nothing else this bench runs, so (f)'s CPU per GB is CPU 0's busy
+//! time plus the devices' own utime + stime (`/proc/<pid>/stat`) without
+//! counting anything twice. The price: on this two-CPU machine both devices
+//! (sender encrypting, receiver decrypting) share one CPU, where two nodes
+//! would each have their own.
 //!
 //! `--perf DIR` profiles CPU 0 with `perf record` during the 1-stream and
 //! round-trip runs and prints the top symbols per scenario.
@@ -20,7 +35,8 @@
 //!
 //! Client and server (and so all softirq work) are pinned to CPU 0, so
 //! throughput reflects the CPU cost per byte of each path, which is also
-//! measured directly: CPU 0's busy time from `/proc/stat` per GB moved.
+//! measured directly: CPU 0's busy time from `/proc/stat` per GB moved
+//! (for (f) plus the device processes' time, above).
 //! A scenario is repeated until `--reps` of its repetitions agree within
 //! 10 % on each measure (bounded by `--max-reps` and `--max-minutes`);
 //! results are the medians of the repetitions that agree best and their
@@ -51,6 +67,7 @@ use overlay_tests::{
     Lab, LabOptions, Mode, Netns, Process, Underlay, cni_bench,
     gossip_sim::{self, Membership, PartitionOptions, Partitions},
     lab::{KERNEL_VXLAN_DEV, UNDERLAY_MTU, UPLINK},
+    lab_encryption::ENCRYPTED_POD_MTU,
     swarm, swim_sim,
     traffic::parse_sockperf,
 };
@@ -70,6 +87,10 @@ Options:
   --max-minutes M     start no repetition beyond the first --reps after M
                       minutes of datapath scenarios [default: 40]
   --underlay U        wire, veth or both [default: both]; verdicts need wire
+  --scenarios LIST    only these scenarios, by name, comma-separated (underlay,
+                      plain, plain-1450, kernel-vxlan, overlay, direct,
+                      encrypted) [default: all]; ratios and verdicts whose
+                      inputs did not run are left out
   --duration S        seconds of each iperf3 TCP run (1 and 4 streams) [default: 10]
   --lat-duration S    seconds of the sockperf TCP request/response run [default: 5]
   --raw               also print every repetition's numbers
@@ -118,11 +139,22 @@ Scenarios (a fresh topology each, torn down afterwards):
   (d) overlay       pod -> pod through our eBPF datapath, pod MTU 1450
   (e) direct        pod -> pod through our eBPF datapath with direct routing
                     (--tunnel direct: no encapsulation), pod MTU 1500
+  (f) encrypted     pod -> pod through our eBPF datapath with --encryption
+                    wireguard: from_pod -> userspace WireGuard device ovl-wg
+                    (overlay-agent wireguard, one process per node) -> UDP ->
+                    the peer's device -> from_wireguard -> pod; pod MTU 1440.
+                    wire underlay only (where a NIC's limits hold: its UDP
+                    GSO batches would cross veth whole). Both device processes are pinned to CPU 1: on CPU 0
+                    they would take turns with client and server, and on CPU
+                    1 their time is counted once: CPU s/GB for (f) = CPU 0's
+                    busy time + the devices' utime + stime (/proc/<pid>/stat).
+                    On a two-CPU machine they share that one CPU.
 
 Measured per scenario: iperf3 TCP (cubic) 1 stream and 4 streams, sockperf TCP
 ping-pong with 64 B messages (full round trip, avg and p99), CPU 0's busy time
 per GB moved in the 1-stream run (/proc/stat; client, server and their softirq
-work all run on CPU 0), the average size of the packets node 1 sends on ul0
+work all run on CPU 0; for (f) plus the WireGuard devices' CPU time), the
+average size of the packets node 1 sends on ul0
 (GSO check) and of those the receiver gets (receiving pod's eth0, or node 2's
 ul0 for the underlay, counted before GRO; GRO check on wire). The tables
 report, per measure, the median of the --reps repetitions that agree best
@@ -154,11 +186,11 @@ one process runs every node): here 1000 nodes took about 95 s of CPU and
 --swim-nodes 2000 takes about 8 minutes.
 
 Needs root, iperf3, sockperf, taskset, ss, ping and ethtool (and perf for
---perf); for the CNI part
-containernetworking-plugins, iptables, nft and the overlay-agent and
-overlay-cni binaries built next to this one. Takes about
-reps x 6 x underlays x (duration x 2 + lat-duration + 12) seconds (up to
-max-reps instead of reps for scenarios that do not settle), plus about
+--perf), the overlay-agent binary built next to this one for (f); for the
+CNI part containernetworking-plugins, iptables, nft and the overlay-agent and
+overlay-cni binaries. Takes about reps x scenarios (7 on wire, 6 on veth) x
+(duration x 2 + lat-duration + 12) seconds (up to max-reps instead of reps
+for scenarios that do not settle), plus about
 cni-rounds x 0.25 seconds for the CNI part, plus about 20 minutes for the
 gossip part at its default sizes (one core; the 1000-node run dominates, needs
 about 14 GB of memory, and grows with the square of the node count).
@@ -198,6 +230,9 @@ enum Scenario {
     Overlay,
     /// Our datapath with direct routing (no encapsulation, pod MTU 1500).
     Direct,
+    /// Our datapath with `--encryption wireguard` (userspace device, pod
+    /// MTU 1440).
+    Encrypted,
 }
 
 impl Scenario {
@@ -208,6 +243,7 @@ impl Scenario {
         Scenario::KernelVxlan,
         Scenario::Overlay,
         Scenario::Direct,
+        Scenario::Encrypted,
     ];
 
     fn name(self) -> &'static str {
@@ -218,7 +254,20 @@ impl Scenario {
             Scenario::KernelVxlan => "kernel-vxlan",
             Scenario::Overlay => "overlay",
             Scenario::Direct => "direct",
+            Scenario::Encrypted => "encrypted",
         }
+    }
+
+    /// The scenario called `name` ([`Scenario::name`]).
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Whether it runs on `underlay`: (f) runs on `wire` only, where a
+    /// NIC's limits hold (the device's UDP GSO batches would cross a
+    /// `veth` underlay whole).
+    fn runs_on(self, underlay: Underlay) -> bool {
+        self != Scenario::Encrypted || underlay == Underlay::Wire
     }
 
     fn label(self) -> &'static str {
@@ -229,6 +278,7 @@ impl Scenario {
             Scenario::KernelVxlan => "(c) kernel-vxlan",
             Scenario::Overlay => "(d) overlay",
             Scenario::Direct => "(e) direct",
+            Scenario::Encrypted => "(f) encrypted",
         }
     }
 
@@ -236,7 +286,7 @@ impl Scenario {
         match self {
             Scenario::Underlay | Scenario::Plain | Scenario::Plain1450 => Mode::PlainRouting,
             Scenario::KernelVxlan => Mode::KernelVxlan,
-            Scenario::Overlay | Scenario::Direct => Mode::Overlay,
+            Scenario::Overlay | Scenario::Direct | Scenario::Encrypted => Mode::Overlay,
         }
     }
 
@@ -252,12 +302,18 @@ impl Scenario {
             // Never encapsulated: the whole uplink MTU, as the agent gives
             // pods with --tunnel direct.
             Scenario::Direct => Some(UNDERLAY_MTU),
+            // Every packet to the other node crosses in WireGuard.
+            Scenario::Encrypted => Some(ENCRYPTED_POD_MTU),
             _ => None,
         }
     }
 }
 
-const N_SCENARIOS: usize = 6;
+const N_SCENARIOS: usize = 7;
+
+/// CPU the WireGuard device processes of (f) are pinned to (see the module
+/// comment).
+const DEVICE_CPU: usize = 1;
 
 /// Which parts run, in this order: `--cni-only` and `--gossip-only` run
 /// one part, `--skip-cni` and `--skip-gossip` leave one out.
@@ -285,6 +341,8 @@ struct Opts {
     max_reps: u32,
     max_minutes: u32,
     underlays: Vec<Underlay>,
+    /// Which scenarios run (`--scenarios`), in [`Scenario::ALL`] order.
+    scenarios: Vec<Scenario>,
     duration: u32,
     lat_duration: u32,
     raw: bool,
@@ -308,6 +366,7 @@ impl Default for Opts {
             max_reps: 6,
             max_minutes: 40,
             underlays: Underlay::ALL.to_vec(),
+            scenarios: Scenario::ALL.to_vec(),
             duration: 10,
             lat_duration: 5,
             raw: false,
@@ -366,6 +425,25 @@ fn parse_args(args: &[String]) -> Result<Cli, String> {
                             .ok_or_else(|| format!("{flag}: {one:?} is not wire, veth or both"))?,
                     ],
                 };
+            }
+            "--scenarios" => {
+                let v = value().ok_or_else(|| format!("{flag} needs a value"))?;
+                let mut picked = Vec::new();
+                for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    picked.push(Scenario::parse(name).ok_or_else(|| {
+                        format!(
+                            "{flag}: {name:?} is not one of {}",
+                            Scenario::ALL.map(Scenario::name).join(", ")
+                        )
+                    })?);
+                }
+                if picked.is_empty() {
+                    return Err(format!("{flag} needs at least one scenario"));
+                }
+                opts.scenarios = Scenario::ALL
+                    .into_iter()
+                    .filter(|s| picked.contains(s))
+                    .collect();
             }
             "--duration" => opts.duration = number(flag, value(), 1, 3600)?,
             "--lat-duration" => opts.lat_duration = number(flag, value(), 1, 3600)?,
@@ -691,15 +769,22 @@ struct Sample {
     /// Node 1's `ul0` counters over the single-stream run.
     ul_tx_packets: u64,
     ul_tx_bytes: u64,
-    /// Our datapath only: `from_pod_encapsulated` (direct: `from_pod_direct`)
-    /// on node 1 over the single-stream run.
+    /// Our datapath only: `from_pod_encapsulated` (direct: `from_pod_direct`,
+    /// encrypted: `from_pod_encrypted`) on node 1 over the single-stream run.
     encapsulated: Option<u64>,
     /// Overlay only: sum of both nodes' drop counters over the single-stream run.
     drops: Option<u64>,
     /// Busy % of cpu0 and cpu1 over the single-stream run.
     cpu_busy: Vec<f64>,
-    /// CPU 0's busy seconds per GB received over the single-stream run.
-    cpu0_s_per_gb: f64,
+    /// CPU 0's busy seconds per GB received over the single-stream run,
+    /// plus, for (f), the WireGuard device processes' CPU seconds (they run
+    /// on CPU 1, [`DEVICE_CPU`]).
+    cpu_s_per_gb: f64,
+    /// (f) only: the device processes' share of `cpu_s_per_gb`.
+    device_s_per_gb: Option<f64>,
+    /// (f) only: each device process's CPU use over the single-stream run,
+    /// % of one CPU (node 1's, the sender's, first).
+    device_busy: Vec<f64>,
     /// What the receiver (the destination pod's eth0, or node 2's ul0 for
     /// the underlay) got over the single-stream run.
     rx_packets: u64,
@@ -731,6 +816,29 @@ fn seconds_per_tick() -> f64 {
     if hz > 0 { 1.0 / hz as f64 } else { 0.01 }
 }
 
+/// CPU time (utime + stime, in `/proc/stat` ticks) of process `pid`, all
+/// its threads, from `/proc/<pid>/stat`; `None` when it is gone.
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields resume after its
+    // closing parenthesis, at field 3 (state). utime and stime are 14, 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU ticks of each of `pids`.
+fn processes_ticks(pids: &[u32]) -> Result<Vec<u64>> {
+    pids.iter()
+        .map(|&pid| {
+            process_ticks(pid)
+                .with_context(|| format!("the WireGuard device process {pid} is gone"))
+        })
+        .collect()
+}
+
 /// CPU 0's busy seconds per GB (1e9 bytes) moved.
 fn cpu0_seconds_per_gb(before: &[(u64, u64)], after: &[(u64, u64)], bytes: f64) -> f64 {
     match (before.first(), after.first()) {
@@ -738,6 +846,15 @@ fn cpu0_seconds_per_gb(before: &[(u64, u64)], after: &[(u64, u64)], bytes: f64) 
             a.0.saturating_sub(b.0) as f64 * seconds_per_tick() / (bytes / 1e9)
         }
         _ => f64::NAN,
+    }
+}
+
+/// CPU seconds per GB (1e9 bytes) moved of processes that used `ticks`.
+fn devices_seconds_per_gb(ticks: &[u64], bytes: f64) -> f64 {
+    if bytes > 0.0 {
+        ticks.iter().sum::<u64>() as f64 * seconds_per_tick() / (bytes / 1e9)
+    } else {
+        f64::NAN
     }
 }
 
@@ -916,6 +1033,8 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
     if sc == Scenario::Direct {
         lab.route_directly();
     }
+    // Declared after `lab`, so stopped (by PID) before it is torn down.
+    let devices = (sc == Scenario::Encrypted).then(|| lab.encrypt_with_wireguard(Some(DEVICE_CPU)));
     check_stop()?;
     let (src, dst, dst_ip, dst_if) = match sc {
         Scenario::Underlay => (&lab.nodes[0].ns, &lab.nodes[1].ns, lab.nodes[1].ip, UPLINK),
@@ -930,6 +1049,10 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
     let dst_ip = dst_ip.to_string();
     // Declared after `lab`, so dropped (killed) before it on every path.
     let servers = start_servers(dst, &dst_ip)?;
+    if devices.is_some() {
+        // The first packets wait for the WireGuard handshake.
+        let _ = (0..10).any(|_| src.ping(&dst_ip, 1));
+    }
     ensure!(
         src.ping(&dst_ip, 3),
         "{}: no connectivity from {} to {dst_ip} (ping failed)",
@@ -942,7 +1065,10 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
     let mut s = Sample::default();
 
     // Single stream, with the underlay counters and (overlay) datapath counters.
-    let datapath_before = if matches!(sc, Scenario::Overlay | Scenario::Direct) {
+    let datapath_before = if matches!(
+        sc,
+        Scenario::Overlay | Scenario::Direct | Scenario::Encrypted
+    ) {
         Some((lab.maps(0).counters()?, lab.maps(1).counters()?))
     } else {
         None
@@ -955,9 +1081,14 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
         dst.link_stat(dst_if, "rx_bytes"),
     );
     let prof = profile(opts, underlay, sc, rep, "tput")?;
+    let pids = devices.as_ref().map(|d| d.pids()).unwrap_or_default();
+    let devices_before = processes_ticks(&pids)?;
     let cpu_before = cpu_snapshot();
+    let started = Instant::now();
     s.one = iperf(src, &dst_ip, opts.duration, 1, true)?;
     let cpu_after = cpu_snapshot();
+    let wall = started.elapsed().as_secs_f64();
+    let devices_after = processes_ticks(&pids)?;
     if let Some(p) = prof {
         p.finish()?;
     }
@@ -970,7 +1101,21 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
         .saturating_sub(rx_before.1);
     // Bytes from the receiver's interface over exactly the CPU window
     // (iperf3's own count leaves out the omitted first second).
-    s.cpu0_s_per_gb = cpu0_seconds_per_gb(&cpu_before, &cpu_after, s.rx_bytes as f64);
+    s.cpu_s_per_gb = cpu0_seconds_per_gb(&cpu_before, &cpu_after, s.rx_bytes as f64);
+    if devices.is_some() {
+        let ticks: Vec<u64> = devices_after
+            .iter()
+            .zip(&devices_before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        s.device_busy = ticks
+            .iter()
+            .map(|t| 100.0 * *t as f64 * seconds_per_tick() / wall)
+            .collect();
+        let dev = devices_seconds_per_gb(&ticks, s.rx_bytes as f64);
+        s.device_s_per_gb = Some(dev);
+        s.cpu_s_per_gb += dev;
+    }
     let ul_after = ul0_counters(node1);
     s.ul_tx_packets = ul_after.0.saturating_sub(ul_before.0);
     s.ul_tx_bytes = ul_after.1.saturating_sub(ul_before.1);
@@ -997,6 +1142,7 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
         let d1 = lab.maps(1).counters()?.since(&b1);
         let (sent, took) = match sc {
             Scenario::Direct => (Stat::FromPodDirect, Stat::FromUplinkDirect),
+            Scenario::Encrypted => (Stat::FromPodEncrypted, Stat::FromWireguardDelivered),
             _ => (Stat::FromPodEncapsulated, Stat::FromUplinkDecapsulated),
         };
         let enc = d0.get(sent);
@@ -1016,23 +1162,34 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
         );
     }
     step(&format!(
-        "1 stream : {:6.2} Gbit/s, {} retransmits, MSS {}, CPU snd/rcv {}, CPU 0 {:.2} s/GB, \
+        "1 stream : {:6.2} Gbit/s, {} retransmits, MSS {}, CPU snd/rcv {}, CPU {:.2} s/GB{}, \
          {UPLINK} {} pkts avg {:.0} B, receiver avg {:.0} B{}",
         s.one.gbps,
         s.one.retransmits,
         s.one.mss.map_or("?".into(), |m| m.to_string()),
         s.one.cpu_split(),
-        s.cpu0_s_per_gb,
+        s.cpu_s_per_gb,
+        match s.device_s_per_gb {
+            Some(d) => format!(
+                " (devices {d:.2} s/GB, {} % of a CPU each)",
+                s.device_busy
+                    .iter()
+                    .map(|b| format!("{b:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ),
+            None => String::new(),
+        },
         s.ul_tx_packets,
         s.ul_avg_packet(),
         s.rx_avg_packet(),
         match (s.encapsulated, s.drops) {
             (Some(e), Some(d)) => format!(
                 ", {e} {}, {d} dropped",
-                if sc == Scenario::Direct {
-                    "sent direct"
-                } else {
-                    "encapsulated"
+                match sc {
+                    Scenario::Direct => "sent direct",
+                    Scenario::Encrypted => "to WireGuard",
+                    _ => "encapsulated",
                 }
             ),
             _ => String::new(),
@@ -1090,6 +1247,7 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
     ));
 
     drop(servers);
+    drop(devices);
     drop(lab);
     Ok(s)
 }
@@ -1167,6 +1325,13 @@ struct Summary {
     rx_pkt: Option<Spread>,
     retr1: Option<Spread>,
     retr4: Option<Spread>,
+    /// (f) only: the WireGuard devices' CPU seconds per GB.
+    dev_cpu: Option<Spread>,
+    /// (f) only: the sender's and the receiver's device, % of a CPU.
+    dev_busy_sender: Option<Spread>,
+    dev_busy_receiver: Option<Spread>,
+    /// CPU 0's busy % over the 1-stream run.
+    cpu0_busy: Option<Spread>,
     /// Repetitions run in all.
     runs: usize,
 }
@@ -1180,11 +1345,15 @@ impl Summary {
             four: agreeing(w.iter().map(|s| s.four.gbps), k),
             avg: agreeing(w.iter().map(|s| s.rr_avg_us), k),
             p99: agreeing(w.iter().map(|s| s.rr_p99_us), k),
-            cpu: agreeing(w.iter().map(|s| s.cpu0_s_per_gb), k),
+            cpu: agreeing(w.iter().map(|s| s.cpu_s_per_gb), k),
             pkt: agreeing(w.iter().map(Sample::ul_avg_packet), k),
             rx_pkt: agreeing(w.iter().map(Sample::rx_avg_packet), k),
             retr1: agreeing(w.iter().map(|s| s.one.retransmits as f64), k),
             retr4: agreeing(w.iter().map(|s| s.four.retransmits as f64), k),
+            dev_cpu: agreeing(w.iter().filter_map(|s| s.device_s_per_gb), k),
+            dev_busy_sender: spread(w.iter().filter_map(|s| s.device_busy.first().copied())),
+            dev_busy_receiver: spread(w.iter().filter_map(|s| s.device_busy.get(1).copied())),
+            cpu0_busy: spread(w.iter().filter_map(|s| s.cpu_busy.first().copied())),
             runs: samples.len(),
         }
     }
@@ -1250,8 +1419,9 @@ fn report(results: &Results, opts: &Opts, complete: bool) -> String {
          that agree best, which must agree within {:.0} % (throughput 1 and 4 streams, RR avg, \
          CPU per GB; at most {} repetitions, {} min); scenarios interleaved; iperf3 TCP cubic {} s (1 s omitted), \
          sockperf TCP ping-pong 64 B {} s (full RTT); client and server pinned to CPU 0; CPU = \
-         CPU 0's busy seconds (/proc/stat) per GB received in the 1-stream run; kernel {}; a \
-         fresh topology per scenario and repetition.\n",
+         CPU 0's busy seconds (/proc/stat) per GB received in the 1-stream run (for (f) plus \
+         the utime + stime of its two WireGuard device processes, pinned to CPU {DEVICE_CPU}); \
+         kernel {}; a fresh topology per scenario and repetition.\n",
         if complete { "" } else { " (INCOMPLETE)" },
         MAX_SPREAD * 100.0,
         opts.max_reps,
@@ -1268,11 +1438,16 @@ fn report(results: &Results, opts: &Opts, complete: bool) -> String {
     }
     verdicts(&mut o, &sums);
 
+    // (f)'s own WireGuard devices run on CPU 1: not other load.
     let other_load = spread(
         results
             .iter()
-            .flatten()
-            .flatten()
+            .flat_map(|per| {
+                per.iter()
+                    .zip(Scenario::ALL)
+                    .filter(|(_, sc)| *sc != Scenario::Encrypted)
+                    .flat_map(|(samples, _)| samples)
+            })
             .filter_map(|s| s.cpu_busy.get(1).copied()),
     );
     if let Some(l) = other_load.filter(|l| l.max > 10.0) {
@@ -1310,7 +1485,8 @@ fn underlay_tables(o: &mut String, u: Underlay, sums: &[Summary]) {
     );
     o.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let pair = |x: Option<f64>, y: Option<f64>| format!("{} / {}", fmt_num(x, 2), fmt_num(y, 2));
-    for (sc, s) in Scenario::ALL.iter().zip(sums) {
+    // Scenarios that did not run here (--scenarios, or (f) on veth) get no row.
+    for (sc, s) in Scenario::ALL.iter().zip(sums).filter(|(_, s)| s.runs > 0) {
         let _ = writeln!(
             o,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -1340,7 +1516,7 @@ fn underlay_tables(o: &mut String, u: Underlay, sums: &[Summary]) {
          | scenario | Gbit/s 1 stream | Gbit/s 4 streams | RR avg µs | RR p99 µs | CPU s/GB | \
          retransmits 1 / 4 streams (median) |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
-    for (sc, s) in Scenario::ALL.iter().zip(sums) {
+    for (sc, s) in Scenario::ALL.iter().zip(sums).filter(|(_, s)| s.runs > 0) {
         let _ = writeln!(
             o,
             "| {} | {} | {} | {} | {} | {} | {} / {} |",
@@ -1355,6 +1531,50 @@ fn underlay_tables(o: &mut String, u: Underlay, sums: &[Summary]) {
         );
     }
     o.push('\n');
+    encrypted_table(o, sums);
+}
+
+/// (f) against (d): what WireGuard costs over our clear overlay.
+fn encrypted_table(o: &mut String, sums: &[Summary]) {
+    let (d, f) = (
+        &sums[Scenario::Overlay.index()],
+        &sums[Scenario::Encrypted.index()],
+    );
+    if f.runs == 0 {
+        return;
+    }
+    let r = |x: Option<Spread>, y: Option<Spread>| fmt_num(ratio(med(x), med(y)), 2);
+    o.push_str(
+        "Encrypted (f) against the clear overlay (d): medians and (f) / (d). CPU s/GB of (f) is \
+         CPU 0 plus the two WireGuard device processes (on CPU 1); \"devices\" is their part.\n\n\
+         | scenario | Gbit/s 1 stream | Gbit/s 4 streams | RR avg µs | RR p99 µs | CPU s/GB | \
+         devices s/GB |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (sc, s) in [(Scenario::Overlay, d), (Scenario::Encrypted, f)] {
+        if s.runs == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            sc.label(),
+            fmt_num(med(s.one), 2),
+            fmt_num(med(s.four), 2),
+            fmt_num(med(s.avg), 1),
+            fmt_num(med(s.p99), 1),
+            fmt_num(med(s.cpu), 3),
+            fmt_num(med(s.dev_cpu), 3),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "| (f) / (d) | {} | {} | {} | {} | {} | |\n",
+        r(f.one, d.one),
+        r(f.four, d.four),
+        r(f.avg, d.avg),
+        r(f.p99, d.p99),
+        r(f.cpu, d.cpu),
+    );
 }
 
 /// One verdict line: PASS or MISS from the ratio of the medians of two
@@ -1386,112 +1606,131 @@ fn target(
 fn verdicts(o: &mut String, sums: &[(Underlay, Vec<Summary>)]) {
     let get = |u: Underlay| sums.iter().find(|(x, _)| *x == u).map(|(_, s)| s);
     let g = |s: &Summary| fmt_num(med(s.one), 2);
+    // A group of verdicts prints when all its scenarios ran (--scenarios).
+    let ran = |s: &[Summary], scs: &[Scenario]| scs.iter().all(|sc| s[sc.index()].runs > 0);
     if let Some(w) = get(Underlay::Wire) {
         let (b1450, c, d) = (
             &w[Scenario::Plain1450.index()],
             &w[Scenario::KernelVxlan.index()],
             &w[Scenario::Overlay.index()],
         );
-        o.push_str("Targets (issue 11), on the `wire` underlay:\n\n");
-        target(
-            o,
-            "wire: overlay 1-stream throughput >= 0.95 x plain routing at MTU 1450 (b')",
-            [d.one, b1450.one],
-            |r| r >= 0.95,
-            format!(
-                "{} vs {} Gbit/s; 4 streams: {}",
-                g(d),
-                g(b1450),
-                fmt_num(ratio(med(d.four), med(b1450.four)), 3)
-            ),
-        );
-        target(
-            o,
-            "wire: overlay 1-stream throughput >= 1.1 x kernel-vxlan (c)",
-            [d.one, c.one],
-            |r| r >= 1.1,
-            format!(
-                "{} vs {} Gbit/s; 4 streams: {}",
-                g(d),
-                g(c),
-                fmt_num(ratio(med(d.four), med(c.four)), 3)
-            ),
-        );
-        target(
-            o,
-            "wire: overlay avg latency <= 0.85 x kernel-vxlan (c)",
-            [d.avg, c.avg],
-            |r| r <= 0.85,
-            format!(
-                "{} vs {} µs avg; p99 ratio {}",
-                fmt_num(med(d.avg), 1),
-                fmt_num(med(c.avg), 1),
-                fmt_num(ratio(med(d.p99), med(c.p99)), 3)
-            ),
-        );
-        let _ = writeln!(
-            o,
-            "INFO wire: CPU 0 per GB moved (1 stream): overlay {} s, kernel-vxlan {} s, plain \
-             MTU 1450 {} s -> overlay / kernel-vxlan {}, overlay / (b') {}",
-            fmt_num(med(d.cpu), 3),
-            fmt_num(med(c.cpu), 3),
-            fmt_num(med(b1450.cpu), 3),
-            fmt_num(ratio(med(d.cpu), med(c.cpu)), 3),
-            fmt_num(ratio(med(d.cpu), med(b1450.cpu)), 3),
-        );
-        // GRO: the receiving pod gets merged packets, many times its MTU.
-        let _ = match med(d.rx_pkt).filter(|b| b.is_finite()) {
-            Some(b) => writeln!(
+        let overlay_group = [
+            Scenario::Plain1450,
+            Scenario::KernelVxlan,
+            Scenario::Overlay,
+        ];
+        if ran(w, &overlay_group) {
+            o.push_str("Targets (issue 11), on the `wire` underlay:\n\n");
+            target(
                 o,
-                "GRO check (wire): average packet the receiving pod got in the 1-stream run: \
+                "wire: overlay 1-stream throughput >= 0.95 x plain routing at MTU 1450 (b')",
+                [d.one, b1450.one],
+                |r| r >= 0.95,
+                format!(
+                    "{} vs {} Gbit/s; 4 streams: {}",
+                    g(d),
+                    g(b1450),
+                    fmt_num(ratio(med(d.four), med(b1450.four)), 3)
+                ),
+            );
+            target(
+                o,
+                "wire: overlay 1-stream throughput >= 1.1 x kernel-vxlan (c)",
+                [d.one, c.one],
+                |r| r >= 1.1,
+                format!(
+                    "{} vs {} Gbit/s; 4 streams: {}",
+                    g(d),
+                    g(c),
+                    fmt_num(ratio(med(d.four), med(c.four)), 3)
+                ),
+            );
+            target(
+                o,
+                "wire: overlay avg latency <= 0.85 x kernel-vxlan (c)",
+                [d.avg, c.avg],
+                |r| r <= 0.85,
+                format!(
+                    "{} vs {} µs avg; p99 ratio {}",
+                    fmt_num(med(d.avg), 1),
+                    fmt_num(med(c.avg), 1),
+                    fmt_num(ratio(med(d.p99), med(c.p99)), 3)
+                ),
+            );
+            let _ = writeln!(
+                o,
+                "INFO wire: CPU 0 per GB moved (1 stream): overlay {} s, kernel-vxlan {} s, plain \
+             MTU 1450 {} s -> overlay / kernel-vxlan {}, overlay / (b') {}",
+                fmt_num(med(d.cpu), 3),
+                fmt_num(med(c.cpu), 3),
+                fmt_num(med(b1450.cpu), 3),
+                fmt_num(ratio(med(d.cpu), med(c.cpu)), 3),
+                fmt_num(ratio(med(d.cpu), med(b1450.cpu)), 3),
+            );
+            // GRO: the receiving pod gets merged packets, many times its MTU.
+            let _ = match med(d.rx_pkt).filter(|b| b.is_finite()) {
+                Some(b) => writeln!(
+                    o,
+                    "GRO check (wire): average packet the receiving pod got in the 1-stream run: \
                  overlay {b:.0} B, kernel-vxlan {} B, pod MTU {POD_MTU:.0} B -> {}",
-                fmt_num(med(c.rx_pkt), 0),
-                if b >= GRO_MIN_MTUS * POD_MTU {
-                    "GRO merges our VXLAN frames"
-                } else {
-                    "GRO does NOT merge our VXLAN frames (MTU-sized packets into the pod)"
-                }
-            ),
-            None => writeln!(o, "GRO check (wire): overlay not measured"),
-        };
+                    fmt_num(med(c.rx_pkt), 0),
+                    if b >= GRO_MIN_MTUS * POD_MTU {
+                        "GRO merges our VXLAN frames"
+                    } else {
+                        "GRO does NOT merge our VXLAN frames (MTU-sized packets into the pod)"
+                    }
+                ),
+                None => writeln!(o, "GRO check (wire): overlay not measured"),
+            };
+        }
         let (a, e) = (&w[Scenario::Underlay.index()], &w[Scenario::Direct.index()]);
-        target(
-            o,
-            "wire: direct 1-stream throughput >= 0.9 x underlay (a)",
-            [e.one, a.one],
-            |r| r >= 0.9,
-            format!(
-                "{} vs {} Gbit/s; 4 streams: {}",
-                g(e),
-                g(a),
-                fmt_num(ratio(med(e.four), med(a.four)), 3)
-            ),
-        );
-        target(
-            o,
-            "wire: direct avg latency <= 1.2 x underlay (a)",
-            [e.avg, a.avg],
-            |r| r <= 1.2,
-            format!(
-                "{} vs {} µs avg; p99 ratio {}",
-                fmt_num(med(e.avg), 1),
-                fmt_num(med(a.avg), 1),
-                fmt_num(ratio(med(e.p99), med(a.p99)), 3)
-            ),
-        );
-        let _ = writeln!(
-            o,
-            "INFO wire: CPU 0 per GB moved (1 stream): direct {} s, underlay {} s -> direct / \
+        if ran(w, &[Scenario::Underlay, Scenario::Direct]) {
+            target(
+                o,
+                "wire: direct 1-stream throughput >= 0.9 x underlay (a)",
+                [e.one, a.one],
+                |r| r >= 0.9,
+                format!(
+                    "{} vs {} Gbit/s; 4 streams: {}",
+                    g(e),
+                    g(a),
+                    fmt_num(ratio(med(e.four), med(a.four)), 3)
+                ),
+            );
+            target(
+                o,
+                "wire: direct avg latency <= 1.2 x underlay (a)",
+                [e.avg, a.avg],
+                |r| r <= 1.2,
+                format!(
+                    "{} vs {} µs avg; p99 ratio {}",
+                    fmt_num(med(e.avg), 1),
+                    fmt_num(med(a.avg), 1),
+                    fmt_num(ratio(med(e.p99), med(a.p99)), 3)
+                ),
+            );
+            let _ = writeln!(
+                o,
+                "INFO wire: CPU 0 per GB moved (1 stream): direct {} s, underlay {} s -> direct / \
              underlay {}",
-            fmt_num(med(e.cpu), 3),
-            fmt_num(med(a.cpu), 3),
-            fmt_num(ratio(med(e.cpu), med(a.cpu)), 3),
-        );
+                fmt_num(med(e.cpu), 3),
+                fmt_num(med(a.cpu), 3),
+                fmt_num(ratio(med(e.cpu), med(a.cpu)), 3),
+            );
+        }
+        if ran(w, &[Scenario::Encrypted]) {
+            encryption_verdicts(o, w);
+        }
         o.push('\n');
     } else {
         o.push_str("No verdicts: they come from the wire underlay (--underlay wire or both).\n\n");
     }
-    if let Some(v) = get(Underlay::Veth) {
+    if let Some(v) = get(Underlay::Veth).filter(|v| {
+        ran(
+            v,
+            &[Scenario::Underlay, Scenario::KernelVxlan, Scenario::Overlay],
+        )
+    }) {
         let (a, c, d) = (
             &v[Scenario::Underlay.index()],
             &v[Scenario::KernelVxlan.index()],
@@ -1550,7 +1789,12 @@ fn verdicts(o: &mut String, sums: &[(Underlay, Vec<Summary>)]) {
             let (Some(gbps), Some(retr)) = (med(s.one), med(s.retr1)) else {
                 continue;
             };
-            let floor = med(a.one).map_or(1.0, |u| 0.1 * u);
+            // The userspace WireGuard device is slow by itself (the target
+            // above says how slow): only retransmits show it losing packets.
+            let floor = match sc {
+                Scenario::Encrypted => 0.0,
+                _ => med(a.one).map_or(1.0, |u| 0.1 * u),
+            };
             if gbps < floor || retr > 100.0 {
                 let _ = writeln!(
                     o,
@@ -1564,6 +1808,94 @@ fn verdicts(o: &mut String, sums: &[(Underlay, Vec<Summary>)]) {
     }
 }
 
+/// Issue 16's target for the userspace device, single stream, in Gbit/s.
+const ENCRYPTED_TARGET_GBPS: f64 = 2.0;
+
+/// (f) on `wire`: the 2 Gbit/s single-stream target, and its cost against
+/// the clear overlay (d).
+fn encryption_verdicts(o: &mut String, w: &[Summary]) {
+    let (d, f) = (
+        &w[Scenario::Overlay.index()],
+        &w[Scenario::Encrypted.index()],
+    );
+    o.push_str(
+        "\nTarget (issue 16), on the `wire` underlay (userspace WireGuard device, both device \
+         processes on CPU 1):\n\n",
+    );
+    let detail = format!(
+        "4 streams {} Gbit/s; sender's / receiver's device busy {} / {} % of a CPU in the \
+         1-stream run (medians)",
+        fmt_num(med(f.four), 2),
+        fmt_num(med(f.dev_busy_sender), 0),
+        fmt_num(med(f.dev_busy_receiver), 0),
+    );
+    let _ = match f.one {
+        Some(one) if is_wide(one) => writeln!(
+            o,
+            "UNRELIABLE wire: encrypted 1-stream throughput >= {ENCRYPTED_TARGET_GBPS} Gbit/s: \
+             {:.2} Gbit/s ({detail}; its repetitions did not agree within {:.0} %)",
+            one.med,
+            MAX_SPREAD * 100.0
+        ),
+        Some(one) => writeln!(
+            o,
+            "{} wire: encrypted 1-stream throughput >= {ENCRYPTED_TARGET_GBPS} Gbit/s: {:.2} \
+             Gbit/s ({detail})",
+            if one.med >= ENCRYPTED_TARGET_GBPS {
+                "MET"
+            } else {
+                "MISSED"
+            },
+            one.med
+        ),
+        None => writeln!(
+            o,
+            "MISSED wire: encrypted 1-stream throughput >= {ENCRYPTED_TARGET_GBPS} Gbit/s: not \
+             measured"
+        ),
+    };
+    if d.runs == 0 {
+        o.push_str("INFO wire: no overlay (d) to compare the encrypted path with\n");
+        return;
+    }
+    let r = |x: Option<Spread>, y: Option<Spread>| fmt_num(ratio(med(x), med(y)), 3);
+    let _ = writeln!(
+        o,
+        "INFO wire: encrypted / overlay (d): 1-stream throughput {} ({} vs {} Gbit/s), 4 streams \
+         {}, RR avg {} ({} vs {} µs; p99 {}), CPU per GB {} ({} vs {} s/GB, of which the devices \
+         {} s/GB)",
+        r(f.one, d.one),
+        fmt_num(med(f.one), 2),
+        fmt_num(med(d.one), 2),
+        r(f.four, d.four),
+        r(f.avg, d.avg),
+        fmt_num(med(f.avg), 1),
+        fmt_num(med(d.avg), 1),
+        r(f.p99, d.p99),
+        r(f.cpu, d.cpu),
+        fmt_num(med(f.cpu), 3),
+        fmt_num(med(d.cpu), 3),
+        fmt_num(med(f.dev_cpu), 3),
+    );
+    // The other paths keep CPU 0 saturated themselves; (f) leaves most of
+    // it idle (its bottleneck is the devices on CPU 1), and on a shared
+    // machine other processes take that idle time, which /proc/stat cannot
+    // tell from ours.
+    if let Some(busy) = med(f.cpu0_busy).filter(|b| *b > 50.0) {
+        let _ = writeln!(
+            o,
+            "NOTE wire: during (f)'s 1-stream runs CPU 0 was {busy:.0} % busy (median), more than \
+             its client and server need at {} Gbit/s: other load took CPU 0's idle time, so \
+             (f)'s CPU per GB ({} s/GB) is an upper bound; its devices' part ({} s/GB) is their \
+             own CPU time. --raw shows CPU 0's busy % per repetition; the least busy one is \
+             the closest to (f)'s own cost.",
+            fmt_num(med(f.one), 2),
+            fmt_num(med(f.cpu), 3),
+            fmt_num(med(f.dev_cpu), 3),
+        );
+    }
+}
+
 fn raw_table(o: &mut String, results: &Results, opts: &Opts) {
     o.push_str(
         "\n### Raw, every repetition (single-stream run for the underlay counters, \
@@ -1572,10 +1904,11 @@ fn raw_table(o: &mut String, results: &Results, opts: &Opts) {
     o.push_str(
         "| underlay | rep | scenario | Gbit/s 1 | retr 1 | Gbit/s 4 | retr 4 | RR avg µs | \
          RR p99 µs | CPU0 s/GB | MSS | iperf3 CPU % snd/rcv 1 | ul0 tx pkts | ul0 avg pkt B | \
-         rx avg pkt B | encapsulated (direct: sent direct) | drops | CPU0 / CPU1 busy % |\n",
+         rx avg pkt B | encapsulated (direct: sent direct, encrypted: to WireGuard) | drops | \
+         CPU0 / CPU1 busy % | WG devices s/GB (busy % snd / rcv) |\n",
     );
     o.push_str(
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (u, per_scenario) in opts.underlays.iter().zip(results) {
         for (sc, samples) in Scenario::ALL.iter().zip(per_scenario) {
@@ -1584,7 +1917,7 @@ fn raw_table(o: &mut String, results: &Results, opts: &Opts) {
                 let _ = writeln!(
                     o,
                     "| {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.1} | {:.1} | {:.3} | {} | {} | \
-                     {} | {:.0} | {:.0} | {} | {} | {} |",
+                     {} | {:.0} | {:.0} | {} | {} | {} | {} |",
                     u.name(),
                     rep + 1,
                     sc.name(),
@@ -1594,7 +1927,7 @@ fn raw_table(o: &mut String, results: &Results, opts: &Opts) {
                     s.four.retransmits,
                     s.rr_avg_us,
                     s.rr_p99_us,
-                    s.cpu0_s_per_gb,
+                    s.cpu_s_per_gb,
                     opt(s.one.mss),
                     s.one.cpu_split(),
                     s.ul_tx_packets,
@@ -1607,6 +1940,17 @@ fn raw_table(o: &mut String, results: &Results, opts: &Opts) {
                         .map(|b| fmt_num(Some(*b), 0))
                         .collect::<Vec<_>>()
                         .join(" / "),
+                    match s.device_s_per_gb {
+                        Some(d) => format!(
+                            "{d:.3} ({})",
+                            s.device_busy
+                                .iter()
+                                .map(|b| fmt_num(Some(*b), 0))
+                                .collect::<Vec<_>>()
+                                .join(" / ")
+                        ),
+                        None => "–".into(),
+                    },
                 );
             }
         }
@@ -1831,13 +2175,21 @@ fn main() -> ExitCode {
     let reps = if opts.parts.datapath { opts.reps } else { 0 };
     let cni_rounds = if opts.parts.cni { opts.cni_rounds } else { 0 };
     let per_scenario = 2 * (opts.duration + 1) + opts.lat_duration + 10;
-    let combos = N_SCENARIOS as u32 * opts.underlays.len() as u32;
+    let combos = opts
+        .underlays
+        .iter()
+        .map(|u| opts.scenarios.iter().filter(|s| s.runs_on(*u)).count() as u32)
+        .sum::<u32>();
     let mut plan = Vec::new();
     if reps > 0 {
         plan.push(format!(
-            "{N_SCENARIOS} scenarios x {} underlay(s) ({}), {reps} to {} repetition(s) each until \
-             they agree",
-            opts.underlays.len(),
+            "{combos} scenario runs per repetition ({} on {}), {reps} to {} repetition(s) each \
+             until they agree",
+            opts.scenarios
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", "),
             opts.underlays
                 .iter()
                 .map(|u| u.name())
@@ -1885,7 +2237,7 @@ fn main() -> ExitCode {
         }
         let mut ran = false;
         for (ui, underlay) in opts.underlays.iter().enumerate() {
-            for sc in Scenario::ALL {
+            for &sc in opts.scenarios.iter().filter(|s| s.runs_on(*underlay)) {
                 if STOP.load(Ordering::SeqCst) {
                     break 'reps;
                 }
@@ -2061,7 +2413,7 @@ mod tests {
                 ..Iperf::default()
             },
             rr_avg_us: rr,
-            cpu0_s_per_gb: cpu,
+            cpu_s_per_gb: cpu,
             ..Sample::default()
         }
     }
@@ -2106,7 +2458,7 @@ mod tests {
         noisy_rr[2].rr_avg_us = 30.0;
         assert!(needs_more(&noisy_rr, 3));
         let mut noisy_cpu = settled.to_vec();
-        noisy_cpu[0].cpu0_s_per_gb = 0.2;
+        noisy_cpu[0].cpu_s_per_gb = 0.2;
         assert!(needs_more(&noisy_cpu, 3));
     }
 
@@ -2134,6 +2486,27 @@ mod tests {
         assert!((v - 200.0 * tick / 4.0).abs() < 1e-12, "{v}");
         assert!(cpu0_seconds_per_gb(&[], &[], 4e9).is_nan());
         assert!(cpu0_seconds_per_gb(&[(0, 0)], &[(1, 1)], 0.0).is_nan());
+    }
+
+    #[test]
+    fn parses_a_list_of_scenarios_in_their_own_order() {
+        assert_eq!(
+            parse_args(&args(&["--scenarios", "encrypted,overlay"])),
+            Ok(Cli::Run(Opts {
+                scenarios: vec![Scenario::Overlay, Scenario::Encrypted],
+                ..Opts::default()
+            }))
+        );
+        assert!(parse_args(&args(&["--scenarios", "overlay,bogus"])).is_err());
+        assert!(parse_args(&args(&["--scenarios="])).is_err());
+        assert!(Scenario::Encrypted.runs_on(Underlay::Wire));
+        assert!(!Scenario::Encrypted.runs_on(Underlay::Veth));
+    }
+
+    #[test]
+    fn process_cpu_time_is_read_from_proc() {
+        assert!(process_ticks(std::process::id()).is_some());
+        assert!(process_ticks(u32::MAX).is_none());
     }
 
     #[test]

@@ -50,6 +50,15 @@ fn counter(status: &Value, stat: Stat) -> u64 {
         .unwrap_or(0)
 }
 
+/// Packets dropped, all reasons, between two statuses of one node.
+fn drops(before: &Value, after: &Value) -> u64 {
+    Stat::ALL
+        .iter()
+        .filter(|s| s.is_drop())
+        .map(|s| counter(after, *s) - counter(before, *s))
+        .sum()
+}
+
 /// Pings `to` from `from` until it answers (bounded): the first packets
 /// wait for the WireGuard handshake.
 fn reaches(from: &CniPod, to: Ipv4Addr) -> bool {
@@ -212,12 +221,7 @@ fn three_encrypting_nodes_talk_and_the_underlay_carries_nothing_of_a_pod_in_clea
         ] {
             assert_eq!(d(s), 0, "node {i}: {}", s.name());
         }
-        let drops: u64 = Stat::ALL
-            .iter()
-            .filter(|s| s.is_drop())
-            .map(|s| d(*s))
-            .sum();
-        assert_eq!(drops, 0, "node {i} dropped: {}", a["datapath"]);
+        assert_eq!(drops(b, a), 0, "node {i} dropped: {}", a["datapath"]);
     }
 
     // Status and metrics per peer.
@@ -680,11 +684,6 @@ fn two_encrypting_nodes_on_a_veth_underlay_carry_100_mib_each_way() {
             0,
             "node {i}"
         );
-        let drops: u64 = Stat::ALL
-            .iter()
-            .filter(|s| s.is_drop())
-            .map(|s| d(*s))
-            .sum();
-        assert_eq!(drops, 0, "node {i} dropped: {}", a["datapath"]);
+        assert_eq!(drops(b, &a), 0, "node {i} dropped: {}", a["datapath"]);
     }
 }

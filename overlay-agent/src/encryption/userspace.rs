@@ -301,14 +301,7 @@ fn send_gso(udp: &UdpSocket, to: SocketAddrV4, buf: &[u8], size: usize) -> io::R
     };
     // Room for one cmsg holding a u16, aligned.
     let mut control = [0u64; 4];
-    // SAFETY: an all-zero msghdr is valid; every pointer set below lives
-    // until sendmsg returns.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&raw mut addr).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
+    let mut msg = message(&mut addr, &mut iov, &mut control);
     // SAFETY: CMSG_SPACE is a pure computation.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
     // SAFETY: the control buffer is large enough for one cmsg of a u16.
@@ -327,6 +320,24 @@ fn send_gso(udp: &UdpSocket, to: SocketAddrV4, buf: &[u8], size: usize) -> io::R
     Ok(())
 }
 
+/// A `msghdr` over one address, one buffer and a control buffer (the
+/// caller keeps all three alive while the kernel uses the message).
+fn message(
+    addr: &mut libc::sockaddr_in,
+    iov: &mut libc::iovec,
+    control: &mut [u64],
+) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = std::ptr::from_mut(addr).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = std::ptr::from_mut(iov);
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(control);
+    msg
+}
+
 fn unsafe_zeroed_sockaddr() -> libc::sockaddr_in {
     // SAFETY: an all-zero sockaddr_in is valid.
     unsafe { std::mem::zeroed() }
@@ -341,15 +352,7 @@ fn recv_gro(udp: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr, usize
         iov_len: buf.len(),
     };
     let mut control = [0u64; 8];
-    // SAFETY: an all-zero msghdr is valid; every pointer set below lives
-    // until recvmsg returns.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&raw mut addr).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
+    let mut msg = message(&mut addr, &mut iov, &mut control);
     // SAFETY: a valid socket and message.
     let n = unsafe { libc::recvmsg(udp.as_raw_fd(), &mut msg, 0) };
     if n < 0 {

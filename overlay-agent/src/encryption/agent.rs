@@ -106,13 +106,14 @@ impl Report {
             let _ = writeln!(
                 s,
                 "  {} packets sent, {} received; dropped: {} no peer, {} malformed, {} rejected, \
-                 {} spoofed source",
+                 {} spoofed source; {} held for a handshake (dropped beyond 256 a peer)",
                 st.tx_packets,
                 st.rx_packets,
                 st.no_peer,
                 st.malformed,
                 st.rejected,
-                st.spoofed_source
+                st.spoofed_source,
+                st.no_session
             );
         }
         for p in &self.peers {
@@ -552,5 +553,36 @@ mod tests {
         let again = Encryptor::prepare(dir.path(), 51820, 1500).unwrap();
         assert_eq!(again.announce(), e.announce());
         assert_eq!(again.peers(), e.peers());
+    }
+
+    #[test]
+    fn a_rotation_replaces_the_key_and_rewrites_the_configuration_a_reload_takes_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Encryptor::prepare(dir.path(), 51820, 1500).unwrap();
+        let config = dir.path().join("wireguard.json");
+        assert!(e.sync(std::iter::empty()).unwrap() || config.exists());
+        let before = e.announce().clone();
+        assert_eq!(
+            e.reload_key().unwrap(),
+            None,
+            "unchanged key: nothing to publish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let written = std::fs::metadata(&config).unwrap().modified().unwrap();
+        let after = e.rotate().unwrap();
+        assert_ne!(after.public_key, before.public_key);
+        assert_eq!(e.announce(), &after);
+        use std::os::unix::fs::PermissionsExt as _;
+        let key = std::fs::metadata(dir.path().join("wireguard.key")).unwrap();
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+        assert!(
+            std::fs::metadata(&config).unwrap().modified().unwrap() > written,
+            "the device must be told to re-read the key"
+        );
+        // `overlay-agent rotate-key` writes the file; the agent takes it.
+        let by_hand = KeyPair::generate();
+        keys::store(&dir.path().join("wireguard.key"), &by_hand).unwrap();
+        let taken = e.reload_key().unwrap().expect("a new key");
+        assert_eq!(taken.public_key, by_hand.public_base64());
     }
 }

@@ -192,6 +192,12 @@ pub struct DeviceStats {
     /// Dropped: decrypted, but its source is outside the sender's
     /// allowed IPs.
     pub spoofed_source: u64,
+    /// Packets for a peer without a session (none yet, or the handshake
+    /// being renewed): boringtun holds up to 256 per peer and sends them
+    /// once the handshake completes, and drops the rest. Never sent in
+    /// clear.
+    #[serde(default)]
+    pub no_session: u64,
 }
 
 /// One peer's state, for `status` and `/metrics`.
@@ -716,8 +722,17 @@ impl Device {
             let (udp, stats) = (&self.udp, &mut self.stats);
             let done = offload::for_each_packet(&hdr, packet, scratch, |seg| {
                 stats.tx_packets += 1;
-                if let TunnResult::WriteToNetwork(d) = peer.tunn.encapsulate(seg, out) {
-                    batch.push(udp, endpoint, d);
+                match peer.tunn.encapsulate(seg, out) {
+                    TunnResult::WriteToNetwork(d) => {
+                        // Anything but a data message (type 4) means the
+                        // packet was held for a session: a handshake goes
+                        // out instead.
+                        if d.first() != Some(&4) {
+                            stats.no_session += 1;
+                        }
+                        batch.push(udp, endpoint, d);
+                    }
+                    _ => stats.no_session += 1,
                 }
             });
             if done.is_err() {

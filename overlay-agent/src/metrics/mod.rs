@@ -473,12 +473,14 @@ impl Collector for ReportCollector {
                 counter(
                     &mut enc,
                     "wireguard_drops",
-                    "Packets the WireGuard device dropped, by reason",
+                    "Packets the WireGuard device dropped, by reason (no_session: held for a \
+                     handshake, up to 256 per peer, and dropped beyond)",
                     &[
                         (vec![("reason", "no_peer")], st.no_peer),
                         (vec![("reason", "malformed")], st.malformed),
                         (vec![("reason", "rejected")], st.rejected),
                         (vec![("reason", "spoofed_source")], st.spoofed_source),
+                        (vec![("reason", "no_session")], st.no_session),
                     ],
                 )?;
             }

@@ -137,7 +137,8 @@ fn try_from_pod(ctx: &TcContext) -> Verdict {
         return to_host(ctx, cfg, &ip);
     }
     if let Some(wg) = encryption() {
-        if r.flags & ROUTE_F_ENCRYPT == 0 {
+        // No key published, or the device not there yet (ifindex 0).
+        if r.flags & ROUTE_F_ENCRYPT == 0 || wg == 0 {
             return Err(Stat::DropNotEncrypted);
         }
         // An L3 device: the kernel strips the Ethernet header on the way

@@ -23,7 +23,8 @@ use overlay_agent::{
     maps::{Counters, Maps},
 };
 use overlay_common::{
-    CONFIG_F_READY, Endpoint, NodeConfig, PROG_FROM_POD, PROG_FROM_UPLINK, ROUTE_F_DIRECT, Stat,
+    CONFIG_F_READY, ENCRYPTION_F_ON, Encryption, Endpoint, NodeConfig, PROG_FROM_POD,
+    PROG_FROM_UPLINK, PROG_FROM_WIREGUARD, ROUTE_F_DIRECT, ROUTE_F_ENCRYPT, Stat,
 };
 use overlay_tests::{Netns, netns::unique_tag, require_privileges};
 
@@ -2322,4 +2323,160 @@ fn policy_ingress_applies_to_directly_routed_packets_as_to_decapsulated_ones() {
     );
     let d = p.drops(LOCAL_POD);
     assert_eq!((d.ingress, d.egress), (1, 0), "drops of x/server: {d:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Encryption (`ovl_encryption_v1`, `ROUTE_F_ENCRYPT`, `from_wireguard`).
+// ---------------------------------------------------------------------------
+
+/// The fixture with encryption on (the WireGuard device at `ifindex`) and
+/// the peer's block flagged as encrypted when `peer_has_key`.
+fn encryption_fixture(ifindex: u32, peer_has_key: bool) -> Fixture {
+    let mut fx = Fixture::new();
+    fx.maps
+        .set_encryption(&Encryption {
+            flags: ENCRYPTION_F_ON,
+            ifindex,
+        })
+        .expect("encryption on");
+    if peer_has_key {
+        fx.maps
+            .upsert_route_flags(
+                "10.32.2.0/24".parse().expect("block"),
+                PEER,
+                ROUTE_F_ENCRYPT,
+            )
+            .expect("encrypted route");
+    }
+    fx
+}
+
+#[test]
+fn from_pod_hands_remote_pod_traffic_to_the_wireguard_device_and_never_sends_it_in_clear() {
+    if !require_privileges(
+        "from_pod_hands_remote_pod_traffic_to_the_wireguard_device_and_never_sends_it_in_clear",
+    ) {
+        return;
+    }
+    let ip = pod_udp(LOCAL_POD, REMOTE_POD, 40000, 53, b"secret");
+    let input = from_pod_frame(&ip);
+    // The peer publishes a key: to the device, untouched (the kernel
+    // strips the Ethernet header on the way into the L3 device).
+    let mut fx = encryption_fixture(0, true);
+    let wg = fx.ul0;
+    fx.maps
+        .set_encryption(&Encryption {
+            flags: ENCRYPTION_F_ON,
+            ifindex: wg,
+        })
+        .expect("device");
+    let r = fx.run_from_pod(&input);
+    r.expect(
+        "to a peer with a key",
+        TC_ACT_REDIRECT,
+        Stat::FromPodEncrypted,
+    );
+    assert_bytes("frame handed to the device", &r.out, &input);
+    // A local pod is still delivered directly.
+    let local = from_pod_frame(&pod_udp(NEIGHBOUR_POD, LOCAL_POD, 40000, 53, b"x"));
+    fx.run_from_pod(&local)
+        .expect("to a local pod", TC_ACT_REDIRECT, Stat::FromPodLocal);
+    // The peer publishes no key: dropped, even with direct routing on.
+    let mut fx = encryption_fixture(wg, false);
+    fx.run_from_pod(&input).expect_dropped(
+        "to a peer without a key",
+        &input,
+        Stat::DropNotEncrypted,
+    );
+    fx.maps
+        .upsert_route_flags("10.32.2.0/24".parse().expect("block"), PEER, ROUTE_F_DIRECT)
+        .expect("direct route");
+    fx.run_from_pod(&input).expect_dropped(
+        "to a direct peer without a key",
+        &input,
+        Stat::DropNotEncrypted,
+    );
+    // The device not there yet (ifindex 0): dropped, not sent in clear.
+    let mut fx = encryption_fixture(0, true);
+    fx.run_from_pod(&input).expect_dropped(
+        "before the device exists",
+        &input,
+        Stat::DropNotEncrypted,
+    );
+}
+
+#[test]
+fn from_uplink_refuses_pod_traffic_in_clear_while_encrypting() {
+    if !require_privileges("from_uplink_refuses_pod_traffic_in_clear_while_encrypting") {
+        return;
+    }
+    let mut fx = encryption_fixture(1, true);
+    let vx = Vxlan::new(remote_to_local()).frame();
+    fx.run_from_uplink(&vx)
+        .expect_dropped("VXLAN from a peer", &vx, Stat::DropUnencrypted);
+    fx.maps
+        .sync_peer_macs(&[(PEER, PEER_MAC)].into_iter().collect())
+        .expect("peer MAC");
+    let direct = direct_frame(PEER_MAC, &remote_to_local());
+    fx.run_from_uplink(&direct).expect_dropped(
+        "a directly routed packet from a peer",
+        &direct,
+        Stat::DropUnencrypted,
+    );
+    // Its liveness probes and the node's own traffic are not pod traffic.
+    let node = ethernet(
+        UL0_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &Ipv4::new(PROTO_UDP, PEER, NODE).packet(&udp(PEER, NODE, 40000, 22, b"ssh")),
+    );
+    fx.run_from_uplink(&node)
+        .expect_passed("node traffic", &node, Stat::FromUplinkPassed);
+}
+
+#[test]
+fn from_wireguard_delivers_into_the_pod_what_another_node_sent_and_drops_the_rest() {
+    if !require_privileges(
+        "from_wireguard_delivers_into_the_pod_what_another_node_sent_and_drops_the_rest",
+    ) {
+        return;
+    }
+    let mut fx = encryption_fixture(1, true);
+    // The device writes bare IPv4 packets (an L3 interface).
+    let ip = remote_to_local();
+    let r = fx.run(PROG_FROM_WIREGUARD, &ip, 0);
+    r.expect(
+        "10.32.2.10 -> 10.32.1.10",
+        TC_ACT_REDIRECT,
+        Stat::FromWireguardDelivered,
+    );
+    assert_bytes(
+        "delivered frame",
+        &r.out,
+        &ethernet(POD_MAC, HOST_MAC, ETH_P_IP, &ip),
+    );
+    for (what, src, dst, stat) in [
+        (
+            "source in this node's own block",
+            LOCAL_NO_POD,
+            LOCAL_POD,
+            Stat::DropWireguardSpoofedSource,
+        ),
+        (
+            "source in no block",
+            Ipv4Addr::new(192, 0, 2, 7),
+            LOCAL_POD,
+            Stat::DropWireguardSpoofedSource,
+        ),
+        (
+            "destination not a pod here",
+            REMOTE_POD,
+            LOCAL_NO_POD,
+            Stat::DropNoEndpoint,
+        ),
+    ] {
+        let p = pod_udp(src, dst, 33333, 8080, b"decrypted");
+        fx.run(PROG_FROM_WIREGUARD, &p, 0)
+            .expect_dropped(what, &p, stat);
+    }
 }

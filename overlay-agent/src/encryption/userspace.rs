@@ -476,6 +476,12 @@ impl Device {
     pub fn new(config: DeviceConfig) -> Result<Self, DeviceError> {
         let key = keys::load_or_create(&config.key_file)?;
         let tun = open_tun(&config.device)?;
+        // IPv4 only: no link-local address, no router solicitations read
+        // back as malformed packets.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", config.device),
+            "1",
+        );
         link::set_mtu_up(&config.device, config.mtu)?;
         let port = config.listen_port;
         let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))

@@ -33,6 +33,10 @@ use crate::topology::Node;
 /// Seconds a WireGuard session lasts without a new handshake (REJECT_AFTER_TIME).
 const SESSION_LIFETIME_S: f64 = 180.0;
 
+/// How long a rotation waits for the device to report the new key before
+/// publishing it.
+const KEY_TAKEN: Duration = Duration::from_secs(3);
+
 /// How long the agent waits for a device it started to create its
 /// interface.
 const DEVICE_START: Duration = Duration::from_secs(10);
@@ -334,6 +338,23 @@ impl Encryptor {
             .clone()
             .unwrap_or_else(|| self.desired(Vec::new()));
         self.write(config)?;
+        // The device first, then the peers: a peer that learned the new key
+        // before the device took it would handshake in vain and retry only
+        // after WireGuard's 5 s. The device reports its key every second.
+        let deadline = Instant::now() + KEY_TAKEN;
+        while service::read_status(&self.files.status)
+            .ok()
+            .is_some_and(|s| alive(&s) && s.public_key != self.announce.public_key)
+        {
+            if Instant::now() >= deadline {
+                warn!(
+                    "the WireGuard device did not report the new key within {KEY_TAKEN:?}: \
+                     publishing it anyway"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         info!(public_key = %self.announce.public_key, "WireGuard key rotated: publishing the new public key");
         Ok(Some(self.announce.clone()))
     }

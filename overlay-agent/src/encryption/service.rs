@@ -124,7 +124,14 @@ pub fn serve(config: &Path, status: &Path, stop: &AtomicBool) -> Result<(), Serv
         }
         seen = now;
         match read_config(config) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                // Report at the next tick, after it is applied (the agent
+                // waits for a rotated key to show here).
+                written = Instant::now()
+                    .checked_sub(Duration::from_secs(1))
+                    .unwrap_or(written);
+                Some(c)
+            }
             Err(e) => {
                 tracing::warn!(
                     error = %crate::cni::error::chain(&e),

@@ -399,9 +399,18 @@ async fn rotate_key(
     rotate: bool,
 ) -> Result<(), DaemonError> {
     let a = agent.clone();
-    let taken = tokio::task::spawn_blocking(move || a.rotate_key(rotate))
-        .await
-        .map_err(DaemonError::Join)?;
+    let taken = tokio::task::spawn_blocking(move || {
+        let taken = a.rotate_key(rotate);
+        // The device takes the key before gossip spreads it (outside the
+        // agent's lock: CNI requests go on meanwhile).
+        if let Ok(Some(announce)) = &taken {
+            let status = crate::encryption::agent::Files::under(a.state_dir()).status;
+            crate::encryption::agent::wait_until_device_has(&status, announce);
+        }
+        taken
+    })
+    .await
+    .map_err(DaemonError::Join)?;
     match (taken, gossip) {
         (Ok(Some(announce)), Some(g)) => g.set_wireguard(Some(&announce)).await,
         (Ok(_), _) => {}

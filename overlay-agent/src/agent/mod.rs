@@ -575,6 +575,12 @@ impl Agent {
         }
     }
 
+    /// The state directory (address store, keys, the WireGuard device's
+    /// files).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.config.state_dir
+    }
+
     /// The pin directory of the datapath.
     pub fn pin_dir(&self) -> &std::path::Path {
         &self.config.pin_dir

@@ -338,24 +338,7 @@ impl Encryptor {
             .clone()
             .unwrap_or_else(|| self.desired(Vec::new()));
         self.write(config)?;
-        // The device first, then the peers: a peer that learned the new key
-        // before the device took it would handshake in vain and retry only
-        // after WireGuard's 5 s. The device reports its key every second.
-        let deadline = Instant::now() + KEY_TAKEN;
-        while service::read_status(&self.files.status)
-            .ok()
-            .is_some_and(|s| alive(&s) && s.public_key != self.announce.public_key)
-        {
-            if Instant::now() >= deadline {
-                warn!(
-                    "the WireGuard device did not report the new key within {KEY_TAKEN:?}: \
-                     publishing it anyway"
-                );
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        info!(public_key = %self.announce.public_key, "WireGuard key rotated: publishing the new public key");
+        info!(public_key = %self.announce.public_key, "WireGuard key rotated");
         Ok(Some(self.announce.clone()))
     }
 
@@ -476,6 +459,27 @@ impl Encryptor {
         info!(peers = config.peers.len(), "WireGuard peers written");
         self.written = Some(config);
         Ok(())
+    }
+}
+
+/// Waits (at most 3 s, without any lock held) until the device whose
+/// status file is `status` reports `announce`'s key: the device first,
+/// then the peers, since a peer that learned the new key before the device
+/// took it would handshake in vain and retry only after WireGuard's 5 s.
+/// Returns at once when no device runs.
+pub fn wait_until_device_has(status: &Path, announce: &Announce) {
+    let deadline = Instant::now() + KEY_TAKEN;
+    while service::read_status(status)
+        .ok()
+        .is_some_and(|s| alive(&s) && s.public_key != announce.public_key)
+    {
+        if Instant::now() >= deadline {
+            warn!(
+                "the WireGuard device did not report the new key within {KEY_TAKEN:?}: publishing it anyway"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -683,11 +683,7 @@ impl Cluster {
     pub fn wireguard_device_pid(&self, i: usize) -> Option<u32> {
         let files = overlay_agent::encryption::agent::Files::under(&self.agents[i].state_dir);
         let s = overlay_agent::encryption::service::read_status(&files.status).ok()?;
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).ok()?;
-        cmdline
-            .split(|b| *b == 0)
-            .any(|w| w == b"wireguard")
-            .then_some(s.pid)
+        overlay_agent::encryption::agent::is_device_process(s.pid).then_some(s.pid)
     }
 
     /// SIGKILLs node `i`'s WireGuard device process, if one runs, and

@@ -388,6 +388,20 @@ fn turn_on(c: &mut Cluster, i: usize) {
     c.wait_ready(i, Duration::from_secs(40));
 }
 
+/// Every pair of `pods` reaches each other, both ways.
+fn all_pairs_talk(pods: &[&CniPod]) {
+    for (i, a) in pods.iter().enumerate() {
+        for b in &pods[i + 1..] {
+            assert!(
+                reaches(a, b.ip) && reaches(b, a.ip),
+                "{} <-> {}",
+                a.ip,
+                b.ip
+            );
+        }
+    }
+}
+
 /// Whether one of three pings from `from` to `to` answers.
 fn answers(from: &CniPod, to: Ipv4Addr) -> bool {
     from.ns.ping(&to.to_string(), 3)
@@ -409,14 +423,7 @@ fn turned_on_node_by_node_the_clear_pairs_keep_talking_and_an_encrypting_node_le
     let pods: Vec<CniPod> = (0..3).map(|i| c.add_pod(i)).collect();
     let (p0, p1, p2) = (&pods[0], &pods[1], &pods[2]);
     let ips: Vec<Ipv4Addr> = c.lab.nodes.iter().map(|n| n.ip).collect();
-    for (a, b) in [(p0, p1), (p1, p2), (p0, p2)] {
-        assert!(
-            reaches(a, b.ip) && reaches(b, a.ip),
-            "{} <-> {}",
-            a.ip,
-            b.ip
-        );
-    }
+    all_pairs_talk(&[p0, p1, p2]);
 
     // Node 0 first: the pair in clear (1, 2) does not notice.
     let clear_pair = ContinuousPing::start(&p1.ns, p2.ip, 20, Duration::from_secs(30));
@@ -465,14 +472,7 @@ fn turned_on_node_by_node_the_clear_pairs_keep_talking_and_an_encrypting_node_le
         let others: Vec<Ipv4Addr> = ips.iter().copied().filter(|ip| *ip != ips[i]).collect();
         wait_sessions(&c, i, &others);
     }
-    for (a, b) in [(p0, p1), (p1, p2), (p0, p2)] {
-        assert!(
-            reaches(a, b.ip) && reaches(b, a.ip),
-            "{} <-> {}",
-            a.ip,
-            b.ip
-        );
-    }
+    all_pairs_talk(&[p0, p1, p2]);
     let (sent, received) = encrypted_pair.finish();
     assert!(sent > 40, "only {sent} echoes");
     assert_eq!(

@@ -220,8 +220,7 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
-        if cmdline.split(|b| *b == 0).any(|w| w == b"wireguard") {
+        if overlay_agent::encryption::agent::is_device_process(self.0) {
             // SAFETY: plain syscall on a PID this test read from the
             // device's status.
             unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };

@@ -485,8 +485,14 @@ pub fn wait_until_device_has(status: &Path, announce: &Announce) {
 
 /// Whether the process a status names is alive and a WireGuard device.
 fn alive(s: &Status) -> bool {
-    s.pid != 0
-        && fs::read(format!("/proc/{}/cmdline", s.pid))
+    is_device_process(s.pid)
+}
+
+/// Whether `pid` is a live `overlay-agent wireguard` process (a PID read
+/// from a status file may have been reused since).
+pub fn is_device_process(pid: u32) -> bool {
+    pid != 0
+        && fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| c.split(|b| *b == 0).any(|w| w == b"wireguard"))
 }
 

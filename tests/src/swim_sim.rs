@@ -574,6 +574,49 @@ pub fn death(sim: &mut SwimSim, i: usize) -> Option<Duration> {
     sim.wait(WAIT_LIMIT, |s| s.holding_live(i) == 0)
 }
 
+/// Deaths one after another: `count` running nodes (never a seed, picked
+/// at random) killed each once the previous one is declared dead
+/// everywhere and 5 s have passed; the time of each. One death is one
+/// draw of a random wait (until some node first probes the dead one), so
+/// a bound on death detection is only as good as the number of draws.
+pub fn deaths(sim: &mut SwimSim, count: usize) -> Deaths {
+    let mut victims: Vec<usize> = sim.running().into_iter().filter(|i| *i >= SEEDS).collect();
+    sim.rng.shuffle(&mut victims);
+    let times = victims
+        .into_iter()
+        .take(count)
+        .map(|v| {
+            let d = death(sim, v);
+            sim.run_for(Duration::from_secs(5));
+            d
+        })
+        .collect();
+    Deaths { times }
+}
+
+/// Times of deaths declared everywhere (see [`deaths`]).
+#[derive(Clone, Debug, Default)]
+pub struct Deaths {
+    /// Per death, in order; `None` if it was never declared.
+    pub times: Vec<Option<Duration>>,
+}
+
+impl Deaths {
+    /// The slowest, `None` if any was never declared (or none measured).
+    pub fn max(&self) -> Option<Duration> {
+        self.times
+            .iter()
+            .try_fold(None, |m: Option<Duration>, t| Some(m.max(Some((*t)?))))?
+    }
+
+    /// The median of the declared ones.
+    pub fn median(&self) -> Option<Duration> {
+        let mut t: Vec<Duration> = self.times.iter().flatten().copied().collect();
+        t.sort();
+        t.get(t.len() / 2).copied()
+    }
+}
+
 /// Churn: joins and deaths at the given rates per minute for `window`.
 #[derive(Clone, Copy, Debug)]
 pub struct Churn {
@@ -656,8 +699,8 @@ pub struct Report {
     pub cold_start: Option<Duration>,
     /// A new node's record.
     pub join: Join,
-    /// A death declared everywhere.
-    pub death: Option<Duration>,
+    /// Deaths declared everywhere.
+    pub deaths: Deaths,
     /// Idle steady state.
     pub idle: Steady,
     /// Steady state with loss.
@@ -689,6 +732,8 @@ pub struct Plan {
     pub loss: f64,
     /// Churn window (10 joins and 10 deaths per minute).
     pub churn: Duration,
+    /// Deaths timed one by one (see [`deaths`]).
+    pub deaths: usize,
     /// Seed.
     pub seed: u64,
     /// Stops the run early when it says so (the bench's Ctrl-C).
@@ -706,6 +751,7 @@ impl Plan {
             lossy: Duration::from_secs(600),
             loss: 0.01,
             churn: Duration::from_secs(120),
+            deaths: 20,
             seed,
             stop: || false,
         }
@@ -717,6 +763,13 @@ impl Plan {
 pub fn run_all(p: Plan) -> Report {
     let (cpu0, wall0) = (cpu_seconds(), std::time::Instant::now());
     let churn_events = (10.0 * p.churn.as_secs_f64() / 60.0).ceil() as usize;
+    // The cluster must stay well above its deaths.
+    assert!(
+        p.deaths * 4 <= p.nodes,
+        "{} deaths of {} nodes",
+        p.deaths,
+        p.nodes
+    );
     let mut sim = SwimSim::new(p.nodes + 1 + churn_events, Net::default(), p.seed);
     sim.stop = p.stop;
     let cold = cold_start(&mut sim, p.nodes, p.window);
@@ -726,9 +779,8 @@ pub fn run_all(p: Plan) -> Report {
     sim.run_for(Duration::from_secs(30));
     let idle = steady(&mut sim, p.idle, 0.0);
     let j = join(&mut sim, p.nodes);
-    let victim = p.nodes / 2;
-    let d = death(&mut sim, victim);
-    sim.run_for(Duration::from_secs(10));
+    let d = deaths(&mut sim, p.deaths);
+    sim.run_for(Duration::from_secs(5));
     let lossy = steady(&mut sim, p.lossy, p.loss);
     let churn = churn(&mut sim, p.churn, 10, p.nodes + 1);
     Report {
@@ -736,7 +788,7 @@ pub fn run_all(p: Plan) -> Report {
         window: p.window,
         cold_start: cold,
         join: j,
-        death: d,
+        deaths: d,
         idle,
         lossy,
         churn,
@@ -785,9 +837,14 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  death declared everywhere after {} (target 6 s)",
-            s(self.death)
+            "  {} deaths declared everywhere after: median {}, max {} (target 6 s)",
+            self.deaths.times.len(),
+            s(self.deaths.median()),
+            s(self.deaths.max())
         )?;
+        let mut each: Vec<String> = self.deaths.times.iter().map(|t| s(*t)).collect();
+        each.sort_by(|a, b| a.len().cmp(&b.len()).then(a.cmp(b)));
+        writeln!(f, "    each: {}", each.join(", "))?;
         writeln!(
             f,
             "  idle {} s: {} (target 1 KB/s); false deaths {}",

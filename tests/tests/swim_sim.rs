@@ -20,6 +20,7 @@ fn a_thousand_nodes_form_spread_records_and_detect_deaths_within_the_targets() {
         lossy: Duration::from_secs(120),
         loss: 0.01,
         churn: Duration::from_secs(60),
+        deaths: 20,
         seed: 1,
         stop: || false,
     });
@@ -41,14 +42,17 @@ fn a_thousand_nodes_form_spread_records_and_detect_deaths_within_the_targets() {
         .joiner
         .unwrap_or_else(|| panic!("the new node never held every member alive:\n{r}"));
     assert!(joiner <= Duration::from_secs(5), "joiner {joiner:?}:\n{r}");
+    // 20 deaths, one after another: each is a draw of how long it takes
+    // until some node first probes the dead one (an exponential wait of
+    // mean 0.5 s at any size: N nodes probe one of N - 1 members every
+    // 0.5 s), then 0.5 s to suspect, 2.5 s to refute, and the spread. The
+    // simulation is reproducible (fixed seed, fixed hashers): with seed 1
+    // the slowest of the 20 took 4.2 s; the bench times more.
     let death = r
-        .death
+        .deaths
+        .max()
         .unwrap_or_else(|| panic!("a death was never declared:\n{r}"));
-    // The 6 s is the bench's verdict (`--swim-nodes`): runs of
-    // this test measured 3.7 s and 6.2 s (the order of hash sets differs
-    // between runs, and so the simulation's course). Here a bound that
-    // catches a regression without failing on that tail.
-    assert!(death <= Duration::from_secs(10), "death {death:?}:\n{r}");
+    assert!(death <= Duration::from_secs(6), "death {death:?}:\n{r}");
     assert_eq!(
         r.idle.false_downs + r.lossy.false_downs,
         0,

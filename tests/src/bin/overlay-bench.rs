@@ -121,6 +121,8 @@ Options:
                       [default: 5000]
   --swim-steady S     seconds of its idle and of its 1 % loss windows
                       [default: 600]
+  --swim-deaths N     nodes killed one after another, each timed until
+                      declared dead everywhere [default: 20]
   --agent-peers N     cluster size at which one real overlay-agent joins a
                       swarm of N - 1 SWIM nodes, 0 for none [default: 5000]
   -h, --help          print this help
@@ -356,6 +358,7 @@ struct Opts {
     gossip_seed: u32,
     swim_nodes: u32,
     swim_steady: u32,
+    swim_deaths: u32,
     agent_peers: u32,
 }
 
@@ -379,6 +382,7 @@ impl Default for Opts {
             gossip_seed: 0x5eed,
             swim_nodes: 5000,
             swim_steady: 600,
+            swim_deaths: 20,
             agent_peers: 5000,
         }
     }
@@ -470,6 +474,7 @@ fn parse_args(args: &[String]) -> Result<Cli, String> {
             "--gossip-seed" => opts.gossip_seed = number(flag, value(), 0, u32::MAX)?,
             "--swim-nodes" => opts.swim_nodes = number(flag, value(), 0, 10_000)?,
             "--swim-steady" => opts.swim_steady = number(flag, value(), 10, 3600)?,
+            "--swim-deaths" => opts.swim_deaths = number(flag, value(), 1, 1000)?,
             "--agent-peers" => {
                 opts.agent_peers = number(flag, value(), 0, 16_000)?;
                 if opts.agent_peers == 1 {
@@ -2017,7 +2022,9 @@ fn gossip_minutes(opts: &Opts) -> u32 {
     let swim = if opts.swim_nodes >= 10 {
         SWIM_SECONDS_PER_MILLION_NODES_SQUARED
             * squared(opts.swim_nodes)
-            * (0.5 + f64::from(opts.swim_steady) / 1200.0)
+            * (0.5
+                + f64::from(opts.swim_steady) / 1200.0
+                + f64::from(opts.swim_deaths) * 9.0 / 2400.0)
             / 1e6
     } else {
         0.0
@@ -2042,6 +2049,7 @@ fn run_gossip(opts: &Opts, out: &mut GossipResults) {
         plan.idle = Duration::from_secs(opts.swim_steady.into());
         plan.stop = stopped;
         plan.lossy = plan.idle;
+        plan.deaths = (opts.swim_deaths as usize).min(n / 4).max(1);
         println!("{}", swim_sim::run_all(plan));
     }
     if opts.agent_peers >= 2 && !stopped() {

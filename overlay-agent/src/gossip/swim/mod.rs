@@ -68,8 +68,8 @@ pub mod udp;
 
 use std::{
     borrow::Borrow,
-    collections::{HashMap, HashSet, VecDeque},
-    hash::{Hash, Hasher},
+    collections::{HashMap, HashSet, VecDeque, hash_map::DefaultHasher},
+    hash::{BuildHasherDefault, Hash, Hasher},
     net::{SocketAddr, SocketAddrV4},
     num::{NonZeroU8, NonZeroU32, NonZeroUsize},
     sync::{Arc, Mutex},
@@ -315,15 +315,22 @@ pub enum SwimError {
     Broadcast(#[source] foca::Error),
 }
 
+/// The hasher of the store's sets: the same order in every process, so
+/// that a simulation with a given seed takes the same course each run
+/// (std's default hasher is keyed at random per process, and what a
+/// push-pull answer carries, or which live member is picked, followed the
+/// order of iteration). Keys come only from authenticated datagrams.
+type Fixed = BuildHasherDefault<DefaultHasher>;
+
 /// Records known to a node, and who is alive. Shared with the broadcast
 /// handler that foca owns.
 struct Store {
     me: String,
-    records: HashSet<ByName>,
+    records: HashSet<ByName, Fixed>,
     shared: Option<Arc<SharedRecords>>,
     buckets: Vec<u64>,
     /// Active members by address.
-    live: HashMap<SocketAddrV4, Id>,
+    live: HashMap<SocketAddrV4, Id, Fixed>,
     /// Per bucket of [`live_bucket`], the XOR of [`id_hash`] over `live`.
     live_buckets: Vec<u32>,
     /// Members seen going down.
@@ -363,10 +370,10 @@ impl Store {
     fn new(me: String, shared: Option<Arc<SharedRecords>>) -> Self {
         Self {
             me,
-            records: HashSet::new(),
+            records: HashSet::default(),
             shared,
             buckets: vec![0; BUCKETS],
-            live: HashMap::new(),
+            live: HashMap::default(),
             live_buckets: vec![0; BUCKETS],
             downs: 0,
             changes: 0,

@@ -604,9 +604,8 @@ pub struct Deaths {
 impl Deaths {
     /// The slowest, `None` if any was never declared (or none measured).
     pub fn max(&self) -> Option<Duration> {
-        self.times
-            .iter()
-            .try_fold(None, |m: Option<Duration>, t| Some(m.max(Some((*t)?))))?
+        let times: Option<Vec<Duration>> = self.times.iter().copied().collect();
+        times?.into_iter().max()
     }
 
     /// The median of the declared ones.
@@ -842,9 +841,10 @@ impl fmt::Display for Report {
             s(self.deaths.median()),
             s(self.deaths.max())
         )?;
-        let mut each: Vec<String> = self.deaths.times.iter().map(|t| s(*t)).collect();
-        each.sort_by(|a, b| a.len().cmp(&b.len()).then(a.cmp(b)));
-        writeln!(f, "    each: {}", each.join(", "))?;
+        let mut each = self.deaths.times.clone();
+        each.sort_by_key(|t| t.unwrap_or(Duration::MAX));
+        let each: Vec<String> = each.into_iter().map(s).collect();
+        writeln!(f, "    each (sorted): {}", each.join(", "))?;
         writeln!(
             f,
             "  idle {} s: {} (target 1 KB/s); false deaths {}",

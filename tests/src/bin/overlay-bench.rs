@@ -1608,6 +1608,28 @@ fn target(
     };
 }
 
+/// A 1-stream throughput ratio `x / y`, with the 4-stream ratio beside it.
+fn throughput_target(o: &mut String, name: &str, x: &Summary, y: &Summary, pass: fn(f64) -> bool) {
+    let detail = format!(
+        "{} vs {} Gbit/s; 4 streams: {}",
+        fmt_num(med(x.one), 2),
+        fmt_num(med(y.one), 2),
+        fmt_num(ratio(med(x.four), med(y.four)), 3)
+    );
+    target(o, name, [x.one, y.one], pass, detail);
+}
+
+/// An average round-trip ratio `x / y`, with the p99 ratio beside it.
+fn latency_target(o: &mut String, name: &str, x: &Summary, y: &Summary, pass: fn(f64) -> bool) {
+    let detail = format!(
+        "{} vs {} µs avg; p99 ratio {}",
+        fmt_num(med(x.avg), 1),
+        fmt_num(med(y.avg), 1),
+        fmt_num(ratio(med(x.p99), med(y.p99)), 3)
+    );
+    target(o, name, [x.avg, y.avg], pass, detail);
+}
+
 fn verdicts(o: &mut String, sums: &[(Underlay, Vec<Summary>)]) {
     let get = |u: Underlay| sums.iter().find(|(x, _)| *x == u).map(|(_, s)| s);
     let g = |s: &Summary| fmt_num(med(s.one), 2);
@@ -1626,41 +1648,26 @@ fn verdicts(o: &mut String, sums: &[(Underlay, Vec<Summary>)]) {
         ];
         if ran(w, &overlay_group) {
             o.push_str("Targets (issue 11), on the `wire` underlay:\n\n");
-            target(
+            throughput_target(
                 o,
                 "wire: overlay 1-stream throughput >= 0.95 x plain routing at MTU 1450 (b')",
-                [d.one, b1450.one],
+                d,
+                b1450,
                 |r| r >= 0.95,
-                format!(
-                    "{} vs {} Gbit/s; 4 streams: {}",
-                    g(d),
-                    g(b1450),
-                    fmt_num(ratio(med(d.four), med(b1450.four)), 3)
-                ),
             );
-            target(
+            throughput_target(
                 o,
                 "wire: overlay 1-stream throughput >= 1.1 x kernel-vxlan (c)",
-                [d.one, c.one],
+                d,
+                c,
                 |r| r >= 1.1,
-                format!(
-                    "{} vs {} Gbit/s; 4 streams: {}",
-                    g(d),
-                    g(c),
-                    fmt_num(ratio(med(d.four), med(c.four)), 3)
-                ),
             );
-            target(
+            latency_target(
                 o,
                 "wire: overlay avg latency <= 0.85 x kernel-vxlan (c)",
-                [d.avg, c.avg],
+                d,
+                c,
                 |r| r <= 0.85,
-                format!(
-                    "{} vs {} µs avg; p99 ratio {}",
-                    fmt_num(med(d.avg), 1),
-                    fmt_num(med(c.avg), 1),
-                    fmt_num(ratio(med(d.p99), med(c.p99)), 3)
-                ),
             );
             let _ = writeln!(
                 o,
@@ -1690,29 +1697,19 @@ fn verdicts(o: &mut String, sums: &[(Underlay, Vec<Summary>)]) {
         }
         let (a, e) = (&w[Scenario::Underlay.index()], &w[Scenario::Direct.index()]);
         if ran(w, &[Scenario::Underlay, Scenario::Direct]) {
-            target(
+            throughput_target(
                 o,
                 "wire: direct 1-stream throughput >= 0.9 x underlay (a)",
-                [e.one, a.one],
+                e,
+                a,
                 |r| r >= 0.9,
-                format!(
-                    "{} vs {} Gbit/s; 4 streams: {}",
-                    g(e),
-                    g(a),
-                    fmt_num(ratio(med(e.four), med(a.four)), 3)
-                ),
             );
-            target(
+            latency_target(
                 o,
                 "wire: direct avg latency <= 1.2 x underlay (a)",
-                [e.avg, a.avg],
+                e,
+                a,
                 |r| r <= 1.2,
-                format!(
-                    "{} vs {} µs avg; p99 ratio {}",
-                    fmt_num(med(e.avg), 1),
-                    fmt_num(med(a.avg), 1),
-                    fmt_num(ratio(med(e.p99), med(a.p99)), 3)
-                ),
             );
             let _ = writeln!(
                 o,

@@ -163,12 +163,14 @@ report, per measure, the median of the --reps repetitions that agree best
 (the others, disturbed by other load, are in --raw) and their ratios.
 A single stream whose client and server share CPU 0 runs in one of two
 modes: sender-driven (the sender's process carries most of the work; iperf3
-CPU about 57/41 %) or receiver-driven (about 11/86 %, 0.55-0.65x the rate on
-the same path). Which one a repetition takes is chance, so the 1-stream
-measures count only sender-driven repetitions (iperf3's sender >= 55 % of
-the pair's CPU, when the pair saturates CPU 0) and a scenario repeats until
---reps of those agree; the others are counted in the tables and listed in
---raw.
+CPU about 57/41 % on wire, 54/46 % on veth) or receiver-driven (about 11/86 %,
+0.5-0.65x the rate on the same path). Which one a repetition takes is chance,
+so the 1-stream measures count only sender-driven repetitions (iperf3's
+sender >= 50 % of the pair's CPU, when the pair saturates CPU 0) and a
+scenario repeats until --reps of those agree; the others are counted in the
+tables and listed in --raw. A verdict is UNRELIABLE when an input did not
+settle, or when the ratio between the repetitions behind it ranges across
+the target.
 
 CNI part (after the scenarios): ADD and DEL latency, median and p99, of our
 overlay-cni (with a running overlay-agent) against the reference bridge +
@@ -720,11 +722,12 @@ impl Iperf {
 /// CPU 0, which they share, and the run took one of the two modes.
 const CONTENDED_CPU: f64 = 80.0;
 /// The sender's share of the two processes' CPU from which a saturated run
-/// counts as sender-driven. A run in that mode throughout gives about 0.58
-/// here, one in the other mode about 0.11, and a run that switched part-way
-/// lies in between in proportion: from 0.55 a run spent at most ~6 % of its
-/// time receiver-driven, which costs it at most ~3 % of its rate.
-const SENDER_DRIVEN_SHARE: f64 = 0.55;
+/// counts as sender-driven: the sender carried at least half. A run in that
+/// mode throughout gives 0.58 on the wire underlay here and 0.54 on veth,
+/// one in the other mode 0.11-0.20; a run that switched part-way lies in
+/// between in proportion, and from 0.50 it spent most of its time
+/// sender-driven.
+const SENDER_DRIVEN_SHARE: f64 = 0.50;
 
 /// How a single stream's client and server, both pinned to CPU 0, shared
 /// it. The same path runs in either mode from one repetition to the next,
@@ -732,12 +735,13 @@ const SENDER_DRIVEN_SHARE: f64 = 0.55;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StreamMode {
     /// The sender's process carries the sending and the softirq work it
-    /// raises (iperf3 CPU sender/receiver about 57/41 % here). The mode
+    /// raises (iperf3 CPU sender/receiver about 57/41 % here on wire,
+    /// 54/46 % on veth). The mode
     /// most repetitions take, and the one the 1-stream figures come from.
     SenderDriven,
     /// The receiver's process carries most of the work (about 11/86 %, or
     /// a run that switched modes part-way): every path is slower and dearer
-    /// per byte in it (here 0.55-0.65x the rate of the same path).
+    /// per byte in it (here 0.5-0.65x the rate of the same path).
     ReceiverDriven,
     /// The two do not saturate CPU 0 (the bottleneck is elsewhere, as (f)'s
     /// WireGuard devices on CPU 1) or iperf3 reported no CPU figures.
@@ -2618,10 +2622,11 @@ mod tests {
     fn a_single_stream_mode_follows_iperf3_cpu_split() {
         let m = |s, r| StreamMode::of(Some(s), Some(r));
         assert_eq!(m(57.0, 41.0), StreamMode::SenderDriven);
-        assert_eq!(m(55.0, 39.0), StreamMode::SenderDriven);
+        // The same mode on the veth underlay.
+        assert_eq!(m(54.0, 46.0), StreamMode::SenderDriven);
         assert_eq!(m(11.0, 86.0), StreamMode::ReceiverDriven);
-        // Switched part-way: left out with the slow mode.
-        assert_eq!(m(52.0, 47.0), StreamMode::ReceiverDriven);
+        // Switched part-way, mostly receiver-driven: left out.
+        assert_eq!(m(45.0, 53.0), StreamMode::ReceiverDriven);
         assert_eq!(m(39.0, 58.0), StreamMode::ReceiverDriven);
         // (f): the devices on CPU 1 are the bottleneck, CPU 0 is not full.
         assert_eq!(m(14.0, 15.0), StreamMode::Uncontended);

@@ -24,6 +24,7 @@ pub mod swarm;
 pub mod swim_sim;
 pub mod traffic;
 pub mod wireguard;
+pub mod xdp_pass;
 
 pub use cmd::{run, run_ok, sh};
 pub use lab::{Lab, LabOptions, Mode, Pod, Underlay};

@@ -1,12 +1,16 @@
 //! `overlay-bench`: the side-by-side benchmark behind `cargo xtask bench`.
 //!
-//! Seven scenarios (`--scenarios` picks some), interleaved inside every
+//! Eight scenarios (`--scenarios` picks some), interleaved inside every
 //! repetition so slow drift spreads evenly over them, each on a freshly
 //! built [`Lab`] that is torn down again before the next one:
 //!
 //! - (a) `underlay`: node to node over `ul0`, the limit of this machine;
 //! - (b) `plain`: pod to pod, plain routes, no encapsulation (pod MTU 1500);
 //! - (b') `plain-1450`: the same at our VXLAN pod MTU;
+//! - (b'x) `plain-1450-xdp`: (b') with an XDP program that passes every
+//!   frame on both nodes' `ul0` ([`overlay_tests::xdp_pass`]), on `wire`
+//!   only: what any XDP program on the uplink, such as a decapsulation
+//!   before GRO, costs on this lab before it does anything;
 //! - (c) `kernel-vxlan`: pod to pod through a Linux vxlan device (Flannel);
 //! - (d) `overlay`: pod to pod through our eBPF datapath;
 //! - (e) `direct`: the same with direct routing (no encapsulation);
@@ -70,6 +74,7 @@ use overlay_tests::{
     lab_encryption::ENCRYPTED_POD_MTU,
     swarm, swim_sim,
     traffic::parse_sockperf,
+    xdp_pass,
 };
 use serde_json::Value;
 
@@ -88,8 +93,8 @@ Options:
                       minutes of datapath scenarios [default: 40]
   --underlay U        wire, veth or both [default: both]; verdicts need wire
   --scenarios LIST    only these scenarios, by name, comma-separated (underlay,
-                      plain, plain-1450, kernel-vxlan, overlay, direct,
-                      encrypted) [default: all]; ratios and verdicts whose
+                      plain, plain-1450, plain-1450-xdp, kernel-vxlan, overlay,
+                      direct, encrypted) [default: all]; ratios and verdicts whose
                       inputs did not run are left out
   --duration S        seconds of each iperf3 TCP run (1 and 4 streams) [default: 10]
   --lat-duration S    seconds of the sockperf TCP request/response run [default: 5]
@@ -137,6 +142,12 @@ Scenarios (a fresh topology each, torn down afterwards):
   (a) underlay      node 1 -> node 2 over the underlay veth ul0
   (b) plain         pod -> pod, plain routes, no encapsulation, pod MTU 1500
   (b') plain-1450   the same with pod MTU 1450: the MTU's share of the cost
+  (b'x) plain-1450-xdp
+                    (b') with an XDP program that passes every frame on both
+                    nodes' ul0 (native mode), wire underlay only: what any XDP
+                    program on the uplink costs here before doing anything
+                    (a veth copies each frame TCP or GSO built before XDP sees
+                    it; a NIC's driver does not)
   (c) kernel-vxlan  pod -> pod through a Linux vxlan device, pod MTU 1450
   (d) overlay       pod -> pod through our eBPF datapath, pod MTU 1450
   (e) direct        pod -> pod through our eBPF datapath with direct routing
@@ -200,7 +211,7 @@ one process runs every node): here 1000 nodes took about 95 s of CPU and
 Needs root, iperf3, sockperf, taskset, ss, ping and ethtool (and perf for
 --perf), the overlay-agent binary built next to this one for (f); for the
 CNI part containernetworking-plugins, iptables, nft and the overlay-agent and
-overlay-cni binaries. Takes about reps x scenarios (7 on wire, 6 on veth) x
+overlay-cni binaries. Takes about reps x scenarios (8 on wire, 6 on veth) x
 (duration x 2 + lat-duration + 12) seconds (up to max-reps instead of reps
 for scenarios that do not settle), plus about
 cni-rounds x 0.25 seconds for the CNI part, plus about 20 minutes for the
@@ -238,6 +249,8 @@ enum Scenario {
     Underlay,
     Plain,
     Plain1450,
+    /// (b') with an XDP_PASS program on both nodes' uplink.
+    Plain1450Xdp,
     KernelVxlan,
     Overlay,
     /// Our datapath with direct routing (no encapsulation, pod MTU 1500).
@@ -252,6 +265,7 @@ impl Scenario {
         Scenario::Underlay,
         Scenario::Plain,
         Scenario::Plain1450,
+        Scenario::Plain1450Xdp,
         Scenario::KernelVxlan,
         Scenario::Overlay,
         Scenario::Direct,
@@ -263,6 +277,7 @@ impl Scenario {
             Scenario::Underlay => "underlay",
             Scenario::Plain => "plain",
             Scenario::Plain1450 => "plain-1450",
+            Scenario::Plain1450Xdp => "plain-1450-xdp",
             Scenario::KernelVxlan => "kernel-vxlan",
             Scenario::Overlay => "overlay",
             Scenario::Direct => "direct",
@@ -277,9 +292,10 @@ impl Scenario {
 
     /// Whether it runs on `underlay`: (f) runs on `wire` only, where a
     /// NIC's limits hold (the device's UDP GSO batches would cross a
-    /// `veth` underlay whole).
+    /// `veth` underlay whole), and so does (b'x), which stands for XDP on
+    /// a NIC's receive path.
     fn runs_on(self, underlay: Underlay) -> bool {
-        self != Scenario::Encrypted || underlay == Underlay::Wire
+        !matches!(self, Scenario::Encrypted | Scenario::Plain1450Xdp) || underlay == Underlay::Wire
     }
 
     fn label(self) -> &'static str {
@@ -287,6 +303,7 @@ impl Scenario {
             Scenario::Underlay => "(a) underlay",
             Scenario::Plain => "(b) plain",
             Scenario::Plain1450 => "(b') plain, MTU 1450",
+            Scenario::Plain1450Xdp => "(b'x) (b') + XDP_PASS on ul0",
             Scenario::KernelVxlan => "(c) kernel-vxlan",
             Scenario::Overlay => "(d) overlay",
             Scenario::Direct => "(e) direct",
@@ -296,7 +313,9 @@ impl Scenario {
 
     fn mode(self) -> Mode {
         match self {
-            Scenario::Underlay | Scenario::Plain | Scenario::Plain1450 => Mode::PlainRouting,
+            Scenario::Underlay | Scenario::Plain | Scenario::Plain1450 | Scenario::Plain1450Xdp => {
+                Mode::PlainRouting
+            }
             Scenario::KernelVxlan => Mode::KernelVxlan,
             Scenario::Overlay | Scenario::Direct | Scenario::Encrypted => Mode::Overlay,
         }
@@ -310,7 +329,7 @@ impl Scenario {
     /// cost of the smaller MTU from the cost of encapsulation.
     fn pod_mtu(self) -> Option<u32> {
         match self {
-            Scenario::Plain1450 => Some(1450),
+            Scenario::Plain1450 | Scenario::Plain1450Xdp => Some(1450),
             // Never encapsulated: the whole uplink MTU, as the agent gives
             // pods with --tunnel direct.
             Scenario::Direct => Some(UNDERLAY_MTU),
@@ -321,7 +340,7 @@ impl Scenario {
     }
 }
 
-const N_SCENARIOS: usize = 7;
+const N_SCENARIOS: usize = 8;
 
 /// CPU the WireGuard device processes of (f) are pinned to (see the module
 /// comment).
@@ -1107,6 +1126,15 @@ fn run_scenario(sc: Scenario, underlay: Underlay, opts: &Opts, rep: u32) -> Resu
     if sc == Scenario::Direct {
         lab.route_directly();
     }
+    // Declared after `lab`, so detached before it is torn down.
+    let _xdp = match sc {
+        Scenario::Plain1450Xdp => lab
+            .nodes
+            .iter()
+            .map(|n| xdp_pass::attach(&n.ns, UPLINK))
+            .collect::<Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
     // Declared after `lab`, so stopped (by PID) before it is torn down.
     let devices = (sc == Scenario::Encrypted).then(|| lab.encrypt_with_wireguard(Some(DEVICE_CPU)));
     check_stop()?;
@@ -1840,6 +1868,9 @@ fn verdicts(o: &mut String, sums: &[(Underlay, Vec<Summary>)]) {
                 None => writeln!(o, "GRO check (wire): overlay not measured"),
             };
         }
+        if ran(w, &[Scenario::Plain1450, Scenario::Plain1450Xdp]) {
+            xdp_cost(o, w);
+        }
         let (a, e) = (&w[Scenario::Underlay.index()], &w[Scenario::Direct.index()]);
         if ran(w, &[Scenario::Underlay, Scenario::Direct]) {
             throughput_target(
@@ -1953,6 +1984,37 @@ fn verdicts(o: &mut String, sums: &[(Underlay, Vec<Summary>)]) {
             }
         }
     }
+}
+
+/// (b'x) against (b'): the price of an XDP program on the uplink of this
+/// lab, before it does anything. No target: it says whether decapsulating
+/// in XDP, which would save the UDP-tunnel GRO chain, can pay here.
+fn xdp_cost(o: &mut String, w: &[Summary]) {
+    let (b, x) = (
+        &w[Scenario::Plain1450.index()],
+        &w[Scenario::Plain1450Xdp.index()],
+    );
+    let short: Vec<String> = [(x, Scenario::Plain1450Xdp), (b, Scenario::Plain1450)]
+        .iter()
+        .filter_map(|(s, sc)| s.too_few_counted(sc.label()))
+        .collect();
+    let _ = writeln!(
+        o,
+        "INFO wire: XDP_PASS on ul0 (b'x) vs none (b'): CPU 0 per GB moved (1 stream) {} vs {} s \
+         -> {} x; 1-stream {} vs {} Gbit/s -> {} x; 4 streams {} x{}",
+        fmt_num(med(x.cpu), 3),
+        fmt_num(med(b.cpu), 3),
+        fmt_num(ratio(med(x.cpu), med(b.cpu)), 3),
+        fmt_num(med(x.one), 2),
+        fmt_num(med(b.one), 2),
+        fmt_num(ratio(med(x.one), med(b.one)), 3),
+        fmt_num(ratio(med(x.four), med(b.four)), 3),
+        if short.is_empty() {
+            String::new()
+        } else {
+            format!(" (1-stream figures: {})", short.join("; "))
+        },
+    );
 }
 
 /// Issue 16's target for the userspace device, single stream, in Gbit/s.

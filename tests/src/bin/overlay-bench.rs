@@ -1739,25 +1739,55 @@ fn target(
         [Some(x), Some(y)] if y.min > 0.0 => Some((x.min / y.max, x.max / y.min)),
         _ => None,
     };
-    let _ = match (value, range) {
-        (Some(v), _) if inputs.iter().any(|s| s.is_some_and(is_wide)) => writeln!(
+    match (value, range) {
+        (Some(v), _) if inputs.iter().any(|s| s.is_some_and(is_wide)) => unreliable(
             o,
-            "UNRELIABLE {name}: {v:.3} ({detail}; an input's repetitions did not agree within \
-             {:.0} % in the repetitions allowed)",
-            MAX_SPREAD * 100.0
+            name,
+            Some(v),
+            &detail,
+            &format!(
+                "an input's repetitions did not agree within {:.0} % in the repetitions allowed",
+                MAX_SPREAD * 100.0
+            ),
         ),
-        (Some(v), Some((lo, hi))) if pass(lo) != pass(hi) => writeln!(
+        (Some(v), Some((lo, hi))) if pass(lo) != pass(hi) => unreliable(
             o,
-            "UNRELIABLE {name}: {v:.3} ({detail}; between the inputs' repetitions the ratio \
-             ranges {lo:.3} – {hi:.3}, on both sides of the target)"
+            name,
+            Some(v),
+            &detail,
+            &format!(
+                "between the inputs' repetitions the ratio ranges {lo:.3} – {hi:.3}, on both \
+                 sides of the target"
+            ),
         ),
-        (Some(v), _) => writeln!(
-            o,
-            "{} {name}: {v:.3} ({detail})",
-            if pass(v) { "PASS" } else { "MISS" }
-        ),
-        (None, _) => writeln!(o, "MISS {name}: not measured"),
-    };
+        (Some(v), _) => {
+            let _ = writeln!(
+                o,
+                "{} {name}: {v:.3} ({detail})",
+                if pass(v) { "PASS" } else { "MISS" }
+            );
+        }
+        (None, _) => {
+            let _ = writeln!(o, "MISS {name}: not measured");
+        }
+    }
+}
+
+/// An UNRELIABLE verdict line, and why.
+fn unreliable(o: &mut String, name: &str, value: Option<f64>, detail: &str, why: &str) {
+    let _ = writeln!(
+        o,
+        "UNRELIABLE {name}: {} ({detail}; {why})",
+        fmt_num(value, 3)
+    );
+}
+
+/// Which of these scenarios had fewer sender-driven 1-stream repetitions
+/// than `--reps`, each said in a sentence.
+fn too_few_counted(of: [(&Summary, Scenario); 2]) -> Vec<String> {
+    of.iter()
+        .filter_map(|(s, sc)| s.too_few_counted(sc.label()))
+        .collect()
 }
 
 /// A 1-stream throughput ratio `x / y` of two scenarios in `w`, with the
@@ -1777,19 +1807,12 @@ fn throughput_target(
         fmt_num(med(y.one), 2),
         fmt_num(ratio(med(x.four), med(y.four)), 3)
     );
-    let short: Vec<String> = [(x, xs), (y, ys)]
-        .iter()
-        .filter_map(|(s, sc)| s.too_few_counted(sc.label()))
-        .collect();
+    let short = too_few_counted([(x, xs), (y, ys)]);
     if short.is_empty() {
         target(o, name, [x.one, y.one], pass, detail);
     } else {
-        let _ = writeln!(
-            o,
-            "UNRELIABLE {name}: {} ({detail}; {})",
-            fmt_num(ratio(med(x.one), med(y.one)), 3),
-            short.join("; ")
-        );
+        let value = ratio(med(x.one), med(y.one));
+        unreliable(o, name, value, &detail, &short.join("; "));
     }
 }
 
@@ -1994,10 +2017,7 @@ fn xdp_cost(o: &mut String, w: &[Summary]) {
         &w[Scenario::Plain1450.index()],
         &w[Scenario::Plain1450Xdp.index()],
     );
-    let short: Vec<String> = [(x, Scenario::Plain1450Xdp), (b, Scenario::Plain1450)]
-        .iter()
-        .filter_map(|(s, sc)| s.too_few_counted(sc.label()))
-        .collect();
+    let short = too_few_counted([(x, Scenario::Plain1450Xdp), (b, Scenario::Plain1450)]);
     let _ = writeln!(
         o,
         "INFO wire: XDP_PASS on ul0 (b'x) vs none (b'): CPU 0 per GB moved (1 stream) {} vs {} s \
